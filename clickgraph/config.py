@@ -1,0 +1,526 @@
+"""Typed configuration: YAML in ``conf/`` loaded into frozen dataclasses, validated once.
+
+Every stage receives a :class:`Config`. Loading is strict: an unknown key, a value of the
+wrong type or a missing required value raises :class:`ConfigError` naming the key and the
+file it came from, before any work starts. ``--set section.key=value`` overrides are applied
+to the raw YAML before validation, so they are checked the same way.
+
+Paths are URLs: a plain path (``runs/local``), ``file://``, ``s3a://``, ``gs://`` or
+``hdfs://``. Spark reads ``s3a://``; fsspec-based readers accept it too (see
+:func:`clickgraph.fs.fsspec_url`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+_MISSING = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and file in the message."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where each stage reads and writes. Stage folders default to ``<root>/<stage>``."""
+
+    root: str
+    logs: str | None = None
+    graph: str | None = None
+    partitions: str | None = None
+    train: str | None = None
+    eval: str | None = None
+    embeddings: str | None = None
+    report: str | None = None
+
+    def stage(self, name: str) -> str:
+        """URL of a stage's output folder, e.g. ``stage("graph")`` -> ``runs/local/graph``."""
+        value = getattr(self, name)
+        return value if value else self.root.rstrip("/") + "/" + name
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How Spark jobs get a session. Ignored where ``spark-submit`` already set a master."""
+
+    master: str
+    app_name: str = "clickgraph"
+    ui_enabled: bool = False
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    bind_address: str = "127.0.0.1"
+    extra_conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Ray cluster to attach to (``address``) or start locally (``address: null``)."""
+
+    address: str | None = None
+    dashboard_host: str = "127.0.0.1"
+    num_cpus: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Synthetic homepage logs. Sizes are totals at the end of the period.
+
+    Users and content arrive over the period (``initial_*_fraction`` exist before day 0),
+    so every day has new users with no history and fresh content.
+    """
+
+    seed: int = 7
+    start_date: str = "2026-03-02"
+    num_days: int = 21
+    num_users: int = 10_000
+    num_content: int = 3_000
+    num_articles: int = 6_000
+    num_brands: int = 200
+    num_categories: int = 24
+    num_communities: int = 8
+    initial_user_fraction: float = 0.6
+    initial_content_fraction: float = 0.3
+    impressions_per_user_day: float = 4.0
+    likes_per_user: float = 1.5
+    feed_length: int = 30
+    targeted_feed_share: float = 0.4
+    video_lover_fraction: float = 0.25
+    drifting_user_fraction: float = 0.2
+    formats: list[Literal["json", "parquet"]] = field(
+        default_factory=lambda: ["json", "parquet"]
+    )
+    bad_row_fraction: float = 0.0
+    num_output_files: int = 0
+
+
+# Graph store (build-graph). The canonical names below are the store's contract: node
+# types, the static attributes a node table may hold, and the links an entity table may
+# carry. spark_jobs/schemas.py builds its Spark schemas from them.
+GRAPH_NODE_TYPES = ("user", "content", "article", "brand", "category")
+GRAPH_NODE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "user": ("country", "language", "device", "age_band", "gender"),
+    "content": ("content_type",),
+    "article": ("price_band",),
+    "brand": ("name", "tier"),
+    "category": ("group",),
+}
+# entity table (node type) -> link name -> (relation name, target node type)
+GRAPH_ENTITY_LINKS: dict[str, dict[str, tuple[str, str]]] = {
+    "content": {"article": ("features", "article"), "brand": ("of", "brand"),
+                "category": ("in", "category")},
+    "article": {"brand": ("of", "brand"), "category": ("in", "category")},
+}
+GRAPH_EVENT_TYPES = ("impression", "click", "view", "brand_like")
+GRAPH_RELATION_NAMES = ("impressed", "clicked", "viewed", "likes", "features", "of", "in")
+
+
+@dataclass(frozen=True)
+class GraphEventColumns:
+    """Source column of each event field. ``null`` marks an optional field as absent."""
+
+    event_id: str = "event_id"
+    event_type: str = "event_type"
+    timestamp: str = "ts_ms"
+    user_id: str = "user_id"
+    content_id: str | None = "content_id"
+    brand_id: str | None = "brand_id"
+    position: str | None = "position"
+    clicked: str | None = "clicked"
+    dwell_ms: str | None = "dwell_ms"
+
+
+@dataclass(frozen=True)
+class GraphEventsInput:
+    """Where the events are and how to read them.
+
+    ``day_partition`` names the folder key of day partitions (``dt=YYYY-MM-DD``); with
+    ``null`` the input is one unpartitioned table and an event's day is the UTC date of
+    its timestamp. ``event_types`` maps each canonical type to the source's names for it.
+    """
+
+    path: str | None = None  # null: <paths.logs>/events/<json|parquet>
+    format: Literal["auto", "json", "parquet"] = "auto"
+    day_partition: str | None = "dt"
+    timestamp_unit: Literal["ms", "s", "iso"] = "ms"
+    columns: GraphEventColumns = field(default_factory=GraphEventColumns)
+    event_types: dict[str, list[str]] = field(default_factory=lambda: {
+        "impression": ["impression"], "click": ["click"], "view": ["view"],
+        "brand_like": ["brand_like"]})
+
+
+@dataclass(frozen=True)
+class GraphEntityInput:
+    """One entity table: its id column, optional created time, attributes and links.
+
+    ``attributes`` maps a canonical attribute name (GRAPH_NODE_ATTRIBUTES) to a source
+    column; ``links`` maps a link name (GRAPH_ENTITY_LINKS) to a source column holding one
+    id, an array of ids, or ids joined by ``list_delimiter``. A section written in YAML
+    replaces the default one whole, so list every column the table has.
+    """
+
+    id: str
+    path: str | None = None  # null: <paths.logs>/entities/<users|content|articles|brands|categories>
+    format: Literal["parquet", "json", "csv"] = "parquet"
+    created_time: str | None = None
+    time_unit: Literal["ms", "s", "iso"] = "iso"  # ignored for native timestamp columns
+    attributes: dict[str, str] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    list_delimiter: str = "|"
+
+
+@dataclass(frozen=True)
+class GraphEntitiesInput:
+    """Entity tables per node type; the defaults read ``clickgraph generate`` output."""
+
+    user: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+        id="user_id", created_time="signup_time",
+        attributes={a: a for a in GRAPH_NODE_ATTRIBUTES["user"]}))
+    content: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+        id="content_id", created_time="created_time", attributes={"content_type": "content_type"},
+        links={"article": "article_ids", "brand": "brand_ids", "category": "category_id"}))
+    article: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+        id="article_id", attributes={"price_band": "price_band"},
+        links={"brand": "brand_id", "category": "category_id"}))
+    brand: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+        id="brand_id", attributes={"name": "name", "tier": "tier"}))
+    category: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+        id="category_id", attributes={"group": "group"}))
+
+
+@dataclass(frozen=True)
+class GraphInputConfig:
+    """The logs build-graph reads (the bring-your-own-logs mapping)."""
+
+    events: GraphEventsInput = field(default_factory=GraphEventsInput)
+    entities: GraphEntitiesInput = field(default_factory=GraphEntitiesInput)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """The graph store job. Times are ISO-8601 strings (UTC unless an offset is given).
+
+    An event is kept only with a timestamp in ``[min_event_time, max_event_time]``
+    (``max_event_time: null`` = the job's start + ``clock_slack_s``) and, for
+    day-partitioned input, within ``log_day_slack_s`` of its partition's day.
+    """
+
+    max_quarantine_fraction: float = 0.05
+    min_event_time: str = "2000-01-01T00:00:00+00:00"
+    max_event_time: str | None = None
+    clock_slack_s: int = 3600
+    log_day_slack_s: int = 86_400
+    relation_weights: dict[str, float] = field(default_factory=lambda: {
+        "impressed": 0.2, "clicked": 1.0, "viewed": 0.8, "likes": 1.0,
+        "features": 0.5, "of": 0.5, "in": 0.3})
+    content_type_weight: dict[str, float] = field(default_factory=dict)
+    input: GraphInputConfig = field(default_factory=GraphInputConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of a run."""
+
+    paths: PathsConfig
+    spark: SparkConfig
+    ray: RayConfig = field(default_factory=RayConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every value (``source`` left out), as written beside outputs."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, for ``_config.yaml`` beside a run's outputs."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable sha256 (16 hex chars) of the named sections, or of all when none named."""
+        data = self.to_dict()
+        if sections:
+            data = {name: data[name] for name in sections}
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; returns the (converted) value."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    where = f"{source}: key '{key}'"
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key, source)
+        raise ConfigError(f"{where}: unsupported union type {tp}")
+    if value is None:
+        raise ConfigError(f"{where}: must not be null (expected {_type_name(tp)})")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {
+            _coerce(k, args[0], f"{key}.<key>", source): _coerce(v, args[1], f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown and missing keys."""
+    if not isinstance(data, dict):
+        what = f"section '{prefix}'" if prefix else "the top level"
+        raise ConfigError(f"{source}: {what} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in data:
+        if key not in known:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(
+                f"{source}: unknown key '{full}' (known here: {', '.join(sorted(known))})"
+            )
+    kwargs = {}
+    for name, f in known.items():
+        full = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], full, source)
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            raise ConfigError(f"{source}: missing required key '{full}'")
+    return cls(**kwargs)
+
+
+def _validate_values(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    g = cfg.generate
+    src = cfg.source
+    try:
+        dt.date.fromisoformat(g.start_date)
+    except ValueError:
+        raise ConfigError(
+            f"{src}: key 'generate.start_date': {g.start_date!r} is not YYYY-MM-DD"
+        ) from None
+    positive = ["num_days", "num_users", "num_content", "num_articles", "num_brands",
+                "num_categories", "num_communities", "feed_length"]
+    for name in positive:
+        if getattr(g, name) < 1:
+            raise ConfigError(f"{src}: key 'generate.{name}' must be >= 1")
+    fractions = ["initial_user_fraction", "initial_content_fraction", "targeted_feed_share",
+                 "video_lover_fraction", "drifting_user_fraction"]
+    for name in fractions:
+        if not 0.0 <= getattr(g, name) <= 1.0:
+            raise ConfigError(f"{src}: key 'generate.{name}' must be within [0, 1]")
+    if not 0.0 <= g.bad_row_fraction < 0.5:
+        raise ConfigError(f"{src}: key 'generate.bad_row_fraction' must be within [0, 0.5)")
+    if not g.formats:
+        raise ConfigError(f"{src}: key 'generate.formats' must name at least one format")
+    if g.num_brands < g.num_communities:
+        raise ConfigError(f"{src}: key 'generate.num_brands' must be >= generate.num_communities")
+    if round(g.num_content * g.initial_content_fraction) < g.num_communities:
+        raise ConfigError(f"{src}: keys 'generate.num_content' x 'generate.initial_content_fraction' "
+                          "must leave at least one piece of content per community on day 0")
+    if cfg.spark.shuffle_partitions < 1:
+        raise ConfigError(f"{src}: key 'spark.shuffle_partitions' must be >= 1")
+    _validate_graph(cfg)
+
+
+def parse_time_ms(text: str) -> int:
+    """ISO-8601 date or date-time (UTC unless it has an offset) -> ms since epoch."""
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1000)
+
+
+def _validate_graph(cfg: Config) -> None:
+    """Range and name checks of the ``graph`` section (see GraphConfig)."""
+    g, src = cfg.graph, cfg.source
+    if not 0.0 <= g.max_quarantine_fraction <= 1.0:
+        raise ConfigError(f"{src}: key 'graph.max_quarantine_fraction' must be within [0, 1]")
+    for name in ("min_event_time", "max_event_time"):
+        value = getattr(g, name)
+        if value is None:
+            continue
+        try:
+            parse_time_ms(value)
+        except ValueError:
+            raise ConfigError(f"{src}: key 'graph.{name}': {value!r} is not an ISO-8601 "
+                              "date or date-time") from None
+    for name in ("clock_slack_s", "log_day_slack_s"):
+        if getattr(g, name) < 0:
+            raise ConfigError(f"{src}: key 'graph.{name}' must be >= 0")
+    for rel, weight in g.relation_weights.items():
+        if rel not in GRAPH_RELATION_NAMES:
+            raise ConfigError(f"{src}: key 'graph.relation_weights.{rel}': unknown relation "
+                              f"(known: {', '.join(GRAPH_RELATION_NAMES)})")
+        if weight < 0:
+            raise ConfigError(f"{src}: key 'graph.relation_weights.{rel}' must be >= 0")
+    for ctype, weight in g.content_type_weight.items():
+        if weight < 0:
+            raise ConfigError(f"{src}: key 'graph.content_type_weight.{ctype}' must be >= 0")
+    ev = g.input.events
+    seen: dict[str, str] = {}
+    for etype, names in ev.event_types.items():
+        key = f"graph.input.events.event_types.{etype}"
+        if etype not in GRAPH_EVENT_TYPES:
+            raise ConfigError(f"{src}: key '{key}': unknown event type "
+                              f"(known: {', '.join(GRAPH_EVENT_TYPES)})")
+        if not names:
+            raise ConfigError(f"{src}: key '{key}' must list at least one source name")
+        for name in names:
+            if name in seen:
+                raise ConfigError(f"{src}: key '{key}': source name {name!r} is already "
+                                  f"mapped to {seen[name]!r}")
+            seen[name] = etype
+        needs = "brand_id" if etype == "brand_like" else "content_id"
+        if getattr(ev.columns, needs) is None:
+            raise ConfigError(f"{src}: key 'graph.input.events.columns.{needs}' is null but "
+                              f"'{key}' maps {etype} events, which need it")
+    for ntype in GRAPH_NODE_TYPES:
+        table = getattr(g.input.entities, ntype)
+        prefix = f"graph.input.entities.{ntype}"
+        for attr in table.attributes:
+            if attr not in GRAPH_NODE_ATTRIBUTES[ntype]:
+                raise ConfigError(f"{src}: key '{prefix}.attributes.{attr}': not an attribute of "
+                                  f"{ntype} nodes (known: {', '.join(GRAPH_NODE_ATTRIBUTES[ntype])})")
+        allowed = GRAPH_ENTITY_LINKS.get(ntype, {})
+        for link in table.links:
+            if link not in allowed:
+                raise ConfigError(f"{src}: key '{prefix}.links.{link}': {ntype} tables carry no "
+                                  f"such link (known: {', '.join(allowed) or 'none'})")
+        if not table.list_delimiter:
+            raise ConfigError(f"{src}: key '{prefix}.list_delimiter' must not be empty")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_config_path() -> Path:
+    """The embedded default, ``conf/local.yaml`` (repo checkout or installed data files)."""
+    candidates = [
+        Path(__file__).resolve().parent.parent / "conf" / "local.yaml",
+        Path(sys.prefix) / "share" / "clickgraph" / "conf" / "local.yaml",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(f"default config not found; looked in {', '.join(map(str, candidates))}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value in YAML syntax) into (key path, value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err})") from None
+    return parts, value
+
+
+def _apply_override(raw: dict, parts: list[str], value: Any, text: str) -> None:
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a config file.
+
+    Args:
+        path: YAML file; ``None`` loads the embedded default ``conf/local.yaml``.
+        overrides: ``section.key=value`` strings applied before validation.
+
+    Returns:
+        The validated, frozen :class:`Config`.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML, unknown key, wrong type, missing value.
+    """
+    file = Path(path) if path is not None else default_config_path()
+    source = str(file)
+    try:
+        text = file.read_text()
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read config file ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: invalid YAML: {err}") from None
+    for text_override in overrides or []:
+        parts, value = parse_override(text_override)
+        _apply_override(raw, parts, value, text_override)
+    if overrides:
+        source += " (with --set " + ", ".join(overrides) + ")"
+    cfg = _build(Config, raw, "", source)
+    cfg = dataclasses.replace(cfg, source=source)
+    _validate_values(cfg)
+    return cfg
+
+
+def replace(cfg: Config, section: str, **changes: Any) -> Config:
+    """Copy of ``cfg`` with fields of one section changed (validated again)."""
+    new = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    _validate_values(new)
+    return new

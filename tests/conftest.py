@@ -1,0 +1,62 @@
+"""Shared fixtures: one local SparkSession per test session, tiny configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from clickgraph.config import load_config
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """``local[2]`` Spark with few shuffle partitions, UI off, bound to loopback."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("clickgraph-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.default.parallelism", "4")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.driver.memory", "3g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def tiny_overrides(root) -> list[str]:
+    """A dataset of a few thousand events, written under ``root``."""
+    return [
+        f"paths.root={root}",
+        f"paths.logs={root}/logs",
+        f"paths.graph={root}/graph",
+        f"paths.partitions={root}/partitions",
+        f"paths.train={root}/train",
+        f"paths.eval={root}/eval",
+        f"paths.embeddings={root}/embeddings",
+        f"paths.report={root}/report",
+        "generate.num_users=300",
+        "generate.num_content=120",
+        "generate.num_articles=240",
+        "generate.num_brands=24",
+        "generate.num_categories=6",
+        "generate.num_days=3",
+        "generate.num_output_files=2",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """Config for a tiny dataset under ``tmp_path``."""
+    return load_config(None, tiny_overrides(tmp_path))
