@@ -1,0 +1,1 @@
+"""Training stage: temporal neighbour sampling, model and distributed training."""

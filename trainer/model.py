@@ -1,0 +1,221 @@
+"""The time-encoded heterogeneous GNN that scores (user, content, time, context) clicks.
+
+Inductive by design: users and content are represented from their static attributes and
+their sampled temporal neighbourhood, never from a per-node learned embedding, so a user or
+content piece that appears tomorrow gets an embedding without retraining. Only the small
+node types (brands, categories) have learnable id embeddings.
+
+Edges enter message passing with two things known at the edge's time: its age
+``delta_t = root seed time - edge time`` (through :class:`TimeEncoder`) and its relation
+weight from config. Nothing known only later (such as whether an impression was clicked,
+which is logged seconds after the impression) is read from an edge: the click is its own
+``clicked`` edge with its own time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter, softmax
+
+from trainer.graph import EdgeType
+from trainer.sampler import SampledSubgraph
+
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class NodeFeatures:
+    """Static attributes of one node type, indexed by global node id.
+
+    Attributes:
+        categorical: int64 ``[N, C]`` codes, 0 = unknown/missing.
+        cardinalities: ``C`` sizes (codes are ``< cardinality``).
+        created_time: int64 ``[N]`` seconds since epoch (signup, creation), or ``None``
+            for types without one. The model turns it into the node's age at the root
+            seed time, which is known at that time.
+        learn_id_embedding: Give every node of this type a learnable vector (small
+            types only: brands, categories).
+    """
+
+    categorical: Tensor
+    cardinalities: list[int]
+    created_time: Tensor | None = None
+    learn_id_embedding: bool = False
+
+    @property
+    def num_nodes(self) -> int:
+        return self.categorical.shape[0]
+
+    def to(self, device: torch.device | str) -> NodeFeatures:
+        return NodeFeatures(self.categorical.to(device), list(self.cardinalities),
+                            None if self.created_time is None else self.created_time.to(device),
+                            self.learn_id_embedding)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and choices of :class:`ClickGNN` (mirrors the ``train.model`` config)."""
+
+    hidden_dim: int = 64
+    time_dim: int = 16
+    num_layers: int = 2
+    conv: str = "sage"  # "sage" or "attention"
+    dropout: float = 0.1
+    num_positions: int = 64
+    context_dim: int = 8
+    small_types: list[str] = field(default_factory=lambda: ["brand", "category"])
+
+
+class TimeEncoder(nn.Module):
+    """Learnable time encoding of TGAT/TGN: ``cos(omega * delta_t + phi)``.
+
+    ``omega`` starts at ``1 / 10 ** linspace(0, 9, dim)`` (periods from seconds to decades,
+    as in TGN), so ages from seconds to years are told apart from the first step.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.omega = nn.Parameter(1.0 / 10 ** torch.linspace(0, 9, dim))
+        self.phase = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, delta_t: Tensor) -> Tensor:
+        """``delta_t`` float/int ``[E]`` seconds -> ``[E, dim]``."""
+        return torch.cos(delta_t.to(torch.float32).unsqueeze(-1) * self.omega + self.phase)
+
+
+class NodeEncoder(nn.Module):
+    """Initial representation of one node type from its static attributes."""
+
+    def __init__(self, features: NodeFeatures, dim: int):
+        super().__init__()
+        self.categorical = nn.ModuleList(nn.Embedding(max(2, n), dim) for n in features.cardinalities)
+        self.id_embedding = nn.Embedding(features.num_nodes, dim) if features.learn_id_embedding else None
+        self.has_age = features.created_time is not None
+        self.age = nn.Linear(1, dim) if self.has_age else None
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, features: NodeFeatures, node: Tensor, node_time: Tensor) -> Tensor:
+        x = self.bias.expand(node.numel(), -1)
+        codes = features.categorical[node]
+        for column, embedding in enumerate(self.categorical):
+            x = x + embedding(codes[:, column])
+        if self.id_embedding is not None:
+            x = x + self.id_embedding(node)
+        if self.age is not None:
+            age_days = (node_time - features.created_time[node]).clamp(min=0) / SECONDS_PER_DAY
+            x = x + self.age(torch.log1p(age_days.to(torch.float32)).unsqueeze(-1))
+        return x
+
+
+class TemporalRelationConv(nn.Module):
+    """Messages of one relation: source state + encoded edge age, scaled by edge weight.
+
+    ``sage``: weighted mean of ``W [x_src || time(delta_t)]``.
+    ``attention``: TGAT-style single-head attention of the destination over them, with
+    the relation weight added to the logits as ``log(weight)``.
+    """
+
+    def __init__(self, dim: int, time_dim: int, conv: str):
+        super().__init__()
+        self.conv = conv
+        self.message = nn.Linear(dim + time_dim, dim)
+        if conv == "attention":
+            self.query = nn.Linear(dim, dim)
+            self.key = nn.Linear(dim + time_dim, dim)
+
+    def forward(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor, time_code: Tensor,
+                edge_weight: Tensor) -> Tensor:
+        src, dst = edge_index
+        inputs = torch.cat([x_src[src], time_code], dim=-1)
+        message = self.message(inputs)
+        if self.conv == "attention":
+            logits = (self.query(x_dst)[dst] * self.key(inputs)).sum(-1) / math.sqrt(message.shape[-1])
+            alpha = softmax(logits + torch.log(edge_weight.clamp(min=1e-6)), dst, num_nodes=x_dst.shape[0])
+            return scatter(message * alpha.unsqueeze(-1), dst, 0, dim_size=x_dst.shape[0], reduce="sum")
+        weighted = scatter(message * edge_weight.unsqueeze(-1), dst, 0, dim_size=x_dst.shape[0],
+                           reduce="sum")
+        norm = scatter(edge_weight, dst, 0, dim_size=x_dst.shape[0], reduce="sum")
+        return weighted / norm.clamp(min=1e-6).unsqueeze(-1)
+
+
+class ClickGNN(nn.Module):
+    """Heterogeneous temporal GNN with a click head.
+
+    Args:
+        features: Node type -> its :class:`NodeFeatures` (defines encoders).
+        edge_types: Relations the sampler produces (reverse relations included).
+        cfg: Sizes and the message-passing choice.
+    """
+
+    def __init__(self, features: dict[str, NodeFeatures], edge_types: list[EdgeType],
+                 cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.edge_types = list(edge_types)
+        dim = cfg.hidden_dim
+        self.encoders = nn.ModuleDict({t: NodeEncoder(f, dim) for t, f in features.items()})
+        self.time = TimeEncoder(cfg.time_dim)
+        self.layers = nn.ModuleList()
+        for _ in range(cfg.num_layers):
+            self.layers.append(nn.ModuleDict({
+                "__".join(et): TemporalRelationConv(dim, cfg.time_dim, cfg.conv) for et in self.edge_types
+            }))
+        self.self_loops = nn.ModuleList(
+            nn.ModuleDict({t: nn.Linear(dim, dim) for t in features}) for _ in range(cfg.num_layers))
+        self.norms = nn.ModuleList(
+            nn.ModuleDict({t: nn.LayerNorm(dim) for t in features}) for _ in range(cfg.num_layers))
+        self.position = nn.Embedding(cfg.num_positions + 1, cfg.context_dim)
+        self.hour = nn.Embedding(24, cfg.context_dim)
+        self.head = nn.Sequential(
+            nn.Linear(3 * dim + 2 * cfg.context_dim, dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(dim, 1))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def embed(self, batch: SampledSubgraph, features: dict[str, NodeFeatures]) -> dict[str, Tensor]:
+        """Node states after message passing, per node type.
+
+        Layer ``l`` (of ``L``) updates only the rows within ``L - 1 - l`` hops of a seed,
+        from the edges of hops ``1 .. L - l`` (rows and edges are grouped by hop), as
+        PyG's ``trim_to_layer`` does: the last layer computes the seeds alone.
+
+        Returns:
+            Node type -> ``[rows, hidden_dim]``; the first rows of each type are the seeds'.
+        """
+        x = {t: self.encoders[t](features[t], batch.node[t], batch.node_time[t]) for t in batch.node}
+        time_codes = {et: self.time(batch.edge_delta_t[et]) for et in batch.edge_index}
+        num_layers = len(self.layers)
+        for index, (layer, self_loop, norm) in enumerate(zip(self.layers, self.self_loops, self.norms,
+                                                            strict=True)):
+            hops = num_layers - index  # edges of hops 1..hops feed this layer
+            keep = {t: sum(batch.num_sampled_nodes[t][:hops]) for t in x}
+            out = {t: self_loop[t](h[:keep[t]]) for t, h in x.items()}
+            for et, edge_index in batch.edge_index.items():
+                n_edges = sum(batch.num_sampled_edges[et][:hops])
+                if n_edges == 0:
+                    continue
+                src_type, _, dst_type = et
+                out[dst_type] = out[dst_type] + layer["__".join(et)](
+                    x[src_type], x[dst_type][:keep[dst_type]], edge_index[:, :n_edges],
+                    time_codes[et][:n_edges],
+                    batch.edge_weight[et][:n_edges])
+            x = {t: self.dropout(torch.relu(norm[t](h))) for t, h in out.items()}
+        return x
+
+    def score(self, user_state: Tensor, content_state: Tensor, position: Tensor,
+              seed_time: Tensor) -> Tensor:
+        """Click logits ``[B]`` from user and content states and the impression context."""
+        pos = position.clamp(min=-1, max=self.cfg.num_positions - 1) + 1  # -1 = unknown -> 0
+        hour = torch.div(seed_time % 86_400, 3600, rounding_mode="floor")
+        context = torch.cat([self.position(pos), self.hour(hour)], dim=-1)
+        pair = torch.cat([user_state, content_state, user_state * content_state, context], dim=-1)
+        return self.head(pair).squeeze(-1)
+
+    def forward(self, batch: SampledSubgraph, features: dict[str, NodeFeatures], user_local: Tensor,
+                content_local: Tensor, position: Tensor, seed_time: Tensor) -> Tensor:
+        states = self.embed(batch, features)
+        return self.score(states["user"][user_local], states["content"][content_local], position,
+                          seed_time)
