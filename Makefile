@@ -43,7 +43,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/clickgraph bench generate
+	$(BIN)/clickgraph bench sampler
 
 clean:
 	rm -rf runs/local .pytest_cache

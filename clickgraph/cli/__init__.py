@@ -19,6 +19,8 @@ from clickgraph.config import ConfigError, load_config
 SUBCOMMANDS = {
     "generate": "generate",
     "build-graph": "build_graph",
+    "train": "train",
+    "bench": "bench",
 }
 
 EPILOG = """\
