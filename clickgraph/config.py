@@ -232,6 +232,48 @@ class GraphConfig:
 
 
 @dataclass(frozen=True)
+class ModelSection:
+    """The GNN's sizes (see ``trainer/model.py``)."""
+
+    hidden_dim: int = 64
+    time_dim: int = 16
+    num_layers: int = 2
+    conv: Literal["sage", "attention"] = "sage"
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training: examples, temporal split, sampling and optimisation.
+
+    The last ``test_days`` days of the graph are the test window, the ``val_days`` before
+    them validation, everything earlier training. Each training impression is an example
+    (clicked = positive, shown but not clicked = hard negative), plus
+    ``random_negative_ratio`` random negatives per impression drawn from content created
+    strictly before the impression.
+    """
+
+    workers: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads_per_worker: int = 1
+    epochs: int = 2
+    batch_size: int = 512
+    max_train_events: int = 150_000
+    max_eval_events: int = 40_000
+    eval_batch_size: int = 2048
+    fanouts: list[int] = field(default_factory=lambda: [10, 5])
+    relation_fanouts: dict[str, list[int]] = field(default_factory=lambda: {"impressed": [4, 2]})
+    strategy: Literal["uniform", "most_recent"] = "uniform"
+    random_negative_ratio: float = 0.5
+    val_days: int = 2
+    test_days: int = 3
+    learning_rate: float = 0.002
+    weight_decay: float = 0.0
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a run."""
 
@@ -240,6 +282,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     source: str = "<defaults>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -372,6 +415,15 @@ def _validate_values(cfg: Config) -> None:
     if round(g.num_content * g.initial_content_fraction) < g.num_communities:
         raise ConfigError(f"{src}: keys 'generate.num_content' x 'generate.initial_content_fraction' "
                           "must leave at least one piece of content per community on day 0")
+    t = cfg.train
+    for name in ("workers", "threads_per_worker", "epochs", "batch_size", "eval_batch_size",
+                 "val_days", "test_days"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"{src}: key 'train.{name}' must be >= 1")
+    if not t.fanouts or any(k < 1 for k in t.fanouts):
+        raise ConfigError(f"{src}: key 'train.fanouts' must be a non-empty list of positive ints")
+    if t.random_negative_ratio < 0:
+        raise ConfigError(f"{src}: key 'train.random_negative_ratio' must be >= 0")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError(f"{src}: key 'spark.shuffle_partitions' must be >= 1")
     _validate_graph(cfg)
