@@ -82,7 +82,7 @@ class GraphData:
     store_version: dict
 
 
-def _read_table(url: str):
+def read_table(url: str):
     import pyarrow.dataset as ds
 
     from clickgraph import fs
@@ -117,7 +117,7 @@ def encode_nodes(table, node_type: str, vocab: dict[str, list[str]] | None = Non
     n = table.num_rows
     categorical = (torch.tensor(codes, dtype=torch.int64).T.contiguous() if codes
                    else torch.zeros((n, 0), dtype=torch.int64))
-    created = torch.as_tensor(table.column("created_ts_ms").to_numpy(), dtype=torch.int64) // 1000
+    created = torch.tensor(table.column("created_ts_ms").to_numpy(), dtype=torch.int64) // 1000
     has_time = bool((created > 0).any())
     features = NodeFeatures(
         categorical=categorical,
@@ -146,7 +146,7 @@ def load_graph_data(store_url: str, vocab: dict[str, dict[str, list[str]]] | Non
     all_days = sorted(store.days)
     num_nodes, features, fitted, tables = {}, {}, {}, {}
     for node_type in store.node_types:
-        table = _read_table(store.node_url(node_type)).sort_by("id")
+        table = read_table(store.node_url(node_type)).sort_by("id")
         ids = table.column("id").to_numpy()
         if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
             raise ValueError(f"{store_url}: node table {node_type!r} ids are not dense 0..n-1")
@@ -158,10 +158,10 @@ def load_graph_data(store_url: str, vocab: dict[str, dict[str, list[str]]] | Non
     csr = {}
     for name, info in store.relations.items():
         edges = store.read_edges_arrow(name, days, columns=["src", "dst", "ts_ms", "weight"])
-        src = torch.as_tensor(edges.column("src").to_numpy(), dtype=torch.int64)
-        dst = torch.as_tensor(edges.column("dst").to_numpy(), dtype=torch.int64)
-        time = torch.as_tensor(edges.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000
-        weight = torch.as_tensor(edges.column("weight").to_numpy(), dtype=torch.float32)
+        src = torch.tensor(edges.column("src").to_numpy(), dtype=torch.int64)
+        dst = torch.tensor(edges.column("dst").to_numpy(), dtype=torch.int64)
+        time = torch.tensor(edges.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000
+        weight = torch.tensor(edges.column("weight").to_numpy(), dtype=torch.float32)
         csr[(info.src_type, info.relation, info.dst_type)] = TemporalCSR.from_edges(
             src, dst, time, num_nodes[info.dst_type], weight=1.0, edge_attr={"weight": weight})
     graph = add_reverse(TemporalHeteroGraph(num_nodes=num_nodes, csr=csr))
@@ -169,12 +169,12 @@ def load_graph_data(store_url: str, vocab: dict[str, dict[str, list[str]]] | Non
     imp = store.read_edges_arrow(IMPRESSIONS, days,
                                  columns=["src", "dst", "ts_ms", "position", "clicked"])
     day_index = {d: i for i, d in enumerate(all_days)}
-    time = torch.as_tensor(imp.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000
+    time = torch.tensor(imp.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000
     order = torch.argsort(time, stable=True)
     position = imp.column("position").to_numpy(zero_copy_only=False)
     impressions = Impressions(
-        user=torch.as_tensor(imp.column("src").to_numpy(), dtype=torch.int64),
-        content=torch.as_tensor(imp.column("dst").to_numpy(), dtype=torch.int64),
+        user=torch.tensor(imp.column("src").to_numpy(), dtype=torch.int64),
+        content=torch.tensor(imp.column("dst").to_numpy(), dtype=torch.int64),
         time=time,
         position=torch.as_tensor(np.nan_to_num(position.astype(np.float64), nan=-1), dtype=torch.int64),
         clicked=torch.as_tensor(imp.column("clicked").to_numpy(zero_copy_only=False).astype(np.float32)),
@@ -183,7 +183,7 @@ def load_graph_data(store_url: str, vocab: dict[str, dict[str, list[str]]] | Non
 
     first = tables["user"].column("first_day").to_pylist()
     user_first_day = torch.tensor([day_index.get(d, -1) for d in first], dtype=torch.int64)
-    content_created = torch.as_tensor(tables["content"].column("created_ts_ms").to_numpy(),
+    content_created = torch.tensor(tables["content"].column("created_ts_ms").to_numpy(),
                                       dtype=torch.int64) // 1000
     m = store.manifest
     return GraphData(graph=graph, features=features, vocab=fitted, impressions=impressions,

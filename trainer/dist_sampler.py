@@ -1,0 +1,641 @@
+"""Cross-partition temporal neighbour sampling with torch.distributed collectives.
+
+Semantics are those of :mod:`trainer.sampler` (read its module docstring): strictly-earlier
+visibility, every node of a seed's tree carries the root seed's time, rows deduplicated on
+``(node, root time)`` and expanded once, local numbering grouped by hop. The output is
+the same :class:`~trainer.sampler.SampledSubgraph`.
+
+Who does what
+-------------
+Rank ``p`` serves part ``p`` of a :class:`~trainer.shard.PartitionShard`: the in-edges of
+the nodes it owns. The *requester* (the rank whose batch it is) keeps all of its
+subgraph's bookkeeping (the ``(node, root time)`` table, local ids, hops) with the
+single-process sampler's own ``_NodeTable``. Only the per-row draw moves: at every hop
+each frontier row is routed, by the partition book, to its node's *owner*, which finds
+the row's visible prefix in its local CSR and draws from it with the single-process
+row machinery (``_VisibleEdgeSearch.visible_range`` and ``_sample_rows``), then returns
+the drawn edges. The requester puts them back in frontier order, so each relation's
+edges come out grouped by row in the same order as in the single-process sampler.
+
+Messages of one hop (each message is one flat uint8 buffer per destination, sent with
+:func:`trainer.distributed.exchange`: a size all-to-all, then a payload all-to-all)::
+
+    request   requester -> owner   int64 counts[num_node_types]
+                                   int64 node[n_t]       for each node type t (global ids)
+                                   int64 root_time[n_t]  for each node type t (seconds)
+    response  owner -> requester   int64 counts[num_relations]
+                                   for each relation r with n_r drawn edges:
+                                     int32 query[n_r]     row index in that request's
+                                                          node-type-t segment (t = dst of r)
+                                     int64 neighbor[n_r]  global source id
+                                     int64 edge_time[n_r]
+                                     int64 edge_id[n_r]   graph-wide edge id
+                                     edge attributes [n_r, ...] (native dtypes)
+
+So a remote frontier row costs 16 bytes and a remote sampled edge 28 bytes plus its
+attributes (32 with a float32 weight). A hop whose fanouts are all 0 sends nothing. Only
+node types that some relation expands at that hop are requested.
+
+Features (:meth:`DistTemporalSampler.fetch_features`): the categorical codes and
+``created_time`` of the subgraph's non-owned nodes are fetched from their owners, each
+distinct node once (``int64`` ids out; codes back in the smallest integer type that holds
+the type's cardinality, ``created_time`` as int64).
+
+Random draws and equality with the single-process sampler
+-------------------------------------------------------------
+``most_recent`` is deterministic: the distributed sample of a rank's seeds equals the
+single-process sample of the same seeds on the unpartitioned graph, tensor for tensor
+(``edge_id`` included when the shards come from :func:`trainer.shard.split_graph`).
+
+``uniform`` cannot be equal draw for draw, by design: a row's draw is made by its owner
+from the owner's generator, so the random stream of one batch is split over the owners
+and interleaved with other ranks' requests. What is preserved is the distribution: each
+row's draw is the same uniform choice (Floyd subset, or independent draws with
+replacement) over the same visible edges, independent across rows, so every sampled
+tree has the law of the single-process sampler's. ``tests/test_distributed.py`` checks
+that with chi-square goodness-of-fit tests against the exact law.
+
+Collectives: :meth:`~DistTemporalSampler.sample`, :meth:`~DistTemporalSampler.fetch_features`
+and the constructor are collective: every rank calls them in the same order, a rank with
+no seeds too (empty seed tensors or an empty dict). No hot-node cache yet: a node owned
+elsewhere is requested again by every batch that reaches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from trainer.distributed import ByteCounter, comm_device, exchange
+from trainer.graph import EdgeType, segment_ids
+from trainer.model import NodeFeatures
+from trainer.sampler import (
+    Fanouts,
+    SampledSubgraph,
+    Seeds,
+    Strategy,
+    TimeSearch,
+    _Frontier,
+    _NodeTable,
+    _normalise_fanouts,
+    _sample_rows,
+    _take,
+    _VisibleEdgeSearch,
+)
+from trainer.shard import PartitionShard
+
+_QUERY_DTYPE = torch.int32
+
+
+def _as_bytes(tensor: Tensor) -> Tensor:
+    """Flat uint8 view of a tensor's contents (C order)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _pack(parts: list[Tensor]) -> Tensor:
+    """Concatenates tensors' bytes into one uint8 message."""
+    if not parts:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.cat([_as_bytes(part) for part in parts])
+
+
+class _Reader:
+    """Reads typed arrays back from a uint8 message, in writing order."""
+
+    def __init__(self, message: Tensor) -> None:
+        self.message = message
+        self.offset = 0
+
+    def take(self, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        nbytes = numel * dtype.itemsize
+        piece = self.message[self.offset:self.offset + nbytes]
+        if piece.numel() != nbytes:
+            raise RuntimeError("truncated message: ranks disagree on the message layout")
+        self.offset += nbytes
+        # clone: a slice at an odd offset cannot be viewed as a wider dtype.
+        return piece.clone().view(dtype).reshape(shape)
+
+    def finish(self) -> None:
+        if self.offset != self.message.numel():
+            raise RuntimeError(f"message has {self.message.numel() - self.offset} unread "
+                               "bytes: ranks disagree on the message layout")
+
+
+def _code_dtype(cardinalities: list[int]) -> torch.dtype:
+    """Smallest integer dtype holding codes ``< max(cardinalities)``."""
+    largest = max(cardinalities, default=1)
+    if largest <= 256:
+        return torch.uint8
+    if largest <= 2**15:
+        return torch.int16
+    if largest <= 2**31:
+        return torch.int32
+    return torch.int64
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """Edges one relation drew at one hop for the requester, in frontier order."""
+
+    frontier_position: Tensor
+    neighbor: Tensor
+    edge_time: Tensor
+    edge_id: Tensor
+    edge_attr: dict[str, Tensor]
+
+
+class DistTemporalSampler:
+    """Temporal neighbour sampler over a partitioned graph (see the module docstring).
+
+    Construction is collective: the ranks check that they serve parts ``0 .. P-1`` of
+    one partitioning with the same relations, attributes and sampler settings.
+
+    Args:
+        shard: The part this rank serves (rank ``r`` must hold part ``r``).
+        fanouts: As for :class:`~trainer.sampler.TemporalNeighborSampler`.
+        strategy: ``"uniform"`` or ``"most_recent"``.
+        replace: Uniform sampling with replacement.
+        time_search: Visible-prefix search, as for the single-process sampler.
+        group: Process group (default: the world); its size must equal the parts.
+        counter: Where to count bytes that cross partitions (a new one by default).
+    """
+
+    def __init__(self, shard: PartitionShard, fanouts: Fanouts,
+                 strategy: Strategy = "uniform", replace: bool = False,
+                 time_search: TimeSearch = "auto", group: dist.ProcessGroup | None = None,
+                 counter: ByteCounter | None = None) -> None:
+        if strategy not in ("uniform", "most_recent"):
+            raise ValueError(f"strategy must be 'uniform' or 'most_recent', got "
+                             f"{strategy!r}")
+        if strategy == "most_recent" and replace:
+            raise ValueError("replace=True is only meaningful with strategy='uniform'")
+        self.shard = shard
+        self.strategy: Strategy = strategy
+        self.replace = replace
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.counter = counter if counter is not None else ByteCounter()
+        self.node_types = shard.node_types
+        self.edge_types = shard.edge_types
+        self.fanouts = _normalise_fanouts(fanouts, self.edge_types)
+        self.num_hops = len(next(iter(self.fanouts.values()), ()))
+        self._attr_schema = {
+            edge_type: [(name, value.dtype, tuple(value.shape[1:]))
+                        for name, value in csr.edge_attr.items()]
+            for edge_type, csr in shard.csr.items()}
+        self._code_dtype = {t: _code_dtype(f.cardinalities) for t, f in shard.features.items()}
+        # Validate before the collective check and fail on every rank together, so a
+        # bad shard on one rank cannot leave the others waiting in the first sample().
+        problem = None
+        try:
+            self._validate_shard()
+            self._search = {edge_type: _VisibleEdgeSearch.build(csr, time_search)
+                            for edge_type, csr in shard.csr.items()}
+        except ValueError as error:
+            problem = str(error)
+        self._check_consistent(valid=problem is None)
+        if problem is not None:
+            raise ValueError(problem)
+
+    # ------------------------------------------------------------------- consistency
+
+    def _validate_shard(self) -> None:
+        self.shard.validate()
+        for node_type, features in self.shard.features.items():
+            codes = features.categorical
+            if codes.numel() and (int(codes.min()) < 0 or bool(
+                    (codes >= torch.tensor(features.cardinalities)).any())):
+                raise ValueError(f"features[{node_type!r}] has codes outside "
+                                 "[0, cardinality)")
+
+    def _check_consistent(self, valid: bool) -> None:
+        """All ranks agree on the schema and settings, serve their own part, and hold a
+        valid shard; raises on every rank otherwise."""
+        shard = self.shard
+        schema = {
+            "num_parts": shard.num_parts, "num_nodes": shard.num_nodes,
+            "relations": [[list(et), shard.csr[et].weight,
+                           [[n, str(d), list(s)] for n, d, s in self._attr_schema[et]]]
+                          for et in self.edge_types],
+            "features": {t: [f.cardinalities, f.created_time is not None,
+                             f.learn_id_embedding, int(f.categorical.shape[1])]
+                         for t, f in shard.features.items()},
+            "fanouts": [[list(et), list(hops)] for et, hops in self.fanouts.items()],
+            "strategy": self.strategy, "replace": self.replace}
+        digest = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
+        value = int(digest[:15], 16)
+        serves_own_part = int(shard.part == self.rank and shard.num_parts == self.world_size)
+        # One MAX-reduction gives max(hash), -min(hash), -min(ok) and -min(valid).
+        probe = torch.tensor([value, -value, -serves_own_part, -int(valid)],
+                             dtype=torch.int64, device=comm_device(self.group))
+        dist.all_reduce(probe, op=dist.ReduceOp.MAX, group=self.group)
+        probe = probe.cpu()
+        if valid and int(probe[3]) != -1:
+            raise ValueError("another rank's shard failed validation (see its error)")
+        if int(probe[2]) != -1:
+            raise ValueError(f"rank r must serve part r of a {self.world_size}-part shard "
+                             f"set; this rank {self.rank} holds part {shard.part} of "
+                             f"{shard.num_parts} (or another rank is misassigned)")
+        if int(probe[0]) != -int(probe[1]):
+            raise ValueError("ranks disagree on the shard schema (node types, relations, "
+                             "edge attributes, features) or the sampler settings")
+
+    def _check_seeds(self, seeds: Seeds) -> None:
+        for node_type, (node, seed_time) in seeds.items():
+            if node_type not in self.shard.num_nodes:
+                raise ValueError(f"seed node type {node_type!r} is not in the graph")
+            if (node.dtype != torch.int64 or seed_time.dtype != torch.int64
+                    or node.dim() != 1 or node.shape != seed_time.shape):
+                raise ValueError(f"seeds[{node_type!r}] must be two int64 [B] tensors")
+            if node.device.type != "cpu" or seed_time.device.type != "cpu":
+                raise ValueError(f"seeds[{node_type!r}] must be on the CPU, with the shard")
+            if node.numel() and (int(node.min()) < 0
+                                 or int(node.max()) >= self.shard.num_nodes[node_type]):
+                raise ValueError(f"seeds[{node_type!r}] node ids out of range")
+
+    # ----------------------------------------------------------------------- sampling
+
+    def sample(self, seeds: Seeds, generator: torch.Generator | None = None
+               ) -> SampledSubgraph:
+        """Samples the temporal neighbourhood of this rank's seeds (collective).
+
+        Args:
+            seeds: Node type -> ``(node_ids, seed_time)``, int64 ``[B]`` CPU tensors,
+                global ids, seconds since epoch. May be empty on some ranks.
+            generator: This rank's random source for ``"uniform"`` (required there); it
+                draws for every row this rank OWNS, whichever rank asked for it.
+
+        Returns:
+            The sampled subgraph, laid out as by the single-process sampler.
+        """
+        if self.strategy == "uniform" and generator is None:
+            raise ValueError("strategy='uniform' needs an explicit torch.Generator")
+        self._check_seeds(seeds)
+        seed_times = [seeds[node_type][1] for node_type in seeds]
+        all_seed_time = (torch.cat(seed_times) if seed_times
+                         else torch.empty(0, dtype=torch.int64))
+        root_time, all_rank = torch.unique(all_seed_time, return_inverse=True)
+        time_bits = max(root_time.numel() - 1, 0).bit_length()
+
+        device = torch.device("cpu")
+        tables = {node_type: _NodeTable(time_bits, count, device)
+                  for node_type, count in self.shard.num_nodes.items()}
+        seed_local: dict[str, Tensor] = {}
+        frontier: dict[str, _Frontier] = {}
+        seed_ranks = torch.split(all_rank, [time.numel() for time in seed_times])
+        for node_type, rank in zip(seeds, seed_ranks, strict=True):
+            seed_local[node_type], frontier[node_type] = tables[node_type].add_seeds(
+                seeds[node_type][0], rank)
+        for node_type, table in tables.items():
+            if node_type not in seeds:
+                table.add_nothing()
+
+        edge_chunks: dict[EdgeType, list[tuple[Tensor, ...]]] = {
+            edge_type: [] for edge_type in self.edge_types}
+        attr_chunks: dict[EdgeType, list[dict[str, Tensor]]] = {
+            edge_type: [] for edge_type in self.edge_types}
+        num_sampled_edges: dict[EdgeType, list[int]] = {
+            edge_type: [] for edge_type in self.edge_types}
+        for hop in range(self.num_hops):
+            last_hop = hop == self.num_hops - 1
+            drawn = self._draw_hop(hop, frontier, root_time, generator)
+            # From here on, exactly the single-process sampler's bookkeeping.
+            by_source: dict[str, list[tuple[EdgeType, _Drawn, Tensor, Tensor]]] = {}
+            for edge_type in self.edge_types:
+                src_type, _, dst_type = edge_type
+                rows = frontier.get(dst_type)
+                if (self.fanouts[edge_type][hop] == 0 or rows is None
+                        or rows.node.numel() == 0):
+                    num_sampled_edges[edge_type].append(0)
+                    continue
+                edges = drawn[edge_type]
+                num_sampled_edges[edge_type].append(edges.neighbor.numel())
+                by_source.setdefault(src_type, []).append(
+                    (edge_type, edges, _take(rows.local, edges.frontier_position),
+                     _take(rows.time_rank, edges.frontier_position)))
+            frontier = {}
+            for node_type, table in tables.items():
+                items = by_source.get(node_type)
+                if not items:
+                    table.add_nothing()
+                    continue
+                key = torch.cat([table.key(edges.neighbor, rank)
+                                 for _, edges, _, rank in items])
+                src_local, new_rows = table.add_neighbors(key, expand=not last_hop)
+                if new_rows is not None and new_rows.node.numel():
+                    frontier[node_type] = new_rows
+                sizes = [edges.neighbor.numel() for _, edges, _, _ in items]
+                for (edge_type, edges, dst_local, rank), local in zip(
+                        items, torch.split(src_local, sizes), strict=True):
+                    edge_chunks[edge_type].append(
+                        (edges.edge_id, local, dst_local, rank, edges.edge_time))
+                    attr_chunks[edge_type].append(edges.edge_attr)
+        return self._assemble(tables, seed_local, root_time, edge_chunks, attr_chunks,
+                              num_sampled_edges)
+
+    def _draw_hop(self, hop: int, frontier: dict[str, _Frontier], root_time: Tensor,
+                  generator: torch.Generator | None) -> dict[EdgeType, _Drawn]:
+        """Routes the frontier to its owners, serves the other ranks' rows, and returns
+        this rank's drawn edges per relation, in frontier order (two exchanges)."""
+        active = [et for et in self.edge_types if self.fanouts[et][hop] != 0]
+        if not active:  # the same on every rank: skip the exchanges altogether
+            return {}
+        expanded = {et[2] for et in active}
+        world = self.world_size
+        # Requests: per destination, per node type, the frontier positions it owns.
+        positions: list[dict[str, Tensor]] = [{} for _ in range(world)]
+        empty = torch.empty(0, dtype=torch.int64)
+        for node_type in self.node_types:
+            rows = frontier.get(node_type)
+            if node_type not in expanded or rows is None or rows.node.numel() == 0:
+                for destination in range(world):
+                    positions[destination][node_type] = empty
+                continue
+            owner = self.shard.owner(node_type, rows.node)
+            order = torch.sort(owner, stable=True).indices
+            counts = torch.bincount(owner, minlength=world).tolist()
+            for destination, chunk in enumerate(torch.split(order, counts)):
+                positions[destination][node_type] = chunk
+        requests = []
+        for destination in range(world):
+            counts = torch.tensor([positions[destination][t].numel() for t in self.node_types],
+                                  dtype=torch.int64)
+            nodes, times = [], []
+            for node_type in self.node_types:
+                position = positions[destination][node_type]
+                if position.numel():
+                    rows = frontier[node_type]
+                    nodes.append(_take(rows.node, position))
+                    times.append(_take(root_time, _take(rows.time_rank, position)))
+            requests.append(_pack([counts, *nodes, *times]))
+        received = exchange(requests, self.counter, "sample_request", self.group)
+        responses = self._serve(hop, received, generator)
+        answers = exchange(responses, self.counter, "sample_response", self.group)
+        return self._collect(answers, positions)
+
+    def _serve(self, hop: int, requests: list[Tensor], generator: torch.Generator | None
+               ) -> list[Tensor]:
+        """Owner side: draws edges for every rank's rows it owns; one message per rank."""
+        world, num_types = self.world_size, len(self.node_types)
+        query_node: dict[str, list[Tensor]] = {t: [] for t in self.node_types}
+        query_time: dict[str, list[Tensor]] = {t: [] for t in self.node_types}
+        per_source_counts = torch.zeros((world, num_types), dtype=torch.int64)
+        for source, message in enumerate(requests):
+            reader = _Reader(message)
+            counts = reader.take(torch.int64, (num_types,))
+            total = int(counts.sum())
+            nodes, times = reader.take(torch.int64, (total,)), reader.take(torch.int64, (total,))
+            reader.finish()
+            per_source_counts[source] = counts
+            sizes = counts.tolist()
+            for node_type, node, time in zip(self.node_types, torch.split(nodes, sizes),
+                                             torch.split(times, sizes), strict=True):
+                query_node[node_type].append(node)
+                query_time[node_type].append(time)
+        # Queries of a type are concatenated by source rank: source s's rows start at
+        # query_offset[s] and keep their order within it.
+        query_offset = torch.cumsum(per_source_counts, 0) - per_source_counts
+        segments: list[list[Tensor]] = [[] for _ in range(world)]
+        headers = torch.zeros((world, len(self.edge_types)), dtype=torch.int64)
+        for index, edge_type in enumerate(self.edge_types):
+            fanout = self.fanouts[edge_type][hop]
+            type_index = self.node_types.index(edge_type[2])
+            node = torch.cat(query_node[edge_type[2]])
+            if fanout == 0 or node.numel() == 0:
+                continue
+            time = torch.cat(query_time[edge_type[2]])
+            local = self.shard.local_row(edge_type[2], node)
+            start, end = self._search[edge_type].visible_range(local, time)
+            edge_pos, query = _sample_rows(start, end - start, fanout, self.strategy,
+                                           self.replace, generator)
+            # _sample_rows groups edges by query in query order, hence by source too.
+            query_source = segment_ids(query_offset[:, type_index].contiguous(),
+                                       node.numel())
+            source = _take(query_source, query)
+            in_source = query - _take(query_offset[:, type_index].contiguous(), source)
+            counts = torch.bincount(source, minlength=world)
+            headers[:, index] = counts
+            csr = self.shard.csr[edge_type]
+            columns = [in_source.to(_QUERY_DTYPE), _take(csr.neighbor, edge_pos),
+                       _take(csr.edge_time, edge_pos),
+                       _take(self.shard.edge_id[edge_type], edge_pos)]
+            columns += [_take(csr.edge_attr[name], edge_pos)
+                        for name, _, _ in self._attr_schema[edge_type]]
+            split = [torch.split(column, counts.tolist()) for column in columns]
+            for destination in range(world):
+                segments[destination].extend(parts[destination] for parts in split)
+        return [_pack([headers[destination], *segments[destination]])
+                for destination in range(world)]
+
+    def _collect(self, answers: list[Tensor], positions: list[dict[str, Tensor]]
+                 ) -> dict[EdgeType, _Drawn]:
+        """Requester side: merges the owners' answers into frontier order."""
+        parts: dict[EdgeType, list[tuple[Tensor, ...]]] = {et: [] for et in self.edge_types}
+        for owner, message in enumerate(answers):
+            reader = _Reader(message)
+            counts = reader.take(torch.int64, (len(self.edge_types),)).tolist()
+            for edge_type, count in zip(self.edge_types, counts, strict=True):
+                if not count:
+                    continue
+                query = reader.take(_QUERY_DTYPE, (count,)).long()
+                neighbor = reader.take(torch.int64, (count,))
+                edge_time = reader.take(torch.int64, (count,))
+                edge_id = reader.take(torch.int64, (count,))
+                attrs = tuple(reader.take(dtype, (count, *shape))
+                              for _, dtype, shape in self._attr_schema[edge_type])
+                frontier_position = _take(positions[owner][edge_type[2]], query)
+                parts[edge_type].append((frontier_position, neighbor, edge_time, edge_id,
+                                         *attrs))
+            reader.finish()
+        drawn = {}
+        for edge_type, chunks in parts.items():
+            schema = self._attr_schema[edge_type]
+            if chunks:
+                columns = [torch.cat(column) for column in zip(*chunks, strict=True)]
+            else:
+                columns = [torch.empty(0, dtype=torch.int64)] * 4 + [
+                    torch.empty((0, *shape), dtype=dtype) for _, dtype, shape in schema]
+            # A row has one owner, so a stable sort on the frontier position restores
+            # the single-process order: rows in frontier order, each row's edges in the
+            # order its owner drew them.
+            order = torch.sort(columns[0], stable=True).indices
+            columns = [column.index_select(0, order) for column in columns]
+            drawn[edge_type] = _Drawn(
+                frontier_position=columns[0], neighbor=columns[1], edge_time=columns[2],
+                edge_id=columns[3],
+                edge_attr={name: value for (name, _, _), value in zip(schema, columns[4:],
+                                                                       strict=True)})
+        return drawn
+
+    def _assemble(self, tables: dict[str, _NodeTable], seed_local: dict[str, Tensor],
+                  root_time: Tensor, edge_chunks: dict[EdgeType, list[tuple[Tensor, ...]]],
+                  attr_chunks: dict[EdgeType, list[dict[str, Tensor]]],
+                  num_sampled_edges: dict[EdgeType, list[int]]) -> SampledSubgraph:
+        empty = torch.empty(0, dtype=torch.int64)
+        node, node_time, num_sampled_nodes = {}, {}, {}
+        for node_type, table in tables.items():
+            node[node_type] = torch.cat(table.node_chunks)
+            node_time[node_type] = _take(root_time, torch.cat(table.rank_chunks))
+            num_sampled_nodes[node_type] = [chunk.numel() for chunk in table.node_chunks]
+        edge_index, edge_id, edge_time, edge_delta_t, edge_weight, edge_attr = (
+            {}, {}, {}, {}, {}, {})
+        for edge_type, chunks in edge_chunks.items():
+            columns = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
+            ids, src_local, dst_local, rank, times = columns or [empty] * 5
+            edge_index[edge_type] = torch.stack([src_local, dst_local])
+            edge_id[edge_type] = ids
+            edge_time[edge_type] = times
+            edge_delta_t[edge_type] = _take(root_time, rank) - times
+            edge_weight[edge_type] = torch.full((ids.numel(),), self.shard.csr[edge_type].weight,
+                                                dtype=torch.float32)
+            edge_attr[edge_type] = {
+                name: (torch.cat([attrs[name] for attrs in attr_chunks[edge_type]])
+                       if attr_chunks[edge_type] else torch.empty((0, *shape), dtype=dtype))
+                for name, dtype, shape in self._attr_schema[edge_type]}
+        return SampledSubgraph(
+            node=node, node_time=node_time, seed_local=seed_local,
+            num_sampled_nodes=num_sampled_nodes, edge_index=edge_index, edge_id=edge_id,
+            edge_time=edge_time, edge_delta_t=edge_delta_t, edge_weight=edge_weight,
+            edge_attr=edge_attr, num_sampled_edges=num_sampled_edges)
+
+    # ----------------------------------------------------------------------- features
+
+    def fetch_features(self, subgraph: SampledSubgraph) -> dict[str, NodeFeatures]:
+        """Static attributes of every row of ``subgraph`` (collective).
+
+        Owned rows are read locally; each distinct non-owned node is fetched once from
+        its owner (two exchanges for all node types together).
+
+        Args:
+            subgraph: A sample of this rank (global ids in ``subgraph.node``).
+
+        Returns:
+            Node type -> :class:`NodeFeatures` indexed by LOCAL row of ``subgraph``
+            (``categorical`` ``[rows, C]``, ``created_time`` ``[rows]``); cardinalities
+            and flags as in the shard. See :func:`model_inputs` to feed the model.
+        """
+        world, shard = self.world_size, self.shard
+        unique, inverse, positions = {}, {}, [{} for _ in range(world)]
+        for node_type in self.node_types:
+            node = subgraph.node.get(node_type, torch.empty(0, dtype=torch.int64))
+            unique[node_type], inverse[node_type] = torch.unique(node, return_inverse=True)
+            owner = shard.owner(node_type, unique[node_type])
+            order = torch.sort(owner, stable=True).indices
+            counts = torch.bincount(owner, minlength=world).tolist()
+            for destination, chunk in enumerate(torch.split(order, counts)):
+                positions[destination][node_type] = chunk
+        requests = []
+        for destination in range(world):
+            if destination == self.rank:  # read locally below
+                requests.append(_pack([torch.zeros(len(self.node_types), dtype=torch.int64)]))
+                continue
+            wanted = [_take(unique[t], positions[destination][t]) for t in self.node_types]
+            counts = torch.tensor([ids.numel() for ids in wanted], dtype=torch.int64)
+            requests.append(_pack([counts, *wanted]))
+        received = exchange(requests, self.counter, "feature_request", self.group)
+
+        responses = []
+        for message in received:
+            reader = _Reader(message)
+            counts = reader.take(torch.int64, (len(self.node_types),)).tolist()
+            ids = [reader.take(torch.int64, (count,)) for count in counts]
+            reader.finish()
+            responses.append(_pack([column for node_type, node in zip(self.node_types, ids,
+                                                                      strict=True)
+                                    for column in self._feature_columns(node_type, node)]))
+        answers = exchange(responses, self.counter, "feature_response", self.group)
+
+        out = {}
+        for node_type in self.node_types:
+            features = shard.features[node_type]
+            num_unique, num_columns = unique[node_type].numel(), features.categorical.shape[1]
+            codes = torch.zeros((num_unique, num_columns), dtype=torch.int64)
+            created = (torch.zeros(num_unique, dtype=torch.int64)
+                       if features.created_time is not None else None)
+            own = positions[self.rank][node_type]
+            row = shard.local_row(node_type, _take(unique[node_type], own))
+            codes.index_copy_(0, own, _take(features.categorical, row))
+            if created is not None:
+                created.index_copy_(0, own, _take(features.created_time, row))
+            out[node_type] = (codes, created)
+        for owner, message in enumerate(answers):
+            if owner == self.rank:
+                continue
+            reader = _Reader(message)
+            for node_type in self.node_types:
+                codes, created = out[node_type]
+                position = positions[owner][node_type]
+                count, num_columns = position.numel(), codes.shape[1]
+                codes.index_copy_(0, position, reader.take(
+                    self._code_dtype[node_type], (count, num_columns)).long())
+                if created is not None:
+                    created.index_copy_(0, position, reader.take(torch.int64, (count,)))
+            reader.finish()
+        result = {}
+        for node_type, (codes, created) in out.items():
+            features = shard.features[node_type]
+            result[node_type] = NodeFeatures(
+                categorical=_take(codes, inverse[node_type]),
+                cardinalities=list(features.cardinalities),
+                created_time=None if created is None else _take(created, inverse[node_type]),
+                learn_id_embedding=features.learn_id_embedding)
+        return result
+
+    def _feature_columns(self, node_type: str, node: Tensor) -> list[Tensor]:
+        """Codes (wire dtype) and created_time of owned global ids ``node``."""
+        features = self.shard.features[node_type]
+        row = self.shard.local_row(node_type, node)
+        columns = [_take(features.categorical, row).to(self._code_dtype[node_type])]
+        if features.created_time is not None:
+            columns.append(_take(features.created_time, row))
+        return columns
+
+
+def model_inputs(subgraph: SampledSubgraph, row_features: dict[str, NodeFeatures],
+                 num_nodes: dict[str, int]) -> tuple[SampledSubgraph, dict[str, NodeFeatures]]:
+    """Adapts a distributed sample to :class:`~trainer.model.ClickGNN`.
+
+    The model reads ``features[t].categorical[batch.node[t]]`` (and ``created_time``),
+    and, for types with a learned id embedding, ``id_embedding(batch.node[t])``. Per type:
+
+    * no id embedding: ``node`` becomes ``arange(rows)`` and the features are the
+      fetched per-row ones, so nothing global is needed;
+    * id embedding (small types: brands, categories): ``node`` keeps the global ids
+      and the fetched rows are scattered into a dense ``[num_nodes, C]`` table, cheap
+      for such types.
+
+    Args:
+        subgraph: The sample (global ids).
+        row_features: From :meth:`DistTemporalSampler.fetch_features`.
+        num_nodes: Global node counts (``shard.num_nodes``).
+
+    Returns:
+        ``(batch, features)`` to pass to the model.
+    """
+    node, features = {}, {}
+    for node_type, ids in subgraph.node.items():
+        rows = row_features[node_type]
+        if not rows.learn_id_embedding:
+            node[node_type] = torch.arange(ids.numel(), device=ids.device)
+            features[node_type] = rows
+            continue
+        count = num_nodes[node_type]
+        codes = torch.zeros((count, rows.categorical.shape[1]), dtype=torch.int64,
+                            device=ids.device).index_copy_(0, ids, rows.categorical)
+        created = None
+        if rows.created_time is not None:
+            created = torch.zeros(count, dtype=torch.int64, device=ids.device).index_copy_(
+                0, ids, rows.created_time)
+        node[node_type] = ids
+        features[node_type] = NodeFeatures(codes, list(rows.cardinalities), created, True)
+    return dataclasses.replace(subgraph, node=node), features

@@ -1,0 +1,343 @@
+"""Lockstep data-parallel training over graph partitions: DDP plus distributed sampling.
+
+Every rank ``r`` serves part ``r`` of the graph (:class:`~trainer.shard.PartitionShard`)
+to every rank's sampler and trains on the impressions whose USER it owns, so a batch's
+user seeds are local at hop 0 while its content seeds and deeper hops cross partitions
+(:class:`~trainer.dist_sampler.DistTemporalSampler`). The model is wrapped in
+:class:`torch.nn.parallel.DistributedDataParallel`; parameters stay identical on every
+rank. Everything runs on the CPU over gloo for now (GPU placement is not done yet).
+
+Lockstep. Sampling, feature fetches and gradient all-reduces are collectives, so every
+rank must run the same number of steps. Each epoch the ranks agree (all-reduce MAX) on
+``steps = max over ranks of ceil(own events / batch_size)`` and a rank with fewer events
+pads its shuffled events with events re-drawn uniformly from its own (with replacement)
+up to ``steps * batch_size``: every event of every part is seen each epoch, at the price
+of small parts' events being seen a little more often. (Stopping at the minimum instead
+would drop most of a large part's events whenever one part is small.) A rank with no
+events at all runs the same steps on empty batches: it still serves the others' sampling
+requests and joins every all-reduce with zero gradients.
+
+Loss. Each rank's loss is ``sum of its example losses * world_size / global examples``
+(the global count is one all-reduce per step), so after DDP's averaging the gradient is
+that of the mean over all examples of the step, whatever the per-rank batch sizes (random
+negatives vary them; empty ranks have none).
+
+Time split (seconds per rank, summed over steps):
+
+* ``examples``: drawing the batch and its negatives plus the all-reduce of the count;
+* ``sampling``: :meth:`DistTemporalSampler.sample`, its all-to-alls included;
+* ``feature_exchange``: :meth:`DistTemporalSampler.fetch_features` + input assembly;
+* ``allreduce``: the gradient all-reduces, timed inside a DDP communication hook that
+  runs each bucket's all-reduce synchronously. This gives up DDP's overlap of
+  communication with the rest of backward (small here: CPU, one thread per worker) so
+  the time can be measured exactly; it includes waiting for the slowest rank;
+* ``compute``: forward + backward + optimizer step, minus ``allreduce``.
+
+Bytes: what this rank sent to other ranks for sampling and features (see
+:mod:`trainer.dist_sampler` for the message layouts), per trained event (padding
+included), and the gradient bytes handed to the all-reduce over all steps (the bucket
+buffer sizes; a ring all-reduce moves about ``2 (P - 1) / P`` times that per rank).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from clickgraph.config import TrainConfig
+from trainer.data import Impressions, NegativeSampler
+from trainer.dist_sampler import DistTemporalSampler, model_inputs
+from trainer.distributed import Backend, ByteCounter, all_reduce_int, init_process_group
+from trainer.engine import model_config, relation_fanouts
+from trainer.model import ClickGNN, NodeFeatures
+from trainer.sampler import SampledSubgraph
+from trainer.shard import PartitionShard
+
+
+def owned_impressions(impressions: Impressions, shard: PartitionShard) -> Impressions:
+    """The impressions whose user this shard's part owns, in their original order."""
+    owner = shard.owner("user", impressions.user)
+    return impressions.take(torch.nonzero(owner == shard.part).view(-1))
+
+
+def schema_features(shard: PartitionShard) -> dict[str, NodeFeatures]:
+    """Features with the GLOBAL shapes and no data, to build the model.
+
+    :class:`ClickGNN` reads only the cardinalities, whether a type has a creation time
+    and, for id-embedded types, the global node count; ``expand`` views give it
+    ``[num_nodes, C]`` shapes without allocating them.
+    """
+    out = {}
+    for node_type, features in shard.features.items():
+        count, columns = shard.num_nodes[node_type], features.categorical.shape[1]
+        out[node_type] = NodeFeatures(
+            categorical=torch.zeros((1, columns), dtype=torch.int64).expand(count, columns),
+            cardinalities=list(features.cardinalities),
+            created_time=(None if features.created_time is None
+                          else torch.zeros(1, dtype=torch.int64).expand(count)),
+            learn_id_embedding=features.learn_id_embedding)
+    return out
+
+
+def build_model(shard: PartitionShard, cfg: TrainConfig) -> ClickGNN:
+    """The click model with the initial parameters of seed ``cfg.seed`` (same on every
+    rank; DDP also broadcasts rank 0's at wrap time)."""
+    torch.manual_seed(cfg.seed)
+    return ClickGNN(schema_features(shard), shard.edge_types, model_config(cfg))
+
+
+def draw_examples(impressions: Impressions, events: Tensor, negatives: NegativeSampler,
+                  random_negative_ratio: float, generator: torch.Generator
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Impressions plus time-respecting random negatives, as ``ClickEngine.examples``.
+
+    Returns:
+        ``(user, content, seed_time, position, label)``, each ``[B + negatives]``.
+    """
+    user, content = impressions.user[events], impressions.content[events]
+    seed_time, position = impressions.time[events], impressions.position[events]
+    label = impressions.clicked[events]
+    n_random = int(round(random_negative_ratio * events.numel()))
+    if n_random:
+        host = torch.randint(events.numel(), (n_random,), generator=generator)
+        valid, neg_content = negatives.sample(seed_time[host], generator)
+        host, neg_content = host[valid], neg_content[valid]
+        user = torch.cat([user, user[host]])
+        content = torch.cat([content, neg_content])
+        seed_time = torch.cat([seed_time, seed_time[host]])
+        position = torch.cat([position, position[host]])
+        label = torch.cat([label, torch.zeros(host.numel())])
+    return user, content, seed_time, position, label
+
+
+def _with_edge_weights(batch: SampledSubgraph) -> SampledSubgraph:
+    """Per-edge weights from the store's ``weight`` attribute, as ``ClickEngine`` does."""
+    weights = {et: batch.edge_attr[et].get("weight", batch.edge_weight[et])
+               for et in batch.edge_index}
+    return SampledSubgraph(**{**batch.__dict__, "edge_weight": weights})
+
+
+@dataclass
+class _AllReduceTimer:
+    """State of the timing communication hook."""
+
+    group: dist.ProcessGroup | None
+    world_size: int
+    seconds: float = 0.0
+    bytes: int = 0
+    calls: int = 0
+
+
+def _timed_allreduce_hook(state: _AllReduceTimer, bucket):  # noqa: ANN001, ANN201
+    """DDP's average-all-reduce, run synchronously so that its wall time is exact.
+
+    ``bucket`` is a ``dist.GradBucket``; returns a completed ``Future[Tensor]``. No
+    annotations: DDP compares them with the real classes, and this module's postponed
+    (string) annotations would fail that check.
+    """
+    tensor = bucket.buffer()
+    start = time.perf_counter()
+    dist.all_reduce(tensor, group=state.group, async_op=True).wait()
+    tensor.div_(state.world_size)
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+    state.seconds += time.perf_counter() - start
+    state.bytes += tensor.numel() * tensor.element_size()
+    state.calls += 1
+    future: torch.futures.Future[Tensor] = torch.futures.Future()
+    future.set_result(tensor)
+    return future
+
+
+@dataclass
+class WorkerResult:
+    """What one rank reports after training.
+
+    Attributes:
+        rank: This rank.
+        world_size: Number of ranks.
+        steps_per_epoch: Steps run each epoch (equal on every rank).
+        own_batches_per_epoch: ``ceil(own events / batch_size)`` each epoch, before
+            padding.
+        min_batches_per_epoch: The smallest ``own_batches`` over ranks, each epoch.
+        own_events: Training impressions this rank owns (before the per-epoch cap).
+        events_trained: Impressions trained on, padding re-draws included.
+        examples_trained: Examples (impressions + random negatives) trained on.
+        losses: Each step's mean loss over this rank's examples (NaN when it had none).
+        time_split: Seconds per phase (see the module docstring) and ``total``.
+        bytes: ``sent``/``received``/``calls`` per message kind across partitions, plus
+            ``gradient_allreduce_bytes`` (buffer bytes handed to all-reduce, all steps).
+        bytes_per_event: Sampling + feature bytes this rank sent per trained event.
+        bytes_per_event_global: The same over all ranks (sum of bytes / sum of events).
+        model_state: The trained parameters (CPU copies).
+    """
+
+    rank: int
+    world_size: int
+    steps_per_epoch: list[int] = field(default_factory=list)
+    own_batches_per_epoch: list[int] = field(default_factory=list)
+    min_batches_per_epoch: list[int] = field(default_factory=list)
+    own_events: int = 0
+    events_trained: int = 0
+    examples_trained: int = 0
+    losses: list[float] = field(default_factory=list)
+    time_split: dict[str, float] = field(default_factory=dict)
+    bytes: dict = field(default_factory=dict)
+    bytes_per_event: float = 0.0
+    bytes_per_event_global: float = 0.0
+    model_state: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _epoch_events(num_events: int, cap: int, steps: int, batch_size: int,
+                  generator: torch.Generator) -> list[Tensor]:
+    """This rank's ``steps`` batches of event indices: shuffled, capped, padded."""
+    if num_events == 0:
+        return [torch.empty(0, dtype=torch.int64)] * steps
+    events = torch.randperm(num_events, generator=generator)[:cap]
+    missing = steps * batch_size - events.numel()
+    if missing > 0:
+        redrawn = events[torch.randint(events.numel(), (missing,), generator=generator)]
+        events = torch.cat([events, redrawn])
+    return list(torch.split(events, batch_size))[:steps]
+
+
+def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
+                 impressions: Impressions, content_created: Tensor, *,
+                 master_addr: str | None = None, master_port: int | None = None,
+                 backend: Backend = "gloo", log: Callable[[str], None] | None = None
+                 ) -> WorkerResult:
+    """Trains the click model in lockstep with the other ranks (collective).
+
+    Uses the current default process group when one is initialised (Ray Train sets it
+    up), else creates one from ``master_addr``/``master_port`` and destroys it at the end.
+
+    Args:
+        rank: This rank; it must serve part ``rank`` (``shard.part``).
+        world_size: Number of ranks (= ``shard.num_parts``).
+        shard: The part this rank serves.
+        cfg: Training config (``epochs``, ``batch_size``, ``fanouts``, ``strategy``,
+            ``learning_rate``, ``random_negative_ratio``, ``max_train_events`` split
+            evenly over ranks, ``threads_per_worker``, ``seed``, model sizes).
+        impressions: This rank's training impressions; every user must be owned here
+            (see :func:`owned_impressions`).
+        content_created: int64 ``[num_content]`` creation times of ALL content, seconds,
+            for time-respecting random negatives.
+        master_addr: Rank 0's host, when no process group is initialised yet.
+        master_port: Its port.
+        backend: Process-group backend when one is created here. The model, sampler
+            and features stay on the CPU for now, so the group must be gloo.
+        log: Progress lines (rank 0 only), e.g. ``print``.
+
+    Returns:
+        This rank's :class:`WorkerResult`.
+    """
+    torch.set_num_threads(cfg.threads_per_worker)
+    created_group = not dist.is_initialized()
+    if created_group:
+        if master_addr is None or master_port is None:
+            raise ValueError("no process group is initialised: pass master_addr and "
+                             "master_port")
+        init_process_group(rank, world_size, master_addr, master_port, backend)
+    try:
+        if dist.get_backend() != "gloo":
+            raise ValueError("train_worker keeps the model on the CPU and needs a gloo "
+                             f"process group, got {dist.get_backend()!r}")
+        if dist.get_rank() != rank or dist.get_world_size() != world_size:
+            raise ValueError(f"process group has rank {dist.get_rank()} of "
+                             f"{dist.get_world_size()}, expected {rank} of {world_size}")
+        foreign = impressions.user.numel() and not bool(
+            (shard.owner("user", impressions.user) == shard.part).all())
+        # Checked together so that one rank's bad input fails every rank, not a hang.
+        if all_reduce_int(int(not foreign), "min") == 0:
+            who = f"rank {rank}" if foreign else "another rank"
+            raise ValueError(f"{who} was given impressions of users it does not own")
+        return _train(rank, world_size, shard, cfg, impressions, content_created, log)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
+           impressions: Impressions, content_created: Tensor,
+           log: Callable[[str], None] | None) -> WorkerResult:
+    counter = ByteCounter()
+    sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
+                                  strategy=cfg.strategy, counter=counter)
+    model = build_model(shard, cfg)
+    timer = _AllReduceTimer(group=None, world_size=world_size)
+    # Some relations get no edges in some batches (and the last layer never reads the
+    # edges into non-seed types), so some parameters are unused in a given step.
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    ddp.register_comm_hook(timer, _timed_allreduce_hook)
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=cfg.learning_rate,
+                                 weight_decay=cfg.weight_decay)
+    negatives = NegativeSampler(content_created)
+    # A different random stream per rank (batches, negatives, the rows it draws for).
+    generator = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (rank + 1))
+
+    result = WorkerResult(rank=rank, world_size=world_size, own_events=len(impressions))
+    times = dict.fromkeys(("examples", "sampling", "feature_exchange", "compute"), 0.0)
+    cap = (cfg.max_train_events // world_size if cfg.max_train_events > 0
+           else len(impressions))
+    own_batches = math.ceil(min(len(impressions), cap) / cfg.batch_size)
+    start_all = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        steps = all_reduce_int(own_batches, "max")
+        fewest = all_reduce_int(own_batches, "min")
+        result.steps_per_epoch.append(steps)
+        result.own_batches_per_epoch.append(own_batches)
+        result.min_batches_per_epoch.append(fewest)
+        ddp.train()
+        for step, events in enumerate(_epoch_events(len(impressions), cap, steps,
+                                                    cfg.batch_size, generator)):
+            t0 = time.perf_counter()
+            user, content, seed_time, position, label = draw_examples(
+                impressions, events, negatives, cfg.random_negative_ratio, generator)
+            global_examples = all_reduce_int(label.numel(), "sum")
+            t1 = time.perf_counter()
+            batch = sampler.sample({"user": (user, seed_time), "content": (content, seed_time)},
+                                   generator=generator)
+            t2 = time.perf_counter()
+            rows = sampler.fetch_features(batch)
+            model_batch, features = model_inputs(batch, rows, shard.num_nodes)
+            model_batch = _with_edge_weights(model_batch)
+            t3 = time.perf_counter()
+            allreduce_before = timer.seconds
+            logits = ddp(model_batch, features, batch.seed_local["user"],
+                         batch.seed_local["content"], position, seed_time)
+            loss_sum = F.binary_cross_entropy_with_logits(logits, label, reduction="sum")
+            loss = loss_sum * (world_size / max(global_examples, 1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            t4 = time.perf_counter()
+            times["examples"] += t1 - t0
+            times["sampling"] += t2 - t1
+            times["feature_exchange"] += t3 - t2
+            times["compute"] += (t4 - t3) - (timer.seconds - allreduce_before)
+            result.events_trained += events.numel()
+            result.examples_trained += label.numel()
+            result.losses.append(float(loss_sum.detach()) / label.numel()
+                                 if label.numel() else float("nan"))
+            if log is not None and rank == 0 and (step % 50 == 0 or step == steps - 1):
+                log(f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
+                    f"loss {result.losses[-1]:.4f}")
+    times["allreduce"] = timer.seconds
+    times["total"] = time.perf_counter() - start_all
+    result.time_split = {name: round(value, 4) for name, value in times.items()}
+    result.bytes = {**counter.as_dict(), "gradient_allreduce_bytes": timer.bytes}
+    result.bytes_per_event = counter.total_sent / max(result.events_trained, 1)
+    total_sent = all_reduce_int(counter.total_sent, "sum")
+    total_events = all_reduce_int(result.events_trained, "sum")
+    result.bytes_per_event_global = total_sent / max(total_events, 1)
+    result.model_state = {name: value.detach().cpu().clone()
+                          for name, value in model.state_dict().items()}
+    return result
