@@ -232,6 +232,26 @@ class GraphConfig:
 
 
 @dataclass(frozen=True)
+class PartitionConfig:
+    """METIS partitioning of the graph store into one shard per training worker.
+
+    Vertex weights balance training events (impressions, counted at their user) and
+    incident edges. Above ``edge_budget`` aggregated edges the graph is first coarsened in
+    Spark, so METIS only ever sees a graph of at most that size.
+    """
+
+    num_parts: int = 2
+    imbalance: float = 0.05
+    edge_budget: int = 5_000_000
+    seed: int = 0
+    quality_fanouts: list[int] = field(default_factory=lambda: [10, 5])
+    quality_seeds: int = 10_000
+    placement_tolerance: float = 0.1
+    max_cut_drift: float = 0.25
+    on_drift: Literal["recommend", "repartition"] = "recommend"
+
+
+@dataclass(frozen=True)
 class ModelSection:
     """The GNN's sizes (see ``trainer/model.py``)."""
 
@@ -271,6 +291,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     model: ModelSection = field(default_factory=ModelSection)
+    # Distributed runs (trainer/ray_launch.py, docs/training.md).
+    checkpoint_url: str | None = None  # null: <paths.train>/checkpoints
+    checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
+    max_failures: int = 1              # worker failures Ray Train recovers from per run
+    replay_fraction: float = 0.1       # --continue: older events replayed per new event
+    log_every_steps: int = 20          # progress line period (rank 0)
 
 
 @dataclass(frozen=True)
@@ -282,6 +308,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str = "<defaults>"
 
@@ -415,6 +442,16 @@ def _validate_values(cfg: Config) -> None:
     if round(g.num_content * g.initial_content_fraction) < g.num_communities:
         raise ConfigError(f"{src}: keys 'generate.num_content' x 'generate.initial_content_fraction' "
                           "must leave at least one piece of content per community on day 0")
+    p = cfg.partition
+    if p.num_parts < 1:
+        raise ConfigError(f"{src}: key 'partition.num_parts' must be >= 1")
+    if not 0 <= p.imbalance < 1 or not 0 <= p.placement_tolerance < 1:
+        raise ConfigError(f"{src}: keys 'partition.imbalance' and 'partition.placement_tolerance' "
+                          "must be within [0, 1)")
+    if p.edge_budget < 1000:
+        raise ConfigError(f"{src}: key 'partition.edge_budget' must be >= 1000")
+    if len(p.quality_fanouts) < 2:
+        raise ConfigError(f"{src}: key 'partition.quality_fanouts' needs at least two hops")
     t = cfg.train
     for name in ("workers", "threads_per_worker", "epochs", "batch_size", "eval_batch_size",
                  "val_days", "test_days"):
@@ -424,6 +461,13 @@ def _validate_values(cfg: Config) -> None:
         raise ConfigError(f"{src}: key 'train.fanouts' must be a non-empty list of positive ints")
     if t.random_negative_ratio < 0:
         raise ConfigError(f"{src}: key 'train.random_negative_ratio' must be >= 0")
+    for name in ("checkpoint_every_steps", "max_failures"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"{src}: key 'train.{name}' must be >= 0")
+    if t.log_every_steps < 1:
+        raise ConfigError(f"{src}: key 'train.log_every_steps' must be >= 1")
+    if not 0.0 <= t.replay_fraction <= 10.0:
+        raise ConfigError(f"{src}: key 'train.replay_fraction' must be within [0, 10]")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError(f"{src}: key 'spark.shuffle_partitions' must be >= 1")
     _validate_graph(cfg)

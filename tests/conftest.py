@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 from clickgraph.config import load_config
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Spark's Python workers must use this interpreter (pandas, numpy of the venv)
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
 @pytest.fixture(scope="session")

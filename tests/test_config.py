@@ -35,7 +35,7 @@ def test_local_yaml_lists_every_key_with_its_default():
     """conf/local.yaml documents every key; its values are the dataclass defaults."""
     raw = yaml.safe_load((REPO / "conf" / "local.yaml").read_text())
     cfg = load_config()
-    for section in ("generate", "spark", "ray", "train", "graph"):
+    for section in ("generate", "spark", "ray", "train", "graph", "partition"):
         assert set(raw[section]) == set(cfg.to_dict()[section]), section
 
 

@@ -19,6 +19,7 @@ from clickgraph.config import ConfigError, load_config
 SUBCOMMANDS = {
     "generate": "generate",
     "build-graph": "build_graph",
+    "partition": "partition",
     "train": "train",
     "bench": "bench",
 }

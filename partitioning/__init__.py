@@ -1,0 +1,70 @@
+"""Partitioning algorithms: METIS, coarsened METIS, hashing, incremental placement.
+
+Pure numpy / scipy / pymetis code on in-memory arrays; the Spark job that
+reads the graph store and writes the shards calls it. The DataFrame version
+of the coarsening rounds lives in :mod:`partitioning.spark_coarsen` and is not
+imported here, so this package does not need pyspark.
+
+Typical use::
+
+    graph = PartitionGraph.from_coo(num_nodes, src, dst, weight,
+                                    node_type=node_type, vertex_weights=vertex_weights)
+    result = MetisPartitioner(ufactor=30, seed=0).partition(graph, num_parts=8)
+    report = quality_report(graph, result, seed_nodes, np.random.default_rng(0))
+"""
+
+from partitioning.base import (
+    Partitioner,
+    PartitionResult,
+    check_num_parts,
+    fill_empty_parts,
+    validate_partition_book,
+)
+from partitioning.baseline import RandomPartitioner, hash_part
+from partitioning.coarsen import CoarseLevel, CoarsenedMetisPartitioner, Coarsening, coarsen_graph
+from partitioning.graph import PartitionGraph, normalized_vertex_weight
+from partitioning.memory import PeakRssMonitor
+from partitioning.metis import MetisPartitioner, metis_assignment, pymetis_supports_multi_constraint
+from partitioning.placement import CutDrift, Placement, edge_cut_drift, place_new_nodes
+from partitioning.quality import (
+    RemoteLookups,
+    balance,
+    edge_cut_fraction,
+    quality_report,
+    remote_fraction_1hop,
+    remote_fraction_2hop,
+    remote_lookups,
+)
+from partitioning.refine import refine
+
+__all__ = [
+    "CoarseLevel",
+    "CoarsenedMetisPartitioner",
+    "Coarsening",
+    "CutDrift",
+    "MetisPartitioner",
+    "PartitionGraph",
+    "PartitionResult",
+    "Partitioner",
+    "PeakRssMonitor",
+    "Placement",
+    "RandomPartitioner",
+    "RemoteLookups",
+    "balance",
+    "check_num_parts",
+    "coarsen_graph",
+    "edge_cut_drift",
+    "edge_cut_fraction",
+    "fill_empty_parts",
+    "hash_part",
+    "metis_assignment",
+    "normalized_vertex_weight",
+    "place_new_nodes",
+    "pymetis_supports_multi_constraint",
+    "quality_report",
+    "refine",
+    "remote_fraction_1hop",
+    "remote_fraction_2hop",
+    "remote_lookups",
+    "validate_partition_book",
+]

@@ -1,0 +1,438 @@
+"""Vectorised boundary refinement and rebalancing of a partition book.
+
+Used after projecting a coarse partition back onto a finer graph, and after
+METIS when several balance constraints had to be collapsed into one.
+
+* :func:`rebalance` moves nodes out of parts that exceed their cap in any
+  constraint, choosing the nodes that lose the least edge weight per unit of
+  excess removed.
+* :func:`refine_boundary` is an FM-lite pass: every boundary node computes
+  its gain for moving to the neighbouring part it is most connected to; moves
+  with positive gain are accepted in priority order while the destination
+  stays within its caps, then filtered by an "afterburner" that re-evaluates
+  each move assuming every higher-priority move has happened (so two
+  neighbours do not swap sides and both lose). A pass that would still
+  increase the cut is rolled back.
+
+All work is done on whole arrays: one pass is a handful of sorts over the
+boundary's CSR rows, no Python loop over nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from partitioning.graph import PartitionGraph, aggregate_pairs
+
+_RELATIVE_SLACK = 1e-9
+
+
+def part_loads(vertex_weights: np.ndarray, assignment: np.ndarray, num_parts: int) -> np.ndarray:
+    """Sum of vertex weights per part, float64 [num_parts, C]."""
+    return np.stack(
+        [
+            np.bincount(assignment, weights=vertex_weights[:, c], minlength=num_parts)
+            for c in range(vertex_weights.shape[1])
+        ],
+        axis=1,
+    )
+
+
+def balance_caps(vertex_weights: np.ndarray, num_parts: int, imbalance: float) -> np.ndarray:
+    """Largest load a part may carry per constraint, float64 [C].
+
+    ``(1 + imbalance) * total / num_parts``, but never below the heaviest
+    single node (a hub that alone exceeds the target still has to go
+    somewhere).
+    """
+    totals = vertex_weights.sum(axis=0)
+    heaviest = vertex_weights.max(axis=0) if vertex_weights.shape[0] else np.zeros_like(totals)
+    return np.maximum((1.0 + imbalance) * totals / num_parts, heaviest)
+
+
+def max_imbalance(vertex_weights: np.ndarray, assignment: np.ndarray, num_parts: int) -> list[float]:
+    """max/mean part load for each constraint (1.0 = perfect balance)."""
+    loads = part_loads(vertex_weights, assignment, num_parts)
+    means = loads.sum(axis=0) / num_parts
+    return [float(loads[:, c].max() / means[c]) if means[c] > 0 else 1.0 for c in range(loads.shape[1])]
+
+
+def cut_weight(graph: PartitionGraph, assignment: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """Total weight of undirected edges whose ends lie in different parts."""
+    if rows is None:
+        rows = graph.row_of_entry()
+    crossing = assignment[rows] != assignment[graph.indices]
+    return float(graph.edge_weight[crossing].sum() / 2.0)
+
+
+def entries_of_rows(indptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR entries of the given rows.
+
+    Args:
+        indptr: int64 [N + 1] CSR offsets.
+        nodes: int64 [R] rows to gather.
+
+    Returns:
+        ``(local_row, entry)``, both int64 [sum of degrees]: entry ``i`` is
+        CSR position ``entry[i]`` and belongs to ``nodes[local_row[i]]``.
+    """
+    starts = indptr[nodes]
+    counts = indptr[nodes + 1] - starts
+    local_row = np.repeat(np.arange(nodes.shape[0], dtype=np.int64), counts)
+    row_offset = np.cumsum(counts) - counts
+    entry = np.arange(local_row.shape[0], dtype=np.int64) + np.repeat(starts - row_offset, counts)
+    return local_row, entry
+
+
+def neighbour_part_weights(
+    graph: PartitionGraph, assignment: np.ndarray, nodes: np.ndarray, num_parts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edge weight from each node to each part it touches.
+
+    Returns:
+        ``(local_row, part, weight)`` sorted by (local_row, part), one entry
+        per (node, neighbouring part) pair.
+    """
+    local_row, entry = entries_of_rows(graph.indptr, nodes)
+    return aggregate_pairs(
+        local_row, assignment[graph.indices[entry]], graph.edge_weight[entry], nodes.shape[0], num_parts
+    )
+
+
+def best_per_row(
+    local_row: np.ndarray, column: np.ndarray, weight: np.ndarray, eligible: np.ndarray, num_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Heaviest eligible column per row, ties to the smallest column.
+
+    Args:
+        local_row: int64 [M] row of each entry, entries sorted by (row, column).
+        column: int64 [M].
+        weight: float64 [M].
+        eligible: bool [M] entries that may be chosen.
+        num_rows: number of rows.
+
+    Returns:
+        ``(best_column int64 [num_rows], best_weight float64 [num_rows])``;
+        column -1 and weight 0 for rows without an eligible entry.
+    """
+    local_row, column, weight = local_row[eligible], column[eligible], weight[eligible]
+    best_column = np.full(num_rows, -1, dtype=np.int64)
+    best_weight = np.zeros(num_rows, dtype=np.float64)
+    if local_row.size == 0:
+        return best_column, best_weight
+    starts = np.flatnonzero(np.r_[True, local_row[1:] != local_row[:-1]])
+    row_max = np.maximum.reduceat(weight, starts)
+    is_max = np.flatnonzero(weight == np.repeat(row_max, np.diff(np.r_[starts, local_row.shape[0]])))
+    max_rows = local_row[is_max]
+    first = is_max[np.r_[True, max_rows[1:] != max_rows[:-1]]]
+    best_column[local_row[first]] = column[first]
+    best_weight[local_row[first]] = weight[first]
+    return best_column, best_weight
+
+
+def _group_cumsum(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum of ``values`` [M, C] within runs of equal ``group``."""
+    if group.shape[0] == 0:
+        return values.copy()
+    running = np.cumsum(values, axis=0)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    before = np.where((starts > 0)[:, None], running[np.maximum(starts - 1, 0)], 0.0)
+    return running - np.repeat(before, np.diff(np.r_[starts, group.shape[0]]), axis=0)
+
+
+def accept_within_capacity(
+    nodes: np.ndarray,
+    dest: np.ndarray,
+    priority: np.ndarray,
+    weights: np.ndarray,
+    loads: np.ndarray,
+    caps: np.ndarray,
+) -> np.ndarray:
+    """Accepts moves into each destination in priority order until it is full.
+
+    Args:
+        nodes: int64 [M] moving nodes (tie-break: lower id first).
+        dest: int64 [M] destination part of each move.
+        priority: float64 [M] higher moves first.
+        weights: float64 [M, C] vertex weights of the moving nodes.
+        loads: float64 [num_parts, C] current loads.
+        caps: float64 [C] per-part caps.
+
+    Returns:
+        bool [M]: the accepted moves. Weights are non-negative, so within a
+        destination the moves accepted for each constraint the nodes carry
+        are a prefix of the priority order.
+    """
+    order = np.lexsort((nodes, -priority, dest))
+    sorted_dest = dest[order]
+    filled = loads[sorted_dest] + _group_cumsum(sorted_dest, weights[order])
+    accepted = np.zeros(nodes.shape[0], dtype=bool)
+    # A constraint the node carries no weight in cannot be pushed over its cap.
+    within = (filled <= caps * (1 + _RELATIVE_SLACK)) | (weights[order] == 0)
+    accepted[order] = np.all(within, axis=1)
+    return accepted
+
+
+def _afterburner(
+    graph: PartitionGraph, assignment: np.ndarray, nodes: np.ndarray, dest: np.ndarray, priority: np.ndarray
+) -> np.ndarray:
+    """Keeps the moves still profitable if all higher-priority moves happen first."""
+    order = np.lexsort((nodes, -priority))
+    rank = np.empty(nodes.shape[0], dtype=np.int64)
+    rank[order] = np.arange(nodes.shape[0])
+    num_nodes = graph.num_nodes
+    rank_of_node = np.full(num_nodes, np.iinfo(np.int64).max, dtype=np.int64)
+    rank_of_node[nodes] = rank
+    dest_of_node = assignment.copy()
+    dest_of_node[nodes] = dest
+    local_row, entry = entries_of_rows(graph.indptr, nodes)
+    neighbour = graph.indices[entry]
+    moved_first = rank_of_node[neighbour] < rank[local_row]
+    neighbour_part = np.where(moved_first, dest_of_node[neighbour], assignment[neighbour])
+    weight = graph.edge_weight[entry]
+    to_dest = np.bincount(
+        local_row, weights=weight * (neighbour_part == dest[local_row]), minlength=nodes.shape[0]
+    )
+    to_source = np.bincount(
+        local_row, weights=weight * (neighbour_part == assignment[nodes][local_row]), minlength=nodes.shape[0]
+    )
+    return to_dest - to_source > 0
+
+
+def refine_boundary(
+    graph: PartitionGraph,
+    assignment: np.ndarray,
+    num_parts: int,
+    caps: np.ndarray,
+    max_passes: int = 8,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Greedy boundary moves that lower the cut without breaking the caps.
+
+    Args:
+        graph: the graph.
+        assignment: int [N] starting book (not modified).
+        num_parts: number of parts.
+        caps: float64 [C] per-part load caps (see :func:`balance_caps`).
+        max_passes: upper bound on passes; stops earlier when a pass moves
+            nothing or would not lower the cut.
+
+    Returns:
+        ``(assignment int64 [N], info)`` with the number of passes and moves.
+    """
+    assignment = np.asarray(assignment, dtype=np.int64).copy()
+    rows = graph.row_of_entry()
+    cut = cut_weight(graph, assignment, rows)
+    moves = 0
+    passes = 0
+    for _ in range(max_passes):
+        crossing = assignment[rows] != assignment[graph.indices]
+        boundary = np.unique(rows[crossing])
+        if boundary.size == 0:
+            break
+        local_row, part, weight = neighbour_part_weights(graph, assignment, boundary, num_parts)
+        source = assignment[boundary]
+        internal = np.zeros(boundary.shape[0])
+        is_own = part == source[local_row]
+        internal[local_row[is_own]] = weight[is_own]
+        best_part, best_weight = best_per_row(local_row, part, weight, ~is_own, boundary.shape[0])
+        gain = best_weight - internal
+        candidate = (best_part >= 0) & (gain > 0)
+        nodes, dest, gain = boundary[candidate], best_part[candidate], gain[candidate]
+        if nodes.size == 0:
+            break
+        loads = part_loads(graph.vertex_weights, assignment, num_parts)
+        fits = accept_within_capacity(nodes, dest, gain, graph.vertex_weights[nodes], loads, caps)
+        nodes, dest, gain = nodes[fits], dest[fits], gain[fits]
+        keep = _afterburner(graph, assignment, nodes, dest, gain)
+        nodes, dest = nodes[keep], dest[keep]
+        if nodes.size == 0:
+            break
+        previous = assignment[nodes]
+        assignment[nodes] = dest
+        new_cut = cut_weight(graph, assignment, rows)
+        passes += 1
+        if new_cut >= cut:
+            # Simultaneous moves interacted badly: undo this pass and stop.
+            assignment[nodes] = previous
+            break
+        cut = new_cut
+        moves += int(nodes.size)
+    return assignment, {"refine_passes": passes, "refine_moves": moves}
+
+
+def _accept_reducing_excess(
+    source: np.ndarray,
+    dest: np.ndarray,
+    priority: np.ndarray,
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    moved_before: np.ndarray,
+    loads: np.ndarray,
+    caps: np.ndarray,
+) -> np.ndarray:
+    """Accepts the rebalancing moves that lower the total normalised excess.
+
+    The excess of a part is ``sum_c max(0, load_c - cap_c) / cap_c``. A move
+    relieves its source by the part of its weight that still lies above the
+    source's caps (after the moves ranked before it in that source) and costs
+    its destination the excess its weight adds on top of the moves ranked
+    before it there. Both are computed as if every earlier-ranked candidate
+    moved, which over-states the cost and under-states the relief, so the
+    accepted set lowers the true total excess. Unlike a plain capacity check
+    this lets two parts that are each over a cap in a different constraint
+    trade nodes (a destination may go over a cap in one constraint if that
+    relieves more in another).
+
+    Args:
+        source: int64 [M] source parts, candidates grouped by source in
+            priority order.
+        dest: int64 [M] destination parts.
+        priority: float64 [M] higher first.
+        nodes: int64 [M] node ids (tie-break).
+        weights: float64 [M, C].
+        moved_before: float64 [M, C] weight of the candidates ranked before
+            each one in its source.
+        loads: float64 [num_parts, C].
+        caps: float64 [C].
+
+    Returns:
+        bool [M].
+    """
+    scale = np.where(caps > 0, caps, 1.0)
+    excess = np.clip(loads - caps, 0.0, None)
+    relief = (np.minimum(weights, np.clip(excess[source] - moved_before, 0.0, None)) / scale).sum(axis=1)
+    order = np.lexsort((nodes, -priority, dest))
+    sorted_dest = dest[order]
+    including = loads[sorted_dest] + _group_cumsum(sorted_dest, weights[order])
+    excluding = including - weights[order]
+    cost = ((np.clip(including - caps, 0.0, None) - np.clip(excluding - caps, 0.0, None)) / scale).sum(axis=1)
+    accepted = np.zeros(nodes.shape[0], dtype=bool)
+    accepted[order] = cost < relief[order]
+    return accepted
+
+
+def rebalance(
+    graph: PartitionGraph,
+    assignment: np.ndarray,
+    num_parts: int,
+    caps: np.ndarray,
+    max_rounds: int = 20,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Moves nodes out of overloaded parts until every part is within its caps.
+
+    Each round, every node of an overloaded part that carries weight in a
+    violated constraint is a candidate. Its destination is the most connected
+    part that can take its weight, else the lightest other part; candidates
+    are ranked by edge weight lost per unit of normalised weight moved and
+    each overloaded part gives up the best-ranked prefix that clears its
+    excess. A move is made when it lowers the total normalised excess
+    (:func:`_accept_reducing_excess`), so the total excess falls every round.
+
+    Args:
+        graph: the graph.
+        assignment: int [N] starting book (not modified).
+        num_parts: number of parts.
+        caps: float64 [C] per-part caps.
+        max_rounds: upper bound on rounds.
+
+    Returns:
+        ``(assignment int64 [N], info)``; ``rebalance_feasible`` is False when
+        some part is still over a cap after ``max_rounds``.
+    """
+    assignment = np.asarray(assignment, dtype=np.int64).copy()
+    vertex_weights = graph.vertex_weights
+    slack_caps = caps * (1 + _RELATIVE_SLACK)
+    moves = 0
+    rounds = 0
+    for _ in range(max_rounds):
+        loads = part_loads(vertex_weights, assignment, num_parts)
+        over = loads > slack_caps
+        if not over.any():
+            break
+        rounds += 1
+        over_of_node = over[assignment]
+        relevant = (vertex_weights > 0) & over_of_node
+        nodes = np.flatnonzero(relevant.any(axis=1))
+        source = assignment[nodes]
+        node_weights = vertex_weights[nodes]
+
+        local_row, part, weight = neighbour_part_weights(graph, assignment, nodes, num_parts)
+        is_own = part == source[local_row]
+        internal = np.zeros(nodes.shape[0])
+        internal[local_row[is_own]] = weight[is_own]
+        added = node_weights[local_row]
+        has_room = np.all((loads[part] + added <= slack_caps) | (added == 0), axis=1)
+        dest, dest_weight = best_per_row(local_row, part, weight, ~is_own & has_room, nodes.shape[0])
+
+        # Fallback destination: the lightest part other than the source.
+        fill = (loads / np.where(caps > 0, caps, 1.0)).max(axis=1)
+        lightest_two = np.argsort(fill, kind="stable")[:2]
+        fallback = np.where(source == lightest_two[0], lightest_two[-1], lightest_two[0])
+        no_dest = dest < 0
+        dest[no_dest] = fallback[no_dest]
+        dest_weight[no_dest] = 0.0
+        movable = dest != source
+
+        normalised = np.where(relevant[nodes], node_weights / np.where(caps > 0, caps, 1.0), 0.0).max(axis=1)
+        priority = (dest_weight - internal) / np.maximum(normalised, 1e-300)
+
+        # Each overloaded source gives up the best prefix clearing its excess.
+        excess = np.clip(loads - caps, 0.0, None)
+        nodes, source, dest, priority, node_weights = (
+            a[movable] for a in (nodes, source, dest, priority, node_weights)
+        )
+        order = np.lexsort((nodes, -priority, source))
+        nodes, source, dest, priority, node_weights = (
+            a[order] for a in (nodes, source, dest, priority, node_weights)
+        )
+        moved_before = _group_cumsum(source, node_weights) - node_weights
+        needed = np.any(over[source] & (moved_before < excess[source]), axis=1)
+        nodes, source, dest, priority, node_weights, moved_before = (
+            a[needed] for a in (nodes, source, dest, priority, node_weights, moved_before)
+        )
+        fits = _accept_reducing_excess(source, dest, priority, nodes, node_weights, moved_before, loads, caps)
+        if not fits.any():
+            break
+        assignment[nodes[fits]] = dest[fits]
+        moves += int(fits.sum())
+    feasible = not (part_loads(vertex_weights, assignment, num_parts) > slack_caps).any()
+    return assignment, {"rebalance_rounds": rounds, "rebalance_moves": moves, "rebalance_feasible": feasible}
+
+
+def refine(
+    graph: PartitionGraph,
+    assignment: np.ndarray,
+    num_parts: int,
+    *,
+    imbalance: float = 0.03,
+    max_passes: int = 8,
+    max_rebalance_rounds: int = 20,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rebalances to ``(1 + imbalance)`` caps in every constraint, then refines the cut.
+
+    Args:
+        graph: the graph, with its vertex weights as constraints.
+        assignment: int [N] starting book.
+        num_parts: number of parts.
+        imbalance: allowed excess over the mean load per constraint.
+        max_passes: boundary refinement passes.
+        max_rebalance_rounds: rebalancing rounds.
+
+    Returns:
+        ``(assignment int64 [N], info)`` with move counts, the cut before and
+        after, and the achieved max/mean load per constraint.
+    """
+    caps = balance_caps(graph.vertex_weights, num_parts, imbalance)
+    rows = graph.row_of_entry()
+    cut_before = cut_weight(graph, np.asarray(assignment), rows)
+    assignment, rebalance_info = rebalance(graph, assignment, num_parts, caps, max_rebalance_rounds)
+    assignment, refine_info = refine_boundary(graph, assignment, num_parts, caps, max_passes)
+    return assignment, {
+        **rebalance_info,
+        **refine_info,
+        "cut_weight_before": cut_before,
+        "cut_weight_after": cut_weight(graph, assignment, rows),
+        "max_imbalance": max_imbalance(graph.vertex_weights, assignment, num_parts),
+    }
