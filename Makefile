@@ -22,8 +22,12 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
 	elif ! $(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)' or torch.version.cuda is not None)" 2>/dev/null; then \
 	  echo "install: no GPU, installing the CPU build of torch==$(TORCH_VERSION)"; \
-	  $(BIN)/pip install -q --no-index --find-links $(TORCH_CPU_WHEELS) "torch==$(TORCH_VERSION)" 2>/dev/null \
-	    || $(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
+	  if ls $(TORCH_CPU_WHEELS)/torch-$(TORCH_VERSION)+cpu-*.whl >/dev/null 2>&1; then \
+	    $(BIN)/pip install -q --find-links $(TORCH_CPU_WHEELS) "torch==$(TORCH_VERSION)+cpu"; \
+	  else \
+	    $(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple \
+	      "torch==$(TORCH_VERSION)+cpu"; \
+	  fi; \
 	  $(BIN)/python -c "import torch; assert torch.version.cuda is None, 'a CUDA torch on a CPU machine'"; \
 	fi
 	$(BIN)/pip install -q -e ".[dev]"
