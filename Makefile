@@ -33,9 +33,15 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+DEMO_TRAIN_ARGS ?= --workers 1
+
 demo: $(STAMP)
 	$(BIN)/clickgraph generate
-	@echo "demo: logs are in runs/local/logs (manifest: runs/local/logs/_MANIFEST.json)"
+	$(BIN)/clickgraph build-graph
+	$(BIN)/clickgraph partition --num-parts 2
+	$(BIN)/clickgraph train $(DEMO_TRAIN_ARGS)
+	@echo "demo: logs in runs/local/logs, graph store in runs/local/graph, shards in"
+	@echo "      runs/local/partitions, training runs (metrics.json, checkpoint) in runs/local/train"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -6,6 +6,10 @@ user seeds are local at hop 0 while its content seeds and deeper hops cross part
 (:class:`~trainer.dist_sampler.DistTemporalSampler`). The model is wrapped in
 :class:`torch.nn.parallel.DistributedDataParallel`; parameters stay identical on every
 rank. Everything runs on the CPU over gloo for now (GPU placement is not done yet).
+:func:`train_worker` joins an already-initialised default group (Ray Train's
+``TorchTrainer`` sets one up) or creates its own. Launching, checkpoints and validation
+live in :mod:`trainer.ray_launch`; they reach into the loop through :class:`TrainHooks`
+and start it where a checkpoint left off through :class:`ResumeState`.
 
 Lockstep. Sampling, feature fetches and gradient all-reduces are collectives, so every
 rank must run the same number of steps. Each epoch the ranks agree (all-reduce MAX) on
@@ -209,10 +213,80 @@ def _epoch_events(num_events: int, cap: int, steps: int, batch_size: int,
     return list(torch.split(events, batch_size))[:steps]
 
 
+def epoch_plan_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
+    """The generator of one rank's batch plan for one epoch.
+
+    Derived from ``(seed, rank, epoch)`` alone, so a run resumed mid-epoch rebuilds the
+    same batches and skips the ones already trained on.
+    """
+    return torch.Generator().manual_seed(seed + 1_000_003 * (rank + 1) + 7_919 * (epoch + 1))
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """Where a (restarted or continued) run starts.
+
+    Attributes:
+        model: Parameters to start from (``state_dict`` of :class:`ClickGNN`), or
+            ``None`` for fresh ones.
+        optimizer: Adam state to start from, or ``None``.
+        epoch: Epoch index to start in (0-based).
+        step: Steps of that epoch already trained (its first ``step`` batches are skipped).
+        global_step: Steps trained so far over the whole run.
+        generator_state: This rank's step generator state (``torch.Generator.get_state``),
+            or ``None`` to seed it afresh.
+    """
+
+    model: dict[str, Tensor] | None = None
+    optimizer: dict | None = None
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    generator_state: Tensor | None = None
+
+
+@dataclass
+class StepContext:
+    """What a hook sees: the live training objects and the position in the run.
+
+    ``step`` counts the steps done in ``epoch`` (1 after the first), ``global_step`` the
+    steps done in the whole run, a resumed one's earlier steps included.
+    """
+
+    rank: int
+    world_size: int
+    epoch: int
+    step: int
+    steps_in_epoch: int
+    global_step: int
+    model: ClickGNN
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    result: WorkerResult
+    times: dict[str, float]
+    counter: ByteCounter
+    loss: float = float("nan")
+
+
+class TrainHooks:
+    """Calls out of the training loop; the default does nothing.
+
+    Both methods run on every rank at the same point of the lockstep loop, so they may
+    use collectives (all ranks call them the same number of times).
+    """
+
+    def after_step(self, ctx: StepContext) -> None:
+        """After the optimiser step of every step."""
+
+    def after_epoch(self, ctx: StepContext) -> None:
+        """After the last step of every epoch."""
+
+
 def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                  impressions: Impressions, content_created: Tensor, *,
                  master_addr: str | None = None, master_port: int | None = None,
-                 backend: Backend = "gloo", log: Callable[[str], None] | None = None
+                 backend: Backend = "gloo", log: Callable[[str], None] | None = None,
+                 hooks: TrainHooks | None = None, resume: ResumeState | None = None
                  ) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
@@ -235,6 +309,10 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
         backend: Process-group backend when one is created here. The model, sampler
             and features stay on the CPU for now, so the group must be gloo.
         log: Progress lines (rank 0 only), e.g. ``print``.
+        hooks: Called after every step and epoch on every rank (checkpoints, progress,
+            validation: see :class:`TrainHooks`); ``None``: no calls.
+        resume: Where to start (parameters, optimiser, position in the run, random
+            stream); ``None``: epoch 0, step 0, fresh parameters of seed ``cfg.seed``.
 
     Returns:
         This rank's :class:`WorkerResult`.
@@ -259,7 +337,8 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
         if all_reduce_int(int(not foreign), "min") == 0:
             who = f"rank {rank}" if foreign else "another rank"
             raise ValueError(f"{who} was given impressions of users it does not own")
-        return _train(rank, world_size, shard, cfg, impressions, content_created, log)
+        return _train(rank, world_size, shard, cfg, impressions, content_created, log,
+                      hooks or TrainHooks(), resume)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -267,11 +346,15 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
 
 def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
            impressions: Impressions, content_created: Tensor,
-           log: Callable[[str], None] | None) -> WorkerResult:
+           log: Callable[[str], None] | None, hooks: TrainHooks,
+           resume: ResumeState | None) -> WorkerResult:
+    resume = resume or ResumeState()
     counter = ByteCounter()
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
                                   strategy=cfg.strategy, counter=counter)
     model = build_model(shard, cfg)
+    if resume.model is not None:
+        model.load_state_dict(resume.model)
     timer = _AllReduceTimer(group=None, world_size=world_size)
     # Some relations get no edges in some batches (and the last layer never reads the
     # edges into non-seed types), so some parameters are unused in a given step.
@@ -279,25 +362,35 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     ddp.register_comm_hook(timer, _timed_allreduce_hook)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
+    if resume.optimizer is not None:
+        optimizer.load_state_dict(resume.optimizer)
     negatives = NegativeSampler(content_created)
-    # A different random stream per rank (batches, negatives, the rows it draws for).
+    # A different random stream per rank (negatives, the rows it draws for); the batch
+    # plan of each epoch has its own generator (epoch_plan_generator).
     generator = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (rank + 1))
+    if resume.generator_state is not None:
+        generator.set_state(resume.generator_state)
 
     result = WorkerResult(rank=rank, world_size=world_size, own_events=len(impressions))
     times = dict.fromkeys(("examples", "sampling", "feature_exchange", "compute"), 0.0)
     cap = (cfg.max_train_events // world_size if cfg.max_train_events > 0
            else len(impressions))
     own_batches = math.ceil(min(len(impressions), cap) / cfg.batch_size)
+    global_step = resume.global_step
     start_all = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(resume.epoch, cfg.epochs):
         steps = all_reduce_int(own_batches, "max")
         fewest = all_reduce_int(own_batches, "min")
         result.steps_per_epoch.append(steps)
         result.own_batches_per_epoch.append(own_batches)
         result.min_batches_per_epoch.append(fewest)
         ddp.train()
-        for step, events in enumerate(_epoch_events(len(impressions), cap, steps,
-                                                    cfg.batch_size, generator)):
+        plan = _epoch_events(len(impressions), cap, steps, cfg.batch_size,
+                             epoch_plan_generator(cfg.seed, rank, epoch))
+        first_step = resume.step if epoch == resume.epoch else 0
+        ctx = None
+        for step in range(first_step, steps):
+            events = plan[step]
             t0 = time.perf_counter()
             user, content, seed_time, position, label = draw_examples(
                 impressions, events, negatives, cfg.random_negative_ratio, generator)
@@ -323,6 +416,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
             times["sampling"] += t2 - t1
             times["feature_exchange"] += t3 - t2
             times["compute"] += (t4 - t3) - (timer.seconds - allreduce_before)
+            times["allreduce"] = timer.seconds
+            global_step += 1
             result.events_trained += events.numel()
             result.examples_trained += label.numel()
             result.losses.append(float(loss_sum.detach()) / label.numel()
@@ -330,6 +425,17 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
             if log is not None and rank == 0 and (step % 50 == 0 or step == steps - 1):
                 log(f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
                     f"loss {result.losses[-1]:.4f}")
+            ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=step + 1,
+                              steps_in_epoch=steps, global_step=global_step, model=model,
+                              optimizer=optimizer, generator=generator, result=result,
+                              times=times, counter=counter, loss=result.losses[-1])
+            hooks.after_step(ctx)
+        if ctx is None:  # resumed exactly at an epoch's end, or an epoch of zero steps
+            ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=steps,
+                              steps_in_epoch=steps, global_step=global_step, model=model,
+                              optimizer=optimizer, generator=generator, result=result,
+                              times=times, counter=counter)
+        hooks.after_epoch(ctx)
     times["allreduce"] = timer.seconds
     times["total"] = time.perf_counter() - start_all
     result.time_split = {name: round(value, 4) for name, value in times.items()}

@@ -9,15 +9,22 @@ from clickgraph.config import Config, replace
 
 HELP = "train the temporal GNN click model (reports validation ROC-AUC)"
 DESCRIPTION = """\
-Trains the click model on the graph store (paths.graph): impressions of the training
-window are the examples (clicked = positive, not clicked = hard negative, plus random
-negatives from content created before each impression); the last train.test_days days are
-held out for testing and the train.val_days before them for validation. Writes
-metrics.json, the resolved config and a checkpoint to paths.train/<run>/.
+Trains the click model: impressions of the training window are the examples (clicked =
+positive, not clicked = hard negative, plus random negatives from content created before
+each impression); the last train.test_days days are held out for testing and the
+train.val_days before them for validation.
+
+--workers 1 trains in this process on the graph store (paths.graph). --workers N > 1
+trains with Ray Train, one worker per shard of the shard set (paths.partitions, N parts),
+attaching to ray.address or RAY_ADDRESS or starting a local Ray on loopback; checkpoints
+go to train.checkpoint_url (default paths.train/checkpoints) and --continue carries on
+from the latest one, training only on events after its last trained time
+(docs/training.md). Writes metrics.json and the resolved config to paths.train/<run>/.
 
 examples:
   clickgraph train --workers 1
-  clickgraph train --workers 1 --set train.epochs=3 --set train.model.conv=attention
+  clickgraph train --workers 2
+  clickgraph train --workers 2 --continue      # after build-graph --day + partition --place-new
 """
 
 
@@ -26,16 +33,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training workers, one per partition (same as --set train.workers=N)")
     parser.add_argument("--graph", metavar="URL", help="graph store (default: paths.graph)")
     parser.add_argument("--out", metavar="URL", help="run folder (default: paths.train/<run>)")
+    parser.add_argument("--continue", dest="continue_run", action="store_true",
+                        help="continue from the latest checkpoint on the events after it "
+                             "(distributed runs only)")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.workers is not None:
         cfg = replace(cfg, "train", workers=args.workers)
-    if cfg.train.workers != 1:
-        print("clickgraph train: only --workers 1 (single process) is implemented so far; "
-              "distributed training over partitions is tracked in issue 6", file=sys.stderr)
-        return 2
-    from trainer.local import train_single
+    continue_run = getattr(args, "continue_run", False)
+    if cfg.train.workers == 1 and not continue_run:
+        from trainer.local import train_single
 
-    train_single(cfg, args.graph, args.out)
+        train_single(cfg, args.graph, args.out)
+        return 0
+    if cfg.train.workers == 1:
+        print("clickgraph train: --continue needs the distributed trainer; its checkpoints "
+              "are written by --workers N >= 2 runs (python -m trainer --workers 1 also works)",
+              file=sys.stderr)
+        return 2
+    from trainer.checkpoint import CheckpointError
+    from trainer.ray_launch import train_distributed
+
+    try:
+        train_distributed(cfg, args.graph, args.out, continue_run=continue_run)
+    except (CheckpointError, ValueError) as error:
+        print(f"clickgraph train: {error}", file=sys.stderr)
+        return 2
     return 0

@@ -1,0 +1,531 @@
+"""Distributed training under Ray Train: one worker per partition shard.
+
+``clickgraph train --workers N`` (N > 1) and ``python -m trainer`` (the entry point for
+``ray job submit``) call :func:`train_distributed`. The driver checks everything that can
+be checked before a worker starts (shard set and graph store versions, world size =
+number of parts, checkpoint storage, the checkpoint to continue from), attaches to Ray
+(``ray.address`` or ``RAY_ADDRESS``) or starts a local one on loopback, and runs a
+``TorchTrainer`` with one worker per part. Ray Train sets up the gloo process group;
+:func:`trainer.dist_train.train_worker` runs the lockstep DDP loop in it.
+
+A worker (:func:`worker_loop`, rank ``r``):
+
+1. copies its shard ``part-r`` to local disk when the shard set is at a remote URL
+   (:func:`local_shard_folder`) and memory-maps it (:func:`trainer.shard.load_shard`);
+2. reads the training window's impressions from the graph store and keeps those whose
+   user it owns (the shard set has no per-part impression table; every worker reads the
+   window and filters, which is fine at this size and is the first thing to push into the
+   partition job for large graphs), plus the creation time of all content (negatives);
+3. with ``--continue``: keeps only impressions after the checkpoint's last trained time,
+   plus ``train.replay_fraction`` per new event of older ones, drawn at random;
+4. trains; every ``train.checkpoint_every_steps`` steps and at each epoch's end all ranks
+   gather their generator states and rank 0 hands a checkpoint to ``ray.train.report``
+   (:mod:`trainer.checkpoint`); after a failure Ray Train restarts every worker and
+   ``ray.train.get_checkpoint()`` gives the latest one, from which the loop resumes at
+   the exact step with the same random streams;
+5. at each epoch's end rank 0 scores the validation window's impressions with the
+   single-process :class:`~trainer.engine.ClickEngine` on the whole graph store (the
+   same events as ``--workers 1``, so the AUCs compare directly) while the other ranks
+   wait; at the end rank 0 writes ``metrics.json``.
+
+GPU: the distributed loop keeps model and sampler on the CPU (see dist_train), so the
+group is gloo and no GPU is requested even where one is present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from clickgraph import fs
+from clickgraph.config import Config
+from trainer import checkpoint as ckpt
+from trainer.data import IMPRESSIONS, Impressions, split_windows
+from trainer.dist_train import ResumeState, StepContext, TrainHooks
+
+PARTITIONS_KIND = "partitions"
+PARTITIONS_FORMAT_VERSIONS = (1,)
+FAIL_AT_ENV = "CLICKGRAPH_TEST_FAIL_AT"  # "rank:global_step:marker_file", tests only
+
+
+# ---------------------------------------------------------------------- shard access
+
+
+def is_local(url: str) -> bool:
+    """True for plain paths and ``file://`` URLs."""
+    return "://" not in url or url.startswith("file://")
+
+
+def local_shard_folder(partitions_url: str, part_path: str, cache_root: str | None = None,
+                       version: str = "") -> str:
+    """A local folder holding shard ``part_path`` of the shard set at ``partitions_url``.
+
+    Local shard sets are used in place. Remote ones (any fsspec URL) are copied once into
+    ``<cache_root>/<hash of url and version>/<part_path>`` (a staging folder renamed into
+    place, so a half-copied shard is never used), so the arrays can be memory-mapped.
+
+    Args:
+        partitions_url: The shard set folder.
+        part_path: The part's folder name in the set's manifest, e.g. ``part-00001``.
+        cache_root: Where copies go (default: the system temporary folder).
+        version: Something that changes when the shard set is rewritten (its manifest's
+            ``created_at``), so a stale copy is never reused.
+
+    Returns:
+        A local path to pass to :func:`trainer.shard.load_shard`.
+    """
+    if is_local(partitions_url):
+        return fs.join(partitions_url, part_path).removeprefix("file://")
+    key = hashlib.sha256(f"{partitions_url}|{version}".encode()).hexdigest()[:16]
+    root = os.path.join(cache_root or tempfile.gettempdir(), "clickgraph-shards", key)
+    final = os.path.join(root, part_path)
+    if os.path.exists(os.path.join(final, fs.MANIFEST_NAME)):
+        return final
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{part_path}.", dir=root)
+    filesystem, remote = fs.filesystem(fs.join(partitions_url, part_path))
+    filesystem.get(remote.rstrip("/") + "/", staging.rstrip("/") + "/", recursive=True)
+    if not os.path.exists(os.path.join(staging, fs.MANIFEST_NAME)):
+        raise FileNotFoundError(f"{partitions_url}/{part_path}: copied shard has no "
+                                f"{fs.MANIFEST_NAME}")
+    try:
+        os.rename(staging, final)
+    except OSError:  # another worker on this machine finished the same copy first
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def owned_window_impressions(store, days: list[str], all_days: list[str], shard
+                             ) -> Impressions:
+    """Impressions on ``days`` whose user ``shard`` owns, sorted by time.
+
+    Args:
+        store: The graph store (:func:`spark_jobs.graph_store.open_graph_store`).
+        days: Days to read.
+        all_days: The store's days; ``Impressions.day`` indexes them.
+        shard: This worker's :class:`~trainer.shard.PartitionShard`.
+    """
+    imp = store.read_edges_arrow(IMPRESSIONS, days,
+                                 columns=["src", "dst", "ts_ms", "position", "clicked"])
+    user = torch.tensor(imp.column("src").to_numpy(), dtype=torch.int64)
+    keep = torch.nonzero(shard.owner("user", user) == shard.part).view(-1)
+    day_index = {d: i for i, d in enumerate(all_days)}
+    position = imp.column("position").to_numpy(zero_copy_only=False).astype(np.float64)
+    out = Impressions(
+        user=user,
+        content=torch.tensor(imp.column("dst").to_numpy(), dtype=torch.int64),
+        time=torch.tensor(imp.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000,
+        position=torch.as_tensor(np.nan_to_num(position, nan=-1), dtype=torch.int64),
+        clicked=torch.as_tensor(
+            imp.column("clicked").to_numpy(zero_copy_only=False).astype(np.float32)),
+        day=torch.as_tensor([day_index[d] for d in imp.column("day").to_pylist()],
+                            dtype=torch.int64),
+    ).take(keep)
+    return out.take(torch.argsort(out.time, stable=True))
+
+
+def continue_window(impressions: Impressions, since_time: int, replay_fraction: float,
+                    generator: torch.Generator) -> tuple[Impressions, int, int]:
+    """Impressions after ``since_time`` plus a random replay sample of the older ones.
+
+    Args:
+        impressions: This rank's training impressions, sorted by time.
+        since_time: Last event time the checkpoint trained on, seconds; events at
+            exactly that second count as old.
+        replay_fraction: Older events drawn (without replacement) per new event.
+        generator: Draws the replay sample.
+
+    Returns:
+        ``(events, new_count, replay_count)``, events sorted by time.
+    """
+    new = torch.nonzero(impressions.time > since_time).view(-1)
+    old = torch.nonzero(impressions.time <= since_time).view(-1)
+    replay_count = min(int(round(replay_fraction * new.numel())), old.numel())
+    replay = old[torch.randperm(old.numel(), generator=generator)[:replay_count]]
+    keep = torch.cat([replay, new]).sort().values
+    return impressions.take(keep), int(new.numel()), int(replay_count)
+
+
+def content_created_times(store) -> torch.Tensor:
+    """int64 ``[num_content]`` creation time of every content, seconds (0 unknown)."""
+    from trainer.data import read_table
+
+    table = read_table(store.node_url("content")).sort_by("id")
+    return torch.tensor(table.column("created_ts_ms").to_numpy(), dtype=torch.int64) // 1000
+
+
+# ---------------------------------------------------------------------- run plan
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the driver decided and checked; every worker gets a copy."""
+
+    cfg: Config
+    run_id: str
+    graph_url: str
+    partitions_url: str
+    partitions_version: str
+    parts: list[str]
+    out_url: str
+    checkpoint_root: str
+    graph_version: dict[str, Any]
+    id_map_version: dict[str, dict[str, Any]]
+    vocab: dict[str, Any]
+    continue_from: str | None = None
+    since_time: int | None = None
+    fail_at: tuple[int, int, str] | None = None
+
+
+def absolute(url: str) -> str:
+    """Local paths made absolute (Ray Train workers run in their own working folder)."""
+    return os.path.abspath(url.removeprefix("file://")) if is_local(url) else url
+
+
+def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
+             continue_run: bool = False) -> RunPlan:
+    """Every check that can fail before training starts.
+
+    Raises:
+        ValueError: the world size differs from the number of parts, or the shards were
+            cut from another graph store version than ``paths.graph`` holds.
+        trainer.checkpoint.CheckpointError: unusable checkpoint storage, or no / an
+            incompatible checkpoint to continue from.
+        clickgraph.manifest.ManifestError: no complete shard set.
+    """
+    from clickgraph.manifest import read_manifest
+    from spark_jobs.graph_store import open_graph_store
+
+    t = cfg.train
+    partitions_url = absolute(cfg.paths.stage("partitions"))
+    manifest = read_manifest(partitions_url, PARTITIONS_KIND, PARTITIONS_FORMAT_VERSIONS)
+    if int(manifest["num_parts"]) != t.workers:
+        raise ValueError(f"train.workers is {t.workers} but the shard set {partitions_url} has "
+                         f"{manifest['num_parts']} parts: one worker per part (run clickgraph "
+                         f"partition --num-parts {t.workers}, or --workers {manifest['num_parts']})")
+    graph_url = absolute(graph_url or cfg.paths.stage("graph"))
+    store = open_graph_store(graph_url)
+    version = ckpt.graph_version(manifest)
+    if (store.manifest.get("created_at"), store.manifest.get("config_hash")) != \
+            (version["created_at"], version["config_hash"]):
+        raise ValueError(f"the shards in {partitions_url} were cut from graph version "
+                         f"{version['created_at']} but {graph_url} is version "
+                         f"{store.manifest.get('created_at')}: run clickgraph partition "
+                         "(--place-new after an incremental build) first")
+    vocab = fs.read_json(fs.join(partitions_url, "vocab.json"))
+    id_maps = ckpt.id_map_version(store.manifest)
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    train_root = absolute(cfg.paths.stage("train"))
+    checkpoint_root = absolute(t.checkpoint_url or fs.join(train_root, "checkpoints"))
+    ckpt.check_storage(checkpoint_root)
+    continue_from, since_time = None, None
+    if continue_run:
+        continue_from = ckpt.find_latest(train_root)
+        meta = ckpt.read_meta(continue_from)
+        ckpt.check_continue(meta, graph=version, id_maps=id_maps, vocab=vocab,
+                            where=continue_from)
+        since_time = int(meta["last_event_time"])
+    fail_at = None
+    if os.environ.get(FAIL_AT_ENV):
+        rank, step, marker = os.environ[FAIL_AT_ENV].split(":", 2)
+        fail_at = (int(rank), int(step), marker)
+    out = absolute(out_url or fs.join(train_root, run_id))
+    return RunPlan(cfg=cfg, run_id=run_id, graph_url=graph_url, partitions_url=partitions_url,
+                   partitions_version=str(manifest.get("created_at")),
+                   parts=[p["path"] for p in sorted(manifest["parts"], key=lambda p: p["part"])],
+                   out_url=out, checkpoint_root=checkpoint_root, graph_version=version,
+                   id_map_version=id_maps, vocab=vocab, continue_from=continue_from,
+                   since_time=since_time, fail_at=fail_at)
+
+
+# ---------------------------------------------------------------------- worker side
+
+
+class RayHooks(TrainHooks):
+    """Progress lines, checkpoints, validation and failure injection inside the loop."""
+
+    def __init__(self, plan: RunPlan, rank: int, world_size: int, last_event_time: int,
+                 history: list[dict[str, Any]], validator, log):
+        self.plan, self.rank, self.world_size = plan, rank, world_size
+        self.last_event_time = last_event_time
+        self.history = history
+        self.validator = validator
+        self.log = log
+        self.hook_seconds = 0.0
+        self.started = time.perf_counter()
+        self.events_at_start = 0
+
+    def after_step(self, ctx: StepContext) -> None:
+        t = self.plan.cfg.train
+        fail = self.plan.fail_at
+        if fail and ctx.rank == fail[0] and ctx.global_step == fail[1] \
+                and not os.path.exists(fail[2]):
+            with open(fail[2], "w") as handle:
+                handle.write(f"rank {ctx.rank} exited at global step {ctx.global_step}\n")
+            # Ray Train registers a reported checkpoint when its controller next polls the
+            # workers; a crash right after a report can lose it. Give it a few polls.
+            time.sleep(5)
+            os._exit(1)
+        if ctx.rank == 0 and (ctx.step % t.log_every_steps == 0 or ctx.step == ctx.steps_in_epoch):
+            self.log(progress_line(ctx, self.world_size, time.perf_counter() - self.started
+                                   - self.hook_seconds))
+        if t.checkpoint_every_steps and ctx.global_step % t.checkpoint_every_steps == 0 \
+                and ctx.step < ctx.steps_in_epoch:
+            self._checkpoint(ctx, epoch_done=False, metrics={})
+
+    def after_epoch(self, ctx: StepContext) -> None:
+        start = time.perf_counter()
+        metrics: dict[str, Any] = {"epoch": ctx.epoch + 1}
+        if ctx.rank == 0:
+            val = self.validator(ctx.model)
+            metrics.update({"val_auc": val["auc"], "val": val,
+                            "loss": float(np.nanmean(ctx.result.losses[-ctx.steps_in_epoch:]))
+                            if ctx.result.losses else float("nan")})
+            self.history.append(metrics)
+            self.log(f"  epoch {ctx.epoch + 1}: val ROC-AUC {val['auc']:.4f} "
+                     f"(cold {val['auc_cold']}, warm {val['auc_warm']})")
+        self.hook_seconds += time.perf_counter() - start
+        self._checkpoint(ctx, epoch_done=True, metrics=metrics)
+
+    def _checkpoint(self, ctx: StepContext, epoch_done: bool, metrics: dict[str, Any]) -> None:
+        import ray.train
+        import torch.distributed as dist
+
+        start = time.perf_counter()
+        state = ctx.generator.get_state()
+        states = [torch.empty_like(state) for _ in range(self.world_size)]
+        dist.all_gather(states, state)
+        # Position to resume from: an epoch's end resumes at the next epoch's start.
+        epoch, step = (ctx.epoch + 1, 0) if epoch_done else (ctx.epoch, ctx.step)
+        name = f"checkpoint_{ctx.global_step:07d}"
+        if ctx.rank == 0:
+            meta = {"format_version": ckpt.FORMAT_VERSION, "epoch": epoch, "step": step,
+                    "global_step": ctx.global_step, "epoch_done": epoch_done,
+                    "world_size": self.world_size, "last_event_time": self.last_event_time,
+                    "graph_version": self.plan.graph_version,
+                    "id_map_version": self.plan.id_map_version, "vocab": self.plan.vocab,
+                    "history": self.history, "since_time": self.plan.since_time,
+                    "run": self.plan.run_id}
+            body = {"format_version": ckpt.FORMAT_VERSION,
+                    "model": {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()},
+                    "optimizer": ctx.optimizer.state_dict(), "scheduler": None,
+                    "generators": states, "epoch": epoch, "step": step,
+                    "global_step": ctx.global_step}
+            with tempfile.TemporaryDirectory() as folder:
+                ckpt.write_checkpoint_dir(folder, body, meta)
+                ray.train.report({**_scalar(metrics), "global_step": ctx.global_step},
+                                 checkpoint=ray.train.Checkpoint.from_directory(folder),
+                                 checkpoint_dir_name=name)
+        else:
+            ray.train.report({"global_step": ctx.global_step}, checkpoint=None,
+                             checkpoint_dir_name=name)
+        self.hook_seconds += time.perf_counter() - start
+
+
+def _scalar(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+
+
+def progress_line(ctx: StepContext, world_size: int, train_seconds: float) -> str:
+    """``epoch e/E step s/S loss x | N events/s (all ranks) | split % | B bytes/event``."""
+    times = {k: v for k, v in ctx.times.items() if k != "total"}
+    total = sum(times.values()) or 1e-9
+    split = " ".join(f"{k} {100 * v / total:.0f}%" for k, v in times.items())
+    events = ctx.result.events_trained * world_size  # lockstep: equal events per rank
+    bytes_per_event = ctx.counter.total_sent / max(ctx.result.events_trained, 1)
+    return (f"  epoch {ctx.epoch + 1} step {ctx.step}/{ctx.steps_in_epoch} loss {ctx.loss:.4f} "
+            f"| {events / max(train_seconds, 1e-9):,.0f} events/s | {split} "
+            f"| {bytes_per_event:,.0f} B/event sent (rank 0)")
+
+
+def _make_validator(plan: RunPlan):
+    """Rank 0's per-epoch validation: the single-process engine on the whole store."""
+    from trainer.data import load_graph_data, window_events
+    from trainer.engine import ClickEngine
+    from trainer.local import _subsample, evaluate_window
+
+    t = plan.cfg.train
+    cache: dict[str, Any] = {}
+
+    def validate(model: torch.nn.Module) -> dict[str, Any]:
+        if not cache:
+            data = load_graph_data(plan.graph_url, vocab=plan.vocab)
+            windows = split_windows(len(data.days), t.val_days, t.test_days)
+            cache["engine"] = ClickEngine(data, t, "cpu")
+            cache["events"] = _subsample(window_events(data, windows.val), t.max_eval_events,
+                                         torch.Generator().manual_seed(t.seed + 1))
+            cache["start"] = windows.val[0]
+        engine = cache["engine"]
+        engine.model.load_state_dict(model.state_dict())
+        return evaluate_window(engine, cache["events"], cache["start"],
+                               torch.Generator().manual_seed(t.seed))
+
+    return validate
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the TorchTrainer: one rank, one shard."""
+    import ray.train
+    import torch.distributed as dist
+
+    from spark_jobs.graph_store import open_graph_store
+    from trainer.dist_train import train_worker
+    from trainer.distributed import all_reduce_int
+    from trainer.shard import load_shard
+
+    plan: RunPlan = config["plan"]
+    t = plan.cfg.train
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    log = print if rank == 0 else None
+    started = time.perf_counter()
+
+    folder = local_shard_folder(plan.partitions_url, plan.parts[rank],
+                                version=plan.partitions_version)
+    shard = load_shard(folder, mmap=True)
+    if shard.part != rank or shard.num_parts != world_size:
+        raise ValueError(f"rank {rank} of {world_size} got shard {shard.part} of {shard.num_parts}")
+    store = open_graph_store(plan.graph_url)
+    days = sorted(store.days)
+    windows = split_windows(len(days), t.val_days, t.test_days)
+    impressions = owned_window_impressions(store, [days[i] for i in windows.train], days, shard)
+    new_events, replay_events = len(impressions), 0
+    if plan.since_time is not None:
+        impressions, new_events, replay_events = continue_window(
+            impressions, plan.since_time, t.replay_fraction,
+            torch.Generator().manual_seed(t.seed + 17 * (rank + 1)))
+        if all_reduce_int(new_events, "sum") == 0:
+            raise ValueError(f"--continue: no training impression after the checkpoint's last "
+                             f"trained time {plan.since_time}; nothing new to train on")
+    content_created = content_created_times(store)
+    last_event_time = all_reduce_int(int(impressions.time.max()) if len(impressions) else 0,
+                                     "max")
+    load_seconds = time.perf_counter() - started
+
+    resume, history, resumed_from = None, [], 0
+    restart = ray.train.get_checkpoint()
+    if restart is not None:
+        with restart.as_directory() as directory:
+            meta = ckpt.read_meta(directory)
+            ckpt.check_resume(meta, graph=plan.graph_version, world_size=world_size,
+                              where=directory)
+            state = ckpt.read_state(directory)
+        resume = ResumeState(model=state["model"], optimizer=state["optimizer"],
+                             epoch=state["epoch"], step=state["step"],
+                             global_step=state["global_step"],
+                             generator_state=state["generators"][rank])
+        history, resumed_from = list(meta.get("history", [])), state["global_step"]
+    elif plan.continue_from is not None:
+        state = ckpt.read_state(plan.continue_from)
+        resume = ResumeState(model=state["model"], optimizer=state["optimizer"])
+    if log:
+        log(f"train: {world_size} workers; rank 0 owns {len(impressions):,} training impressions"
+            + (f" ({new_events:,} new since {plan.since_time}, {replay_events:,} replayed)"
+               if plan.since_time is not None else "")
+            + (f"; resuming at global step {resumed_from}" if restart is not None else "")
+            + f" (loaded in {load_seconds:.1f} s)")
+
+    hooks = RayHooks(plan, rank, world_size, last_event_time, history,
+                     _make_validator(plan) if rank == 0 else None, log or (lambda _: None))
+    # train.batch_size is the GLOBAL batch, as in --workers 1: each rank takes its share,
+    # so a step sees as many impressions, and an epoch has as many steps, as there.
+    rank_cfg = dataclasses.replace(t, batch_size=math.ceil(t.batch_size / world_size))
+    result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
+                          log=None, hooks=hooks, resume=resume)
+    train_seconds = result.time_split["total"] - hooks.hook_seconds
+    events_all = all_reduce_int(result.events_trained, "sum")
+    splits = [None] * world_size
+    dist.all_gather_object(splits, result.time_split)
+    counts = [None] * world_size
+    dist.all_gather_object(counts, {"own_events": result.own_events, "new": new_events,
+                                    "replay": replay_events})
+    if rank != 0:
+        return
+    metrics = {
+        "run": plan.run_id, "workers": world_size, "device": "cpu", "backend": dist.get_backend(),
+        "val_auc": history[-1]["val_auc"] if history else None,
+        "val_auc_per_epoch": [h["val_auc"] for h in history],
+        "val_auc_cold": history[-1]["val"]["auc_cold"] if history else None,
+        "val_auc_warm": history[-1]["val"]["auc_warm"] if history else None,
+        "events_per_s": events_all / max(train_seconds, 1e-9),
+        "bytes_exchanged_per_event": result.bytes_per_event_global,
+        "time_split": result.time_split, "time_split_per_rank": splits,
+        "validation_seconds_rank0": round(hooks.hook_seconds, 3),
+        "train_seconds": train_seconds, "load_seconds": load_seconds,
+        "global_steps": resumed_from + len(result.losses),
+        "resumed_from_global_step": resumed_from,
+        "steps_per_epoch": result.steps_per_epoch, "events_trained": events_all,
+        "per_rank_events": counts, "bytes": result.bytes, "epochs": history,
+        "last_event_time": last_event_time, "since_time": plan.since_time,
+        "continue_from": plan.continue_from, "graph": plan.graph_version,
+        "id_map_version": plan.id_map_version,
+        "checkpoints": fs.join(plan.checkpoint_root, plan.run_id),
+    }
+    fs.filesystem(plan.out_url)[0].makedirs(fs.filesystem(plan.out_url)[1], exist_ok=True)
+    fs.write_text(fs.join(plan.out_url, "_config.yaml"), plan.cfg.to_yaml())
+    fs.write_json(fs.join(plan.out_url, "metrics.json"), metrics)
+
+
+# ---------------------------------------------------------------------- driver side
+
+
+def connect_ray(cfg: Config, log=print) -> None:
+    """Attach to ``ray.address`` / ``RAY_ADDRESS``, else start Ray on loopback only."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log(f"train: attaching to Ray at {address}")
+        ray.init(address=address, log_to_driver=True)
+        return
+    log("train: starting a local Ray (loopback only, no dashboard)")
+    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=True)
+
+
+def train_distributed(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
+                      continue_run: bool = False, log=print) -> dict[str, Any]:
+    """Train over the shard set with Ray Train; returns the metrics of ``metrics.json``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    plan = plan_run(cfg, graph_url, out_url, continue_run)
+    t = cfg.train
+    log(f"train: {t.workers} workers over {plan.partitions_url}; checkpoints in "
+        f"{plan.checkpoint_root}/{plan.run_id}; metrics in {plan.out_url}")
+    connect_ray(cfg, log)
+    trainer = TorchTrainer(
+        worker_loop, train_loop_config={"plan": plan},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=False,
+                                     resources_per_worker={"CPU": t.threads_per_worker}),
+        run_config=RunConfig(name=plan.run_id, storage_path=plan.checkpoint_root,
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=3)))
+    result = trainer.fit()
+    metrics = fs.read_json(fs.join(plan.out_url, "metrics.json"))
+    if result.checkpoint is not None:
+        latest = fs.join(plan.checkpoint_root, plan.run_id,
+                         os.path.basename(result.checkpoint.path.rstrip("/")))
+        ckpt.write_latest(cfg.paths.stage("train"), latest, ckpt.read_meta(latest))
+        metrics["checkpoint"] = latest
+        fs.write_json(fs.join(plan.out_url, "metrics.json"), metrics)
+    val = metrics["val_auc"]
+    log(f"train: validation ROC-AUC {val if val is None else round(val, 4)}; "
+        f"{metrics['events_per_s']:,.0f} training events/s; "
+        f"{metrics['bytes_exchanged_per_event']:,.0f} bytes exchanged per event -> {plan.out_url}")
+    return metrics
