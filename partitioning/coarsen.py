@@ -48,7 +48,7 @@ from partitioning.base import Partitioner, fill_empty_parts
 from partitioning.graph import PartitionGraph, aggregate_pairs, normalized_vertex_weight
 from partitioning.memory import MemoryProbe
 from partitioning.metis import metis_assignment
-from partitioning.refine import best_per_row, entries_of_rows, refine
+from partitioning.refine import best_per_row, entries_of_rows, node_ranges, refine, row_chunks
 
 # Lehmer (MINSTD) hash shared with the Spark version; all products stay below 2**63.
 LEHMER_MODULUS = 2_147_483_647
@@ -98,23 +98,28 @@ def label_propagation(
         nodes = np.flatnonzero(is_active(node_key, sweep) & has_edges)
         if nodes.size == 0:
             continue
-        local_row, entry = entries_of_rows(graph.indptr, nodes)
-        row, cluster, weight = aggregate_pairs(
-            local_row, label[graph.indices[entry]], graph.edge_weight[entry], nodes.shape[0], num_nodes
-        )
-        own = cluster == label[nodes][row]
-        internal = np.zeros(nodes.shape[0])
-        internal[row[own]] = weight[own]
-
-        has_room = cluster_weight[cluster] + coarsening_weight[nodes][row] <= max_cluster_weight
-        target, best_weight = best_per_row(row, cluster, weight, ~own & has_room, nodes.shape[0])
-        best_row = np.flatnonzero(target >= 0)
-        target, best_weight = target[best_row], best_weight[best_row]
-
-        gain = best_weight - internal[best_row]
-        mover = nodes[best_row]
-        candidate = gain > 0
-        mover, target, gain = mover[candidate], target[candidate], gain[candidate]
+        # Each node's choice is independent: computed in bounded chunks.
+        moves = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))]
+        for chunk in row_chunks(graph.indptr, nodes):
+            chunk_nodes = nodes[chunk]
+            local_row, entry = entries_of_rows(graph.indptr, chunk_nodes)
+            row, cluster, weight = aggregate_pairs(
+                local_row,
+                label[graph.indices[entry]],
+                graph.edge_weight[entry],
+                chunk_nodes.shape[0],
+                num_nodes,
+            )
+            own = cluster == label[chunk_nodes][row]
+            internal = np.zeros(chunk_nodes.shape[0])
+            internal[row[own]] = weight[own]
+            has_room = cluster_weight[cluster] + coarsening_weight[chunk_nodes][row] <= max_cluster_weight
+            target, best_weight = best_per_row(row, cluster, weight, ~own & has_room, chunk_nodes.shape[0])
+            best_row = np.flatnonzero(target >= 0)
+            gain = best_weight[best_row] - internal[best_row]
+            candidate = gain > 0
+            moves.append((chunk_nodes[best_row][candidate], target[best_row][candidate], gain[candidate]))
+        mover, target, gain = (np.concatenate(arrays) for arrays in zip(*moves, strict=True))
         if mover.size == 0:
             continue
         order = np.lexsort((mover, -gain, target))
@@ -147,15 +152,26 @@ def contract(
     """
     cluster_index, fine_to_coarse = np.unique(label, return_inverse=True)
     num_coarse = cluster_index.shape[0]
-    src, dst, weight = graph.edge_list()
-    coarse_src, coarse_dst = fine_to_coarse[src], fine_to_coarse[dst]
-    crossing = coarse_src != coarse_dst
+    # Coarse pairs per chunk of fine rows, merged at the end (bounded temporaries).
+    pieces = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))]
+    for start, stop in node_ranges(graph.indptr):
+        low, high = graph.indptr[start], graph.indptr[stop]
+        src = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(graph.indptr[start : stop + 1]))
+        dst = graph.indices[low:high]
+        upper = dst > src  # each undirected edge once
+        coarse_src, coarse_dst = fine_to_coarse[src[upper]], fine_to_coarse[dst[upper]]
+        crossing = coarse_src != coarse_dst
+        pieces.append(
+            aggregate_pairs(
+                np.minimum(coarse_src[crossing], coarse_dst[crossing]),
+                np.maximum(coarse_src[crossing], coarse_dst[crossing]),
+                graph.edge_weight[low:high][upper][crossing],
+                num_coarse,
+                num_coarse,
+            )
+        )
     low, high, pair_weight = aggregate_pairs(
-        np.minimum(coarse_src[crossing], coarse_dst[crossing]),
-        np.maximum(coarse_src[crossing], coarse_dst[crossing]),
-        weight[crossing],
-        num_coarse,
-        num_coarse,
+        *(np.concatenate(arrays) for arrays in zip(*pieces, strict=True)), num_coarse, num_coarse
     )
     vertex_weights = np.stack(
         [

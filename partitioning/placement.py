@@ -13,8 +13,8 @@ penalty and a hard cap:
 
 ``v`` goes to the highest-scoring part (ties: lowest part id) that stays
 within ``cap_c = max((1 + tolerance) * mean_c, mean_c + heaviest new node)``
-in every constraint; the second term of the max guarantees a part with room
-exists for a single constraint. With loads counted in nodes, ``alpha = m / n``
+in every constraint the node carries weight in; the second term of the max
+guarantees a part with room exists for a single constraint. With loads counted in nodes, ``alpha = m / n``
 (edge weight per node) is exactly Fennel's ``m k^(gamma-1) / n^gamma``; by
 default it is estimated from the new nodes' own edges as half their mean
 weighted degree.
@@ -182,7 +182,10 @@ def place_new_nodes(
         pending = np.arange(stop - start)
         full = np.zeros_like(score, dtype=bool)
         while pending.size:
-            full[pending] |= np.any(loads[None, :, :] + batch_weights[pending][:, None, :] > caps, axis=2)
+            # A part is full for a node if the node's weight would push it over a
+            # cap; constraints the node carries no weight in never block it.
+            added = batch_weights[pending][:, None, :]
+            full[pending] |= np.any((loads[None, :, :] + added > caps) & (added > 0), axis=2)
             stuck = full[pending].all(axis=1)
             if stuck.any():
                 # Fits nowhere (several constraints): least filled part, counted.
@@ -194,7 +197,9 @@ def place_new_nodes(
                 pending = pending[~stuck]
                 continue
             choice = np.argmax(np.where(full[pending], -np.inf, score[pending]), axis=1)
-            # Accept, per chosen part, the stream-order prefix that fits.
+            # Accept, per chosen part and in stream order, the nodes that fit on top
+            # of every node before them (accepted or not): conservative, exact
+            # for batch_size=1.
             order = np.lexsort((pending, choice))
             chosen_part, rows = choice[order], pending[order]
             running = np.cumsum(batch_weights[rows], axis=0)
@@ -205,8 +210,7 @@ def place_new_nodes(
                 + running
                 - np.repeat(before, np.diff(np.r_[starts, rows.shape[0]]), axis=0)
             )
-            # Weights are >= 0, so the rows that fit are a prefix of each part's run.
-            accepted = np.all(filled <= caps, axis=1)
+            accepted = np.all((filled <= caps) | (batch_weights[rows] == 0), axis=1)
             book[new_node_ids[start + rows[accepted]]] = chosen_part[accepted]
             np.add.at(loads, chosen_part[accepted], batch_weights[rows[accepted]])
             pending = np.sort(rows[~accepted])

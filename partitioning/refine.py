@@ -5,17 +5,20 @@ METIS when several balance constraints had to be collapsed into one.
 
 * :func:`rebalance` moves nodes out of parts that exceed their cap in any
   constraint, choosing the nodes that lose the least edge weight per unit of
-  excess removed.
+  excess removed, and making only moves that lower the total excess over the
+  caps (so two parts over caps in different constraints can trade nodes).
 * :func:`refine_boundary` is an FM-lite pass: every boundary node computes
   its gain for moving to the neighbouring part it is most connected to; moves
   with positive gain are accepted in priority order while the destination
   stays within its caps, then filtered by an "afterburner" that re-evaluates
   each move assuming every higher-priority move has happened (so two
-  neighbours do not swap sides and both lose). A pass that would still
-  increase the cut is rolled back.
+  neighbours do not swap sides and both lose). A pass that does not lower
+  the cut is rolled back and ends the refinement.
 
-All work is done on whole arrays: one pass is a handful of sorts over the
-boundary's CSR rows, no Python loop over nodes.
+All work is done on whole arrays, no Python loop over nodes. Work over CSR
+entries is done in chunks of at most :data:`CHUNK_ENTRIES` entries, so the
+temporaries stay bounded (a few tens of MiB) whatever the graph size and the
+peak memory is dominated by the graph itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,40 @@ import numpy as np
 from partitioning.graph import PartitionGraph, aggregate_pairs
 
 _RELATIVE_SLACK = 1e-9
+
+#: Largest number of CSR entries processed at once by the chunked loops.
+CHUNK_ENTRIES = 1 << 20
+
+
+def node_ranges(indptr: np.ndarray, max_entries: int = CHUNK_ENTRIES) -> list[tuple[int, int]]:
+    """Consecutive node ranges ``[start, stop)`` holding at most ``max_entries`` entries each.
+
+    A node with more entries than ``max_entries`` gets a range of its own.
+    """
+    num_nodes = indptr.shape[0] - 1
+    ranges = []
+    start = 0
+    while start < num_nodes:
+        stop = int(np.searchsorted(indptr, indptr[start] + max_entries, side="right")) - 1
+        stop = min(max(stop, start + 1), num_nodes)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def row_chunks(indptr: np.ndarray, nodes: np.ndarray, max_entries: int = CHUNK_ENTRIES) -> list[slice]:
+    """Slices of ``nodes`` whose rows hold at most ``max_entries`` entries each (one node at least)."""
+    if nodes.size == 0:
+        return []
+    ends = np.cumsum(indptr[nodes + 1] - indptr[nodes])
+    chunks = []
+    start = 0
+    while start < nodes.shape[0]:
+        base = ends[start - 1] if start else 0
+        stop = max(int(np.searchsorted(ends, base + max_entries, side="right")), start + 1)
+        chunks.append(slice(start, stop))
+        start = stop
+    return chunks
 
 
 def part_loads(vertex_weights: np.ndarray, assignment: np.ndarray, num_parts: int) -> np.ndarray:
@@ -59,12 +96,26 @@ def max_imbalance(vertex_weights: np.ndarray, assignment: np.ndarray, num_parts:
     return [float(loads[:, c].max() / means[c]) if means[c] > 0 else 1.0 for c in range(loads.shape[1])]
 
 
-def cut_weight(graph: PartitionGraph, assignment: np.ndarray, rows: np.ndarray | None = None) -> float:
+def cut_weight(graph: PartitionGraph, assignment: np.ndarray) -> float:
     """Total weight of undirected edges whose ends lie in different parts."""
-    if rows is None:
-        rows = graph.row_of_entry()
-    crossing = assignment[rows] != assignment[graph.indices]
-    return float(graph.edge_weight[crossing].sum() / 2.0)
+    total = 0.0
+    for start, stop in node_ranges(graph.indptr):
+        low, high = graph.indptr[start], graph.indptr[stop]
+        row_part = np.repeat(assignment[start:stop], np.diff(graph.indptr[start : stop + 1]))
+        crossing = row_part != assignment[graph.indices[low:high]]
+        total += float(graph.edge_weight[low:high][crossing].sum())
+    return total / 2.0
+
+
+def boundary_nodes(graph: PartitionGraph, assignment: np.ndarray) -> np.ndarray:
+    """Nodes with at least one neighbour in another part, ascending int64."""
+    found = [np.zeros(0, dtype=np.int64)]
+    for start, stop in node_ranges(graph.indptr):
+        low, high = graph.indptr[start], graph.indptr[stop]
+        rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(graph.indptr[start : stop + 1]))
+        crossing = assignment[rows] != assignment[graph.indices[low:high]]
+        found.append(np.unique(rows[crossing]))
+    return np.concatenate(found)
 
 
 def entries_of_rows(indptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,12 +144,20 @@ def neighbour_part_weights(
 
     Returns:
         ``(local_row, part, weight)`` sorted by (local_row, part), one entry
-        per (node, neighbouring part) pair.
+        per (node, neighbouring part) pair; ``local_row`` indexes ``nodes``.
     """
-    local_row, entry = entries_of_rows(graph.indptr, nodes)
-    return aggregate_pairs(
-        local_row, assignment[graph.indices[entry]], graph.edge_weight[entry], nodes.shape[0], num_parts
-    )
+    pieces = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0))]
+    for chunk in row_chunks(graph.indptr, nodes):
+        local_row, entry = entries_of_rows(graph.indptr, nodes[chunk])
+        row, part, weight = aggregate_pairs(
+            local_row,
+            assignment[graph.indices[entry]],
+            graph.edge_weight[entry],
+            chunk.stop - chunk.start,
+            num_parts,
+        )
+        pieces.append((row + chunk.start, part, weight))
+    return tuple(np.concatenate(arrays) for arrays in zip(*pieces, strict=True))
 
 
 def best_per_row(
@@ -187,18 +246,21 @@ def _afterburner(
     rank_of_node[nodes] = rank
     dest_of_node = assignment.copy()
     dest_of_node[nodes] = dest
-    local_row, entry = entries_of_rows(graph.indptr, nodes)
-    neighbour = graph.indices[entry]
-    moved_first = rank_of_node[neighbour] < rank[local_row]
-    neighbour_part = np.where(moved_first, dest_of_node[neighbour], assignment[neighbour])
-    weight = graph.edge_weight[entry]
-    to_dest = np.bincount(
-        local_row, weights=weight * (neighbour_part == dest[local_row]), minlength=nodes.shape[0]
-    )
-    to_source = np.bincount(
-        local_row, weights=weight * (neighbour_part == assignment[nodes][local_row]), minlength=nodes.shape[0]
-    )
-    return to_dest - to_source > 0
+    keep = np.zeros(nodes.shape[0], dtype=bool)
+    for chunk in row_chunks(graph.indptr, nodes):
+        local_row, entry = entries_of_rows(graph.indptr, nodes[chunk])
+        row = local_row + chunk.start
+        neighbour = graph.indices[entry]
+        moved_first = rank_of_node[neighbour] < rank[row]
+        neighbour_part = np.where(moved_first, dest_of_node[neighbour], assignment[neighbour])
+        weight = graph.edge_weight[entry]
+        size = chunk.stop - chunk.start
+        to_dest = np.bincount(local_row, weights=weight * (neighbour_part == dest[row]), minlength=size)
+        to_source = np.bincount(
+            local_row, weights=weight * (neighbour_part == assignment[nodes[row]]), minlength=size
+        )
+        keep[chunk] = to_dest - to_source > 0
+    return keep
 
 
 def refine_boundary(
@@ -222,13 +284,11 @@ def refine_boundary(
         ``(assignment int64 [N], info)`` with the number of passes and moves.
     """
     assignment = np.asarray(assignment, dtype=np.int64).copy()
-    rows = graph.row_of_entry()
-    cut = cut_weight(graph, assignment, rows)
+    cut = cut_weight(graph, assignment)
     moves = 0
     passes = 0
     for _ in range(max_passes):
-        crossing = assignment[rows] != assignment[graph.indices]
-        boundary = np.unique(rows[crossing])
+        boundary = boundary_nodes(graph, assignment)
         if boundary.size == 0:
             break
         local_row, part, weight = neighbour_part_weights(graph, assignment, boundary, num_parts)
@@ -251,7 +311,7 @@ def refine_boundary(
             break
         previous = assignment[nodes]
         assignment[nodes] = dest
-        new_cut = cut_weight(graph, assignment, rows)
+        new_cut = cut_weight(graph, assignment)
         passes += 1
         if new_cut >= cut:
             # Simultaneous moves interacted badly: undo this pass and stop.
@@ -425,14 +485,13 @@ def refine(
         after, and the achieved max/mean load per constraint.
     """
     caps = balance_caps(graph.vertex_weights, num_parts, imbalance)
-    rows = graph.row_of_entry()
-    cut_before = cut_weight(graph, np.asarray(assignment), rows)
+    cut_before = cut_weight(graph, np.asarray(assignment))
     assignment, rebalance_info = rebalance(graph, assignment, num_parts, caps, max_rebalance_rounds)
     assignment, refine_info = refine_boundary(graph, assignment, num_parts, caps, max_passes)
     return assignment, {
         **rebalance_info,
         **refine_info,
         "cut_weight_before": cut_before,
-        "cut_weight_after": cut_weight(graph, assignment, rows),
+        "cut_weight_after": cut_weight(graph, assignment),
         "max_imbalance": max_imbalance(graph.vertex_weights, assignment, num_parts),
     }

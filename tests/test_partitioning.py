@@ -445,6 +445,60 @@ def test_placement_keeps_balance_within_tolerance_when_every_neighbour_is_in_one
     assert placement.num_over_cap == 0
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    num_old=st.integers(1, 40),
+    num_new=st.integers(1, 60),
+    num_parts=st.integers(1, 5),
+    batch_size=st.integers(1, 70),
+    tolerance=st.floats(0.0, 0.5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_placement_places_every_new_node_within_the_caps(
+    num_old, num_new, num_parts, batch_size, tolerance, seed
+):
+    rng = np.random.default_rng(seed)
+    book = np.concatenate([rng.integers(0, num_parts, num_old), np.full(num_new, -1)])
+    new_ids = rng.permutation(np.arange(num_old, num_old + num_new))
+    src = rng.choice(new_ids, 3 * num_new)
+    dst = rng.integers(0, num_old + num_new, 3 * num_new)
+    keep = src != dst
+    weights = rng.integers(1, 4, num_new).astype(float)
+    old_weights = np.ones(num_old)
+    loads = np.bincount(book[:num_old], weights=old_weights, minlength=num_parts)
+    placement = place_new_nodes(
+        book,
+        new_ids,
+        (src[keep], dst[keep], rng.random(keep.sum()) + 0.1),
+        loads,
+        new_node_weights=weights,
+        tolerance=tolerance,
+        batch_size=batch_size,
+    )
+    assert np.array_equal(placement.assignment[:num_old], book[:num_old])
+    assert np.all((placement.assignment >= 0) & (placement.assignment < num_parts))
+    expected = loads + np.bincount(placement.assignment[new_ids], weights=weights, minlength=num_parts)
+    assert np.allclose(placement.part_loads[:, 0], expected)
+    # Parts that were over the cap before placement only ever receive nothing.
+    new_load = expected - loads
+    assert np.all((expected <= placement.caps[0] + 1e-9) | (new_load == 0))
+    assert placement.num_over_cap == 0
+
+
+def test_placement_ignores_caps_of_constraints_a_node_does_not_carry():
+    # Part 0 is far over its training-event cap; an item (no events) still joins its neighbours there.
+    book = np.array([0, 0, 1, -1])
+    placement = place_new_nodes(
+        book,
+        np.array([3]),
+        (np.array([3, 3]), np.array([0, 1]), None),
+        part_loads=np.array([[2.0, 100.0], [1.0, 0.0]]),
+        new_node_weights=np.array([[1.0, 0.0]]),
+        tolerance=1.0,
+    )
+    assert placement.assignment[3] == 0
+
+
 def test_placement_streams_new_nodes_whose_neighbours_are_new():
     # 4 -> existing node 2 (part 1); 5 links only to 4, 6 only to 5.
     book = np.array([0, 0, 1, 1, -1, -1, -1])
