@@ -60,9 +60,8 @@ from clickgraph.config import TrainConfig
 from trainer.data import Impressions, NegativeSampler
 from trainer.dist_sampler import DistTemporalSampler, model_inputs
 from trainer.distributed import Backend, ByteCounter, all_reduce_int, init_process_group
-from trainer.engine import model_config, relation_fanouts
+from trainer.engine import draw_examples, model_config, relation_fanouts, with_edge_weights
 from trainer.model import ClickGNN, NodeFeatures
-from trainer.sampler import SampledSubgraph
 from trainer.shard import PartitionShard
 
 
@@ -96,37 +95,6 @@ def build_model(shard: PartitionShard, cfg: TrainConfig) -> ClickGNN:
     rank; DDP also broadcasts rank 0's at wrap time)."""
     torch.manual_seed(cfg.seed)
     return ClickGNN(schema_features(shard), shard.edge_types, model_config(cfg))
-
-
-def draw_examples(impressions: Impressions, events: Tensor, negatives: NegativeSampler,
-                  random_negative_ratio: float, generator: torch.Generator
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Impressions plus time-respecting random negatives, as ``ClickEngine.examples``.
-
-    Returns:
-        ``(user, content, seed_time, position, label)``, each ``[B + negatives]``.
-    """
-    user, content = impressions.user[events], impressions.content[events]
-    seed_time, position = impressions.time[events], impressions.position[events]
-    label = impressions.clicked[events]
-    n_random = int(round(random_negative_ratio * events.numel()))
-    if n_random:
-        host = torch.randint(events.numel(), (n_random,), generator=generator)
-        valid, neg_content = negatives.sample(seed_time[host], generator)
-        host, neg_content = host[valid], neg_content[valid]
-        user = torch.cat([user, user[host]])
-        content = torch.cat([content, neg_content])
-        seed_time = torch.cat([seed_time, seed_time[host]])
-        position = torch.cat([position, position[host]])
-        label = torch.cat([label, torch.zeros(host.numel())])
-    return user, content, seed_time, position, label
-
-
-def _with_edge_weights(batch: SampledSubgraph) -> SampledSubgraph:
-    """Per-edge weights from the store's ``weight`` attribute, as ``ClickEngine`` does."""
-    weights = {et: batch.edge_attr[et].get("weight", batch.edge_weight[et])
-               for et in batch.edge_index}
-    return SampledSubgraph(**{**batch.__dict__, "edge_weight": weights})
 
 
 @dataclass
@@ -401,7 +369,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
             t2 = time.perf_counter()
             rows = sampler.fetch_features(batch)
             model_batch, features = model_inputs(batch, rows, shard.num_nodes)
-            model_batch = _with_edge_weights(model_batch)
+            model_batch = with_edge_weights(model_batch)
             t3 = time.perf_counter()
             allreduce_before = timer.seconds
             logits = ddp(model_batch, features, batch.seed_local["user"],

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from clickgraph.config import TrainConfig
-from trainer.data import GraphData, NegativeSampler
+from trainer.data import GraphData, Impressions, NegativeSampler
 from trainer.model import ClickGNN, ModelConfig
-from trainer.sampler import TemporalNeighborSampler
+from trainer.sampler import SampledSubgraph, TemporalNeighborSampler
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
@@ -39,6 +39,40 @@ def relation_fanouts(cfg: TrainConfig, edge_types) -> dict:
                              f"train.fanouts has {len(cfg.fanouts)}")
         out[et] = hops
     return out
+
+
+def draw_examples(impressions: Impressions, events: Tensor, negatives: NegativeSampler,
+                  random_negative_ratio: float, generator: torch.Generator
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Impressions ``events`` plus time-respecting random negatives.
+
+    Each random negative copies a random impression's user, time and position and takes
+    a content piece created strictly before that time (label 0).
+
+    Returns:
+        ``(user, content, seed_time, position, label)``, each ``[B + negatives]``.
+    """
+    user, content = impressions.user[events], impressions.content[events]
+    seed_time, position = impressions.time[events], impressions.position[events]
+    label = impressions.clicked[events]
+    n_random = int(round(random_negative_ratio * events.numel()))
+    if n_random:
+        host = torch.randint(events.numel(), (n_random,), generator=generator)
+        valid, neg_content = negatives.sample(seed_time[host], generator)
+        host, neg_content = host[valid], neg_content[valid]
+        user = torch.cat([user, user[host]])
+        content = torch.cat([content, neg_content])
+        seed_time = torch.cat([seed_time, seed_time[host]])
+        position = torch.cat([position, position[host]])
+        label = torch.cat([label, torch.zeros(host.numel())])
+    return user, content, seed_time, position, label
+
+
+def with_edge_weights(batch: SampledSubgraph) -> SampledSubgraph:
+    """Per-edge weights (relation x content-type weight from the store's ``weight``
+    attribute) in place of the broadcast relation weight."""
+    weights = {et: batch.edge_attr[et].get("weight", batch.edge_weight[et]) for et in batch.edge_index}
+    return SampledSubgraph(**{**batch.__dict__, "edge_weight": weights})
 
 
 @dataclass
@@ -77,12 +111,6 @@ class ClickEngine:
         self.negatives = NegativeSampler(data.content_created)
         self.times = StepTimes()
 
-    def _edge_weights(self, batch):
-        """Per-edge weights (relation x content-type weight from the store) into the batch."""
-        weights = {et: batch.edge_attr[et].get("weight", batch.edge_weight[et])
-                   for et in batch.edge_index}
-        return batch.__class__(**{**batch.__dict__, "edge_weight": weights})
-
     def forward(self, user: Tensor, content: Tensor, seed_time: Tensor, position: Tensor,
                 generator: torch.Generator) -> Tensor:
         """Click logits for (user, content, time, position) rows."""
@@ -90,7 +118,7 @@ class ClickEngine:
         batch = self.sampler.sample({"user": (user.to(self.device), seed_time.to(self.device)),
                                      "content": (content.to(self.device), seed_time.to(self.device))},
                                     generator=generator)
-        batch = self._edge_weights(batch)
+        batch = with_edge_weights(batch)
         t1 = time.perf_counter()
         logits = self.model(batch, self.features, batch.seed_local["user"], batch.seed_local["content"],
                             position.to(self.device), seed_time.to(self.device))
@@ -100,20 +128,8 @@ class ClickEngine:
     def examples(self, events: Tensor, generator: torch.Generator
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Impressions plus random negatives: ``(user, content, time, position, label)``."""
-        imp = self.data.impressions
-        user, content, seed_time = imp.user[events], imp.content[events], imp.time[events]
-        position, label = imp.position[events], imp.clicked[events]
-        n_random = int(round(self.cfg.random_negative_ratio * events.numel()))
-        if n_random:
-            host = torch.randint(events.numel(), (n_random,), generator=generator)
-            valid, neg_content = self.negatives.sample(seed_time[host], generator)
-            host, neg_content = host[valid], neg_content[valid]
-            user = torch.cat([user, user[host]])
-            content = torch.cat([content, neg_content])
-            seed_time = torch.cat([seed_time, seed_time[host]])
-            position = torch.cat([position, position[host]])
-            label = torch.cat([label, torch.zeros(host.numel())])
-        return user, content, seed_time, position, label
+        return draw_examples(self.data.impressions, events, self.negatives,
+                             self.cfg.random_negative_ratio, generator)
 
     def train_step(self, events: Tensor, generator: torch.Generator) -> float:
         """One optimisation step on impression indices ``events``; returns the loss."""
