@@ -210,22 +210,31 @@ class TemporalHeteroGraph:
         Raises:
             ValueError: On the first violated invariant, naming the relation.
         """
-        for edge_type, csr in self.csr.items():
-            try:
-                csr.validate()
-            except ValueError as error:
-                raise ValueError(f"relation {edge_type}: {error}") from error
-            num_src = self.num_nodes[edge_type[0]]
-            if csr.num_edges and (int(csr.neighbor.min()) < 0
-                                  or int(csr.neighbor.max()) >= num_src):
-                raise ValueError(f"relation {edge_type}: neighbour ids must lie in "
-                                 f"[0, {num_src})")
+        validate_relations(self.csr, self.num_nodes)
 
     def to(self, device: torch.device | str) -> TemporalHeteroGraph:
         """Returns a copy with every CSR on ``device``."""
         return TemporalHeteroGraph(
             num_nodes=dict(self.num_nodes),
             csr={edge_type: csr.to(device) for edge_type, csr in self.csr.items()})
+
+
+def validate_relations(csr: dict[EdgeType, TemporalCSR], num_nodes: dict[str, int]) -> None:
+    """Checks every CSR's invariants and that neighbour (source) ids lie in
+    ``[0, num_nodes[src_type])``.
+
+    Raises:
+        ValueError: On the first violated invariant, naming the relation.
+    """
+    for edge_type, relation in csr.items():
+        try:
+            relation.validate()
+        except ValueError as error:
+            raise ValueError(f"relation {edge_type}: {error}") from error
+        num_src = num_nodes[edge_type[0]]
+        if relation.num_edges and (int(relation.neighbor.min()) < 0
+                                   or int(relation.neighbor.max()) >= num_src):
+            raise ValueError(f"relation {edge_type}: neighbour ids must lie in [0, {num_src})")
 
 
 def reverse_edge_type(edge_type: EdgeType) -> EdgeType:

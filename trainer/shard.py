@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from clickgraph import __version__
-from trainer.graph import EdgeType, TemporalCSR, TemporalHeteroGraph
+from trainer.graph import EdgeType, TemporalCSR, TemporalHeteroGraph, validate_relations
 from trainer.model import NodeFeatures
 
 SHARD_KIND = "partition_shard"
@@ -188,16 +188,7 @@ class PartitionShard:
             if not torch.equal(owned, expected):
                 raise ValueError(f"owned[{node_type!r}] is not the ascending list of "
                                  f"nodes the partition book gives part {self.part}")
-        for edge_type, csr in self.csr.items():
-            try:
-                csr.validate()
-            except ValueError as error:
-                raise ValueError(f"relation {edge_type}: {error}") from error
-            num_src = self.num_nodes[edge_type[0]]
-            if csr.num_edges and (int(csr.neighbor.min()) < 0
-                                  or int(csr.neighbor.max()) >= num_src):
-                raise ValueError(f"relation {edge_type}: neighbour ids must be global ids "
-                                 f"in [0, {num_src})")
+        validate_relations(self.csr, self.num_nodes)  # neighbours are global ids
 
 
 def _check_partition_book(graph: TemporalHeteroGraph, partition_book: dict[str, Tensor],
