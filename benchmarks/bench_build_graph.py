@@ -79,6 +79,7 @@ def main() -> int:
     args = parser.parse_args()
     py = sys.executable
     results = []
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         root = Path(args.workdir) / size
         common = [f"--set=paths.root={root}", f"--set=paths.logs={root}/logs",
