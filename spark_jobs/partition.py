@@ -149,12 +149,18 @@ def partition_books(cfg: Config, g: dict[str, Any]) -> dict[str, Any]:
         metis = MetisPartitioner(ufactor=int(round(p.imbalance * 1000)), seed=p.seed).partition(
             g["graph"], p.num_parts)
     else:
+        from partitioning.refine import refine
+
         method = "spark_coarsened"
         book, wall_s = g["coarse_book"]
-        metis = PartitionResult(assignment=book, num_parts=p.num_parts,
+        t0 = time.perf_counter()
+        # the projected book is balanced per cluster; rebalance and refine it on the nodes
+        book, refine_info = refine(g["graph"], book, p.num_parts, imbalance=p.imbalance)
+        wall_s += time.perf_counter() - t0
+        metis = PartitionResult(assignment=book.astype(np.int32), num_parts=p.num_parts,
                                 algorithm="spark_coarsened_metis", wall_s=wall_s, peak_rss_bytes=0,
                                 peak_rss_delta_bytes=0, memory_probe="not measured",
-                                params={"edge_budget": p.edge_budget})
+                                params={"edge_budget": p.edge_budget}, info=refine_info)
     random = RandomPartitioner(seed=p.seed).partition(g["graph"], p.num_parts)
     quality = {"metis": _report(cfg, g, metis), "random": _report(cfg, g, random)}
     return {"book": metis.assignment, "random": random.assignment, "quality": quality,

@@ -113,3 +113,20 @@ def test_placement_of_new_nodes_keeps_the_book_and_the_balance(spark, store_cfg,
     data = load_graph_data(store_cfg.paths.stage("graph"))
     total = sum(p["edges"] for p in placed["parts"])
     assert total == sum(csr.num_edges for csr in data.graph.csr.values())
+
+
+def test_above_the_edge_budget_spark_coarsens_first(spark, store_cfg, shard_set, tmp_path):
+    """The path past one machine's METIS memory: Spark coarsens to the edge budget, METIS
+    partitions the coarse graph, the book is projected back and refined."""
+    import dataclasses
+
+    cfg = dataclasses.replace(store_cfg, partition=dataclasses.replace(store_cfg.partition,
+                                                                      edge_budget=1000))
+    manifest = partition.run(spark, cfg, out_url=str(tmp_path / "coarse"), log=lambda *_: None)
+    assert manifest["num_pairs"] > 1000 and manifest["method"] == "spark_coarsened"
+    metis, random = manifest["quality"]["metis"], manifest["quality"]["random"]
+    assert metis["algorithm"] == "spark_coarsened_metis"
+    assert metis["edge_cut_fraction"]["unweighted"] < random["edge_cut_fraction"]["unweighted"]
+    assert metis["balance"]["training_events"] <= 1 + cfg.partition.imbalance + 1e-9
+    owned = sum(sum(p["owned"].values()) for p in manifest["parts"])
+    assert owned == sum(manifest["num_nodes"].values())
