@@ -493,7 +493,9 @@ def connect_ray(cfg: Config, log=print) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     log("train: starting a local Ray (loopback only, no dashboard)")
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+    # address="local": always a new private instance, never a cluster that `ray start` left
+    # behind on this machine (ray.init() would otherwise attach to /tmp/ray's last one)
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=True)
 
 
