@@ -85,6 +85,7 @@ from trainer.sampler import (
     _NodeTable,
     _normalise_fanouts,
     _sample_rows,
+    _seed_tables,
     _take,
     _VisibleEdgeSearch,
 )
@@ -281,24 +282,8 @@ class DistTemporalSampler:
         if self.strategy == "uniform" and generator is None:
             raise ValueError("strategy='uniform' needs an explicit torch.Generator")
         self._check_seeds(seeds)
-        seed_times = [seeds[node_type][1] for node_type in seeds]
-        all_seed_time = (torch.cat(seed_times) if seed_times
-                         else torch.empty(0, dtype=torch.int64))
-        root_time, all_rank = torch.unique(all_seed_time, return_inverse=True)
-        time_bits = max(root_time.numel() - 1, 0).bit_length()
-
-        device = torch.device("cpu")
-        tables = {node_type: _NodeTable(time_bits, count, device)
-                  for node_type, count in self.shard.num_nodes.items()}
-        seed_local: dict[str, Tensor] = {}
-        frontier: dict[str, _Frontier] = {}
-        seed_ranks = torch.split(all_rank, [time.numel() for time in seed_times])
-        for node_type, rank in zip(seeds, seed_ranks, strict=True):
-            seed_local[node_type], frontier[node_type] = tables[node_type].add_seeds(
-                seeds[node_type][0], rank)
-        for node_type, table in tables.items():
-            if node_type not in seeds:
-                table.add_nothing()
+        root_time, tables, seed_local, frontier = _seed_tables(
+            seeds, self.shard.num_nodes, torch.device("cpu"))
 
         edge_chunks: dict[EdgeType, list[tuple[Tensor, ...]]] = {
             edge_type: [] for edge_type in self.edge_types}

@@ -478,6 +478,33 @@ class _NodeTable:
         self.sorted_key, self.local_of_sorted = merged_key, merged_local
 
 
+def _seed_tables(seeds: Seeds, num_nodes: Mapping[str, int], device: torch.device
+                 ) -> tuple[Tensor, dict[str, _NodeTable], dict[str, Tensor], dict[str, _Frontier]]:
+    """Ranks the distinct root times and enters the seeds as hop-0 rows.
+
+    Returns:
+        ``(root_time, tables, seed_local, frontier)``: the sorted distinct seed times, a
+        node table per type, each seed type's local rows and its hop-0 frontier.
+    """
+    seed_times = [seeds[node_type][1] for node_type in seeds]
+    all_seed_time = (torch.cat(seed_times) if seed_times
+                     else torch.empty(0, dtype=torch.int64, device=device))
+    root_time, all_rank = torch.unique(all_seed_time, return_inverse=True)
+    time_bits = max(root_time.numel() - 1, 0).bit_length()
+    tables = {node_type: _NodeTable(time_bits, count, device)
+              for node_type, count in num_nodes.items()}
+    seed_local: dict[str, Tensor] = {}
+    frontier: dict[str, _Frontier] = {}
+    seed_ranks = torch.split(all_rank, [time.numel() for time in seed_times])
+    for node_type, rank in zip(seeds, seed_ranks, strict=True):
+        seed_local[node_type], frontier[node_type] = tables[node_type].add_seeds(
+            seeds[node_type][0], rank)
+    for node_type, table in tables.items():
+        if node_type not in seeds:
+            table.add_nothing()
+    return root_time, tables, seed_local, frontier
+
+
 class TemporalNeighborSampler:
     """Multi-hop temporal neighbour sampler (semantics in the module docstring).
 
@@ -531,23 +558,7 @@ class TemporalNeighborSampler:
             raise ValueError("strategy='uniform' needs an explicit torch.Generator")
         graph, device = self.graph, self.graph.device
         self._check_seeds(seeds, device)
-        seed_times = [seeds[node_type][1] for node_type in seeds]
-        all_seed_time = (torch.cat(seed_times) if seed_times
-                         else torch.empty(0, dtype=torch.int64, device=device))
-        root_time, all_rank = torch.unique(all_seed_time, return_inverse=True)
-        time_bits = max(root_time.numel() - 1, 0).bit_length()
-
-        tables = {node_type: _NodeTable(time_bits, count, device)
-                  for node_type, count in graph.num_nodes.items()}
-        seed_local: dict[str, Tensor] = {}
-        frontier: dict[str, _Frontier] = {}
-        seed_ranks = torch.split(all_rank, [time.numel() for time in seed_times])
-        for node_type, rank in zip(seeds, seed_ranks, strict=True):
-            seed_local[node_type], frontier[node_type] = tables[node_type].add_seeds(
-                seeds[node_type][0], rank)
-        for node_type, table in tables.items():
-            if node_type not in seeds:
-                table.add_nothing()
+        root_time, tables, seed_local, frontier = _seed_tables(seeds, graph.num_nodes, device)
 
         edge_chunks: dict[EdgeType, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {
             edge_type: [] for edge_type in graph.edge_types}
