@@ -94,6 +94,12 @@ from trainer.shard import PartitionShard
 _QUERY_DTYPE = torch.int32
 
 
+def _route(owner: Tensor, world: int) -> tuple[Tensor, ...]:
+    """Positions of the rows each rank owns, per rank, in their original order."""
+    order = torch.sort(owner, stable=True).indices
+    return torch.split(order, torch.bincount(owner, minlength=world).tolist())
+
+
 def _as_bytes(tensor: Tensor) -> Tensor:
     """Flat uint8 view of a tensor's contents (C order)."""
     return tensor.contiguous().reshape(-1).view(torch.uint8)
@@ -346,10 +352,7 @@ class DistTemporalSampler:
                 for destination in range(world):
                     positions[destination][node_type] = empty
                 continue
-            owner = self.shard.owner(node_type, rows.node)
-            order = torch.sort(owner, stable=True).indices
-            counts = torch.bincount(owner, minlength=world).tolist()
-            for destination, chunk in enumerate(torch.split(order, counts)):
+            for destination, chunk in enumerate(_route(self.shard.owner(node_type, rows.node), world)):
                 positions[destination][node_type] = chunk
         requests = []
         for destination in range(world):
@@ -514,10 +517,7 @@ class DistTemporalSampler:
         for node_type in self.node_types:
             node = subgraph.node.get(node_type, torch.empty(0, dtype=torch.int64))
             unique[node_type], inverse[node_type] = torch.unique(node, return_inverse=True)
-            owner = shard.owner(node_type, unique[node_type])
-            order = torch.sort(owner, stable=True).indices
-            counts = torch.bincount(owner, minlength=world).tolist()
-            for destination, chunk in enumerate(torch.split(order, counts)):
+            for destination, chunk in enumerate(_route(shard.owner(node_type, unique[node_type]), world)):
                 positions[destination][node_type] = chunk
         requests = []
         for destination in range(world):
