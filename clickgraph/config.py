@@ -300,6 +300,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation on the test window against the tabular baseline (docs/evaluation.md).
+
+    The baseline is gradient-boosted trees on user and content attributes, context and
+    as-of counts; it is fitted on the validation window's impressions (which the GNN never
+    trained on) and scored on the test window's, once without and once with the exported
+    GNN embeddings as of the start of each impression's day.
+    """
+
+    checkpoint: str | None = None        # null: the latest finished run (paths.train/latest_checkpoint.json)
+    cold_start_max_interactions: int = 5  # cold: the user has at most this many earlier interactions
+    max_test_events: int = 0             # test impressions scored (0 = all)
+    max_fit_events: int = 200_000        # validation impressions the baseline is fitted on (0 = all)
+    gbdt_max_iter: int = 300
+    gbdt_learning_rate: float = 0.05
+    gbdt_max_leaf_nodes: int = 31
+    seed: int = 0
+    embedding_batch_size: int = 4096     # nodes embedded per sampler call (export too)
+    top_k: int = 20                      # recommendation controls: top-k content per user
+    recommend_users: int = 500           # users sampled for the recommendation controls
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a run."""
 
@@ -310,6 +333,7 @@ class Config:
     graph: GraphConfig = field(default_factory=GraphConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     source: str = "<defaults>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -468,6 +492,16 @@ def _validate_values(cfg: Config) -> None:
         raise ConfigError(f"{src}: key 'train.log_every_steps' must be >= 1")
     if not 0.0 <= t.replay_fraction <= 10.0:
         raise ConfigError(f"{src}: key 'train.replay_fraction' must be within [0, 10]")
+    e = cfg.evaluate
+    for name in ("cold_start_max_interactions", "max_test_events", "max_fit_events"):
+        if getattr(e, name) < 0:
+            raise ConfigError(f"{src}: key 'evaluate.{name}' must be >= 0")
+    for name in ("gbdt_max_iter", "embedding_batch_size", "top_k", "recommend_users"):
+        if getattr(e, name) < 1:
+            raise ConfigError(f"{src}: key 'evaluate.{name}' must be >= 1")
+    if e.gbdt_max_leaf_nodes < 2 or not 0 < e.gbdt_learning_rate <= 1:
+        raise ConfigError(f"{src}: keys 'evaluate.gbdt_max_leaf_nodes' (>= 2) and "
+                          "'evaluate.gbdt_learning_rate' (within (0, 1]) are out of range")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError(f"{src}: key 'spark.shuffle_partitions' must be >= 1")
     _validate_graph(cfg)

@@ -40,6 +40,11 @@ def spark_url(url: str) -> str:
     return os.path.abspath(url)
 
 
+def is_local(url: str) -> bool:
+    """True for plain paths and ``file://`` URLs."""
+    return "://" not in url or url.startswith("file://")
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """``(filesystem, path)`` for a URL or plain path."""
     fs, path = fsspec.core.url_to_fs(fsspec_url(url))

@@ -64,3 +64,27 @@ def tiny_overrides(root) -> list[str]:
 def tiny_cfg(tmp_path):
     """Config for a tiny dataset under ``tmp_path``."""
     return load_config(None, tiny_overrides(tmp_path))
+
+
+TINY_TRAIN = [
+    "generate.num_days=6", "train.val_days=2", "train.test_days=2", "train.epochs=1",
+    "train.batch_size=128", "train.max_train_events=2000", "train.max_eval_events=1000",
+    "train.fanouts=[4, 2]", "train.relation_fanouts={}", "train.model.hidden_dim=16",
+    "train.model.time_dim=8", "evaluate.gbdt_max_iter=20", "evaluate.recommend_users=40",
+    "evaluate.top_k=5",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_run(spark, tmp_path_factory):
+    """A tiny store of 6 days (the 6th generated but not built) with a single-process model
+    trained on it: ``(cfg, days)``. Tests must not modify it; copy it first."""
+    from spark_jobs import build_graph, generate_logs
+    from trainer.local import train_single
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = load_config(None, tiny_overrides(root) + TINY_TRAIN)
+    logs = generate_logs.run(spark, cfg, log=lambda *_: None)
+    build_graph.run(spark, cfg, days=logs["days"][:5], log=lambda *_: None)
+    train_single(cfg, log=lambda *_: None)
+    return cfg, logs["days"]

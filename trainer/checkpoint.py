@@ -16,7 +16,8 @@ A checkpoint is a folder (Ray Train's checkpoint unit) with two files:
        "world_size", "last_event_time" (seconds since epoch, the latest impression
        trained on), "graph_version": {"created_at", "config_hash", "days"},
        "id_map_version": {node_type: {"path", "count"}}, "vocab": {...},
-       "history": [per-epoch metrics so far], "since_time": int or null}
+       "history": [per-epoch metrics so far], "since_time": int or null,
+       "model_config": the train.model section the parameters were built with}
 
 Ray Train writes each checkpoint folder to ``<train.checkpoint_url>/<run>/<name>`` through
 pyarrow (local path, ``s3://``, ``gs://``) and only registers it once uploaded, so a

@@ -9,7 +9,7 @@ resolved config and a checkpoint into the run folder.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import math
 import time
 from typing import Any
 
@@ -19,6 +19,8 @@ from torch import Tensor
 
 from clickgraph import fs
 from clickgraph.config import Config
+from spark_jobs.graph_store import open_graph_store
+from trainer import checkpoint as ckpt
 from trainer.data import GraphData, cold_start_mask, load_graph_data, split_windows, window_events
 from trainer.engine import ClickEngine
 
@@ -116,6 +118,7 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
         trained_events += epoch_events.numel()
         val = evaluate_window(engine, val_events, windows.val[0], torch.Generator().manual_seed(t.seed))
         epochs.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val": val,
+                       "val_auc": val["auc"], "events": int(epoch_events.numel()),
                        "events_per_s": epoch_events.numel() / elapsed})
         log(f"  epoch {epoch + 1}: val ROC-AUC {val['auc']:.4f} (cold {val['auc_cold']}, "
             f"warm {val['auc_warm']}); logistic regression on per-row features {lr_auc:.4f}")
@@ -133,25 +136,46 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
     }
     fs.filesystem(out_url)[0].makedirs(fs.filesystem(out_url)[1], exist_ok=True)
     fs.write_text(fs.join(out_url, "_config.yaml"), cfg.to_yaml())
-    save_checkpoint(fs.join(out_url, "checkpoint.pt"), engine, metrics)
+    checkpoint_url = fs.join(out_url, "checkpoint")
+    store_manifest = open_graph_store(graph_url).manifest
+    save_checkpoint(checkpoint_url, engine, metrics, cfg, store_manifest, t.epochs,
+                    sum(math.ceil(e["events"] / t.batch_size) for e in epochs))
+    metrics["checkpoint"] = checkpoint_url
     fs.write_json(fs.join(out_url, "metrics.json"), metrics)
+    ckpt.write_latest(cfg.paths.stage("train"), checkpoint_url, ckpt.read_meta(checkpoint_url))
     log(f"train: validation ROC-AUC {metrics['val_auc']:.4f} vs logistic regression {lr_auc:.4f}; "
         f"{metrics['events_per_s']:,.0f} training events/s -> {out_url}")
     return metrics
 
 
-def save_checkpoint(url: str, engine: ClickEngine, metrics: dict[str, Any]) -> None:
-    """Model and optimiser state, vocabularies and versions; loadable with weights_only."""
-    state = {
-        "model": engine.model.state_dict(),
-        "optimizer": engine.optimizer.state_dict(),
-        "vocab": engine.data.vocab,
-        "graph": {k: str(v) for k, v in engine.data.store_version.items()},
-        "last_event_time": metrics["last_event_time"],
-        "metrics_json": json.dumps(metrics, default=str),
-    }
+def save_checkpoint(url: str, engine: ClickEngine, metrics: dict[str, Any], cfg: Config,
+                    store_manifest: dict[str, Any], epochs: int, steps: int) -> None:
+    """A checkpoint folder in the distributed trainer's format (``trainer/checkpoint.py``,
+    world size 1), so evaluate, export and ``--continue`` read either kind."""
+    import dataclasses
+    import tempfile
+
+    from trainer import checkpoint as ckpt
+
+    meta = {"format_version": ckpt.FORMAT_VERSION, "epoch": epochs, "step": 0,
+            "global_step": steps, "epoch_done": True, "world_size": 1,
+            "last_event_time": metrics["last_event_time"],
+            "graph_version": {"created_at": store_manifest.get("created_at"),
+                              "config_hash": store_manifest.get("config_hash"),
+                              "days": sorted(store_manifest.get("days", []))},
+            "id_map_version": ckpt.id_map_version(store_manifest), "vocab": engine.data.vocab,
+            "history": metrics["epochs"], "since_time": None, "run": metrics["run"],
+            "model_config": dataclasses.asdict(cfg.train.model)}
+    body = {"format_version": ckpt.FORMAT_VERSION,
+            "model": {k: v.detach().cpu() for k, v in engine.model.state_dict().items()},
+            "optimizer": engine.optimizer.state_dict(), "scheduler": None, "generators": [],
+            "epoch": epochs, "step": 0, "global_step": steps}
     filesystem, path = fs.filesystem(url)
-    tmp = f"{path}.tmp"
-    with filesystem.open(tmp, "wb") as handle:
-        torch.save(state, handle)
-    filesystem.mv(tmp, path)
+    if fs.is_local(url):
+        ckpt.write_checkpoint_dir(path, body, meta)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt.write_checkpoint_dir(folder, body, meta)
+        filesystem.makedirs(path, exist_ok=True)
+        for name in (ckpt.CHECKPOINT_FILE, ckpt.META_FILE):  # meta.json last: it marks it complete
+            filesystem.put_file(f"{folder}/{name}", f"{path}/{name}")

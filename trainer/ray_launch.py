@@ -61,11 +61,6 @@ FAIL_AT_ENV = "CLICKGRAPH_TEST_FAIL_AT"  # "rank:global_step:marker_file", tests
 # ---------------------------------------------------------------------- shard access
 
 
-def is_local(url: str) -> bool:
-    """True for plain paths and ``file://`` URLs."""
-    return "://" not in url or url.startswith("file://")
-
-
 def local_shard_folder(partitions_url: str, part_path: str, cache_root: str | None = None,
                        version: str = "") -> str:
     """A local folder holding shard ``part_path`` of the shard set at ``partitions_url``.
@@ -84,7 +79,7 @@ def local_shard_folder(partitions_url: str, part_path: str, cache_root: str | No
     Returns:
         A local path to pass to :func:`trainer.shard.load_shard`.
     """
-    if is_local(partitions_url):
+    if fs.is_local(partitions_url):
         return fs.join(partitions_url, part_path).removeprefix("file://")
     key = hashlib.sha256(f"{partitions_url}|{version}".encode()).hexdigest()[:16]
     root = os.path.join(cache_root or tempfile.gettempdir(), "clickgraph-shards", key)
@@ -191,7 +186,7 @@ class RunPlan:
 
 def absolute(url: str) -> str:
     """Local paths made absolute (Ray Train workers run in their own working folder)."""
-    return os.path.abspath(url.removeprefix("file://")) if is_local(url) else url
+    return os.path.abspath(url.removeprefix("file://")) if fs.is_local(url) else url
 
 
 def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
@@ -317,7 +312,8 @@ class RayHooks(TrainHooks):
                     "graph_version": self.plan.graph_version,
                     "id_map_version": self.plan.id_map_version, "vocab": self.plan.vocab,
                     "history": self.history, "since_time": self.plan.since_time,
-                    "run": self.plan.run_id}
+                    "run": self.plan.run_id,
+                    "model_config": dataclasses.asdict(self.plan.cfg.train.model)}
             body = {"format_version": ckpt.FORMAT_VERSION,
                     "model": {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()},
                     "optimizer": ctx.optimizer.state_dict(), "scheduler": None,

@@ -1,0 +1,170 @@
+"""A trained model outside training: load a checkpoint, embed nodes as of a time, score pairs.
+
+Used by ``clickgraph evaluate``, ``clickgraph export`` and the recommendation controls.
+Everything runs in one process on the whole graph store (the single-process sampler), with
+the checkpoint's attribute vocabularies, so codes mean what they meant in training.
+
+An embedding "as of" time ``t`` is the model's state of the node with ``t`` as the root
+seed time: only edges strictly earlier than ``t`` are sampled and the node's age is taken
+at ``t``, so nothing from ``t`` on can reach it (the sampler's rule, docs/training.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clickgraph.config import Config, TrainConfig
+from trainer import checkpoint as ckpt
+from trainer.data import GraphData, load_graph_data
+from trainer.engine import ClickEngine, with_edge_weights
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's model on a graph store.
+
+    Attributes:
+        engine: Single-process engine holding the loaded parameters (eval mode).
+        meta: The checkpoint's ``meta.json``.
+        checkpoint: URL of the checkpoint folder.
+    """
+
+    engine: ClickEngine
+    meta: dict[str, Any]
+    checkpoint: str
+
+    @property
+    def data(self) -> GraphData:
+        return self.engine.data
+
+    @property
+    def version(self) -> dict[str, Any]:
+        """What produced the model: checkpoint, run, step, graph version trained on."""
+        m = self.meta
+        return {"checkpoint": self.checkpoint, "run": m.get("run"),
+                "global_step": m.get("global_step"),
+                "last_event_time": m.get("last_event_time"),
+                "graph_version": m.get("graph_version")}
+
+
+def resolve_checkpoint(cfg: Config, checkpoint: str | None = None) -> str:
+    """``checkpoint``, else ``evaluate.checkpoint``, else the latest finished run's."""
+    return checkpoint or cfg.evaluate.checkpoint or ckpt.find_latest(cfg.paths.stage("train"))
+
+
+def train_config_of(meta: dict[str, Any], cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the model sizes the checkpoint was trained with (when recorded)."""
+    recorded = meta.get("model_config")
+    if not recorded:
+        return cfg
+    known = {f.name for f in dataclasses.fields(cfg.model)}
+    model = dataclasses.replace(cfg.model, **{k: v for k, v in recorded.items() if k in known})
+    return dataclasses.replace(cfg, model=model)
+
+
+def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | None = None,
+                 device: str = "cpu") -> TrainedModel:
+    """Load a checkpoint onto a graph store.
+
+    The store must be of the checkpoint's lineage: the same build config and days that
+    extend the checkpoint's (a model of yesterday scores today's store).
+
+    Raises:
+        CheckpointError: No checkpoint, an unreadable one, another graph lineage, or
+            parameters that do not fit the model the config describes.
+    """
+    from spark_jobs.graph_store import open_graph_store
+
+    url = resolve_checkpoint(cfg, checkpoint)
+    meta = ckpt.read_meta(url)
+    graph_url = graph_url or cfg.paths.stage("graph")
+    manifest = open_graph_store(graph_url).manifest
+    trained_on = meta.get("graph_version", {})
+    if trained_on.get("config_hash") != manifest.get("config_hash"):
+        raise ckpt.CheckpointError(
+            f"{url}: trained on a graph built with config_hash {trained_on.get('config_hash')}, "
+            f"{graph_url} was built with {manifest.get('config_hash')}")
+    days = sorted(manifest.get("days", []))
+    if days[:len(trained_on.get("days", []))] != list(trained_on.get("days", [])):
+        raise ckpt.CheckpointError(f"{url}: the graph's days {days} do not extend the days the "
+                                   f"model was trained on, {trained_on.get('days')}")
+    state = ckpt.read_state(url)
+    data = load_graph_data(graph_url, vocab=meta.get("vocab"))
+    engine = ClickEngine(data, train_config_of(meta, cfg.train), device)
+    try:
+        engine.model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ckpt.CheckpointError(f"{url}: parameters do not fit the configured model "
+                                   f"(train.model): {str(error).splitlines()[0]}") from None
+    engine.model.eval()
+    return TrainedModel(engine=engine, meta=meta, checkpoint=url)
+
+
+@torch.no_grad()
+def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | int,
+          batch_size: int = 4096, seed: int = 0) -> Tensor:
+    """States of ``nodes`` (the embeddings) as of ``at_time`` (seconds, scalar or ``[N]``).
+
+    Deterministic for a given ``seed`` (uniform neighbour sampling draws from it).
+
+    Returns:
+        float32 ``[N, hidden_dim]`` on the CPU.
+    """
+    engine = model.engine
+    engine.model.eval()
+    nodes = nodes.to(torch.int64)
+    times = (at_time.to(torch.int64) if isinstance(at_time, Tensor)
+             else torch.full_like(nodes, int(at_time)))
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for node_chunk, time_chunk in zip(torch.split(nodes, batch_size), torch.split(times, batch_size)):
+        batch = engine.sampler.sample({node_type: (node_chunk.to(engine.device),
+                                                   time_chunk.to(engine.device))},
+                                      generator=generator)
+        states = engine.model.embed(with_edge_weights(batch), engine.features)
+        out.append(states[node_type][batch.seed_local[node_type]].cpu())
+    dim = engine.model.cfg.hidden_dim
+    return torch.cat(out) if out else torch.empty((0, dim))
+
+
+@torch.no_grad()
+def score_pairs(model: TrainedModel, user_state: Tensor, content_state: Tensor,
+                position: Tensor, seed_time: Tensor) -> Tensor:
+    """Click probabilities from precomputed user and content states (``[B]`` each row)."""
+    engine = model.engine
+    logits = engine.model.score(user_state.to(engine.device), content_state.to(engine.device),
+                                position.to(engine.device), seed_time.to(engine.device))
+    return torch.sigmoid(logits).cpu()
+
+
+def existing_nodes(data: GraphData, node_type: str, cutoff: int) -> Tensor:
+    """Nodes of ``node_type`` known before ``cutoff`` (seconds): created strictly before it.
+
+    Users count from their creation (signup) time, or from their first interaction
+    when the store has no signup time; content from its creation time.
+    """
+    if node_type == "content":
+        return torch.nonzero(data.content_created < cutoff).view(-1)
+    if node_type != "user":
+        raise ValueError(f"embeddings are exported for user and content, not {node_type!r}")
+    created = data.features["user"].created_time
+    if created is not None:
+        return torch.nonzero(created < cutoff).view(-1)
+    first = first_interaction_time(data)
+    return torch.nonzero(first < cutoff).view(-1)
+
+
+def first_interaction_time(data: GraphData) -> Tensor:
+    """Per user, the time of the earliest stored edge out of it (int64 max when none)."""
+    num_users = data.graph.num_nodes["user"]
+    first = torch.full((num_users,), np.iinfo(np.int64).max, dtype=torch.int64)
+    for (_, _, dst_type), csr in data.graph.csr.items():
+        if dst_type == "user" and csr.num_edges:
+            first = first.scatter_reduce(0, csr.edge_dst, csr.edge_time, reduce="amin")
+    return first
