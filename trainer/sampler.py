@@ -603,6 +603,22 @@ class TemporalNeighborSampler:
         return self._assemble(tables, seed_local, root_time, edge_chunks,
                               num_sampled_edges)
 
+    def count_before(self, edge_type: EdgeType, node: Tensor, time: Tensor) -> Tensor:
+        """How many ``edge_type`` edges into ``node[i]`` are strictly earlier than
+        ``time[i]`` (as-of counts: the same visibility rule as sampling).
+
+        Args:
+            edge_type: A relation of the graph (reverse relations count edges out of
+                the original source: ``rev_clicked`` into a user = the user's clicks).
+            node: int64 ``[Q]`` destination node ids, on the graph's device.
+            time: int64 ``[Q]`` seconds since epoch.
+
+        Returns:
+            int64 ``[Q]``.
+        """
+        start, end = self._search[edge_type].visible_range(node, time)
+        return end - start
+
     def _check_seeds(self, seeds: Seeds, device: torch.device) -> None:
         for node_type, (node, seed_time) in seeds.items():
             if node_type not in self.graph.num_nodes:

@@ -21,6 +21,9 @@ SUBCOMMANDS = {
     "build-graph": "build_graph",
     "partition": "partition",
     "train": "train",
+    "evaluate": "evaluate",
+    "export": "export",
+    "pipeline": "pipeline",
     "bench": "bench",
 }
 
@@ -28,6 +31,7 @@ EPILOG = """\
 typical first run (everything under ./runs/local/):
   clickgraph generate                      # synthetic homepage logs -> runs/local/logs
   clickgraph generate --set generate.num_users=2000 --set generate.num_days=7
+  clickgraph pipeline --fresh              # every stage, one more day, report in runs/local/report
 
 every subcommand accepts --config FILE and --set section.key=value;
 see conf/local.yaml for every key and its default.

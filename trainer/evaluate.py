@@ -1,0 +1,295 @@
+"""``clickgraph evaluate``: the GNN against the tabular baseline on the test window.
+
+Three models score the test window's impressions (the last ``train.test_days`` days):
+
+* ``gnn``: the trained click model itself, each impression scored at its own time.
+* ``baseline``: what a team has without a graph, gradient-boosted trees
+  (``sklearn.ensemble.HistGradientBoostingClassifier``) on user and content attributes,
+  context (feed position, hour, weekday) and **as-of counts**: the user's impressions,
+  clicks, views and likes and the content's impressions, clicks and views (all time and
+  in the last 24 hours) strictly before the impression, plus user and content age.
+* ``baseline_plus_embeddings``: the same trees with the GNN's user and content
+  embeddings added, as a platform would join them from yesterday's export: for an
+  impression on day ``d``, the embeddings as of ``d`` 00:00 UTC (nodes created on ``d``
+  have none: missing values, as in production), plus their dot product.
+
+Both tree models are fitted on the validation window's impressions, which the GNN never
+trained on (embeddings of rows the GNN fitted would look better than they are), and scored
+on the test window. Every count, embedding and neighbour used for an impression at time
+``t`` comes from strictly before ``t`` (day-start embeddings: before ``d`` 00:00).
+
+Cold start: impressions whose user had at most ``evaluate.cold_start_max_interactions``
+interactions (impressions, clicks, views, brand likes) strictly before the impression.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clickgraph import fs
+from clickgraph.config import Config
+from trainer.data import GraphData, split_windows, window_events
+from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
+from trainer.local import _subsample, roc_auc
+
+MODELS = ("gnn", "baseline", "baseline_plus_embeddings")
+USER_COUNTS = ("impressed", "clicked", "viewed", "likes")
+CONTENT_COUNTS = ("impressed", "clicked", "viewed")
+PAST_BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, None))
+DAY = 86_400
+FORMAT_VERSION = 1
+
+
+def day_start(day: str) -> int:
+    """``YYYY-MM-DD`` 00:00 UTC in seconds since epoch."""
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp())
+
+
+class AsOfCounts:
+    """Per-(node, time) counts of a node's edges strictly before the time."""
+
+    def __init__(self, model: TrainedModel):
+        self.sampler = model.engine.sampler
+        self.edge_types = model.engine.graph.edge_types
+
+    def _edge_type(self, relation: str, node_type: str):
+        """The relation (or its reverse) whose destination is ``node_type``."""
+        for et in self.edge_types:
+            if et[1].removeprefix("rev_") == relation and et[2] == node_type:
+                return et
+        raise KeyError(f"the graph has no relation {relation!r} into {node_type!r}")
+
+    def count(self, relation: str, node_type: str, node: Tensor, at: Tensor) -> Tensor:
+        return self.sampler.count_before(self._edge_type(relation, node_type), node, at)
+
+    def interactions(self, user: Tensor, at: Tensor) -> Tensor:
+        """Each user's impressions, clicks, views and likes strictly before ``at``."""
+        return sum(self.count(r, "user", user, at) for r in USER_COUNTS)
+
+
+def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
+                      ) -> tuple[np.ndarray, list[str], list[bool]]:
+    """The tabular baseline's features of impressions ``events``.
+
+    Returns:
+        ``(X, names, categorical)``: float32 ``[N, F]``, column names, and which columns
+        are categorical codes.
+    """
+    imp = data.impressions
+    user, content, at = imp.user[events], imp.content[events], imp.time[events]
+    columns: list[Tensor] = []
+    names: list[str] = []
+    categorical: list[bool] = []
+
+    def add(name: str, values: Tensor, is_categorical: bool = False) -> None:
+        columns.append(values.to(torch.float32))
+        names.append(name)
+        categorical.append(is_categorical)
+
+    for node_type, node in (("user", user), ("content", content)):
+        feats = data.features[node_type]
+        for column, cardinality in enumerate(feats.cardinalities):
+            # HistGradientBoosting takes categories below max_bins (255) natively.
+            add(f"{node_type}_attr{column}", feats.categorical[node, column], cardinality <= 255)
+        created = feats.created_time
+        if created is not None:
+            add(f"{node_type}_age_days", (at - created[node]).clamp(min=0) / DAY)
+    add("position", imp.position[events], False)
+    add("hour", torch.div(at % DAY, 3600, rounding_mode="floor"), True)
+    add("weekday", (torch.div(at, DAY, rounding_mode="floor") + 3) % 7, True)  # 0 = Monday
+    for relation in USER_COUNTS:
+        add(f"user_{relation}", counts.count(relation, "user", user, at))
+    for relation in CONTENT_COUNTS:
+        total = counts.count(relation, "content", content, at)
+        recent = total - counts.count(relation, "content", content, at - DAY)
+        add(f"content_{relation}", total)
+        add(f"content_{relation}_24h", recent)
+    for node_type in ("user", "content"):  # click rates smoothed towards ~5%
+        clicks, shown = (columns[names.index(f"{node_type}_{r}")] for r in ("clicked", "impressed"))
+        add(f"{node_type}_ctr", (clicks + 1) / (shown + 20))
+    return torch.stack(columns, dim=1).numpy(), names, categorical
+
+
+def day_start_embeddings(model: TrainedModel, events: Tensor, batch_size: int, seed: int
+                         ) -> np.ndarray:
+    """User and content embeddings of each impression as of its day's 00:00 UTC (NaN for
+    nodes created on or after it), plus their dot product: ``[N, 2 * dim + 1]``."""
+    data = model.data
+    imp = data.impressions
+    dim = model.engine.model.cfg.hidden_dim
+    out = np.full((events.numel(), 2 * dim + 1), np.nan, dtype=np.float32)
+    day = imp.day[events]
+    for day_index in torch.unique(day).tolist():
+        rows = torch.nonzero(day == day_index).view(-1)
+        cutoff = day_start(data.days[day_index])
+        states = []
+        for offset, (node_type, node) in enumerate((("user", imp.user[events[rows]]),
+                                                   ("content", imp.content[events[rows]]))):
+            unique, inverse = torch.unique(node, return_inverse=True)
+            vectors = embed(model, node_type, unique, cutoff, batch_size, seed).numpy()
+            known = torch.isin(unique, existing_nodes(data, node_type, cutoff))
+            vectors[~known.numpy()] = np.nan  # not in yesterday's export
+            block = vectors[inverse.numpy()]
+            out[rows.numpy(), offset * dim:(offset + 1) * dim] = block
+            states.append(block)
+        out[rows.numpy(), 2 * dim] = (states[0] * states[1]).sum(axis=1)
+    return out
+
+
+def fit_trees(x: np.ndarray, y: np.ndarray, categorical: list[bool], cfg: Config):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    e = cfg.evaluate
+    model = HistGradientBoostingClassifier(
+        max_iter=e.gbdt_max_iter, learning_rate=e.gbdt_learning_rate,
+        max_leaf_nodes=e.gbdt_max_leaf_nodes, categorical_features=np.array(categorical),
+        early_stopping=True, validation_fraction=0.1, n_iter_no_change=20, random_state=e.seed)
+    return model.fit(x, y)
+
+
+def aucs(labels: np.ndarray, scores: dict[str, np.ndarray], mask: np.ndarray | None = None
+         ) -> dict[str, float | None]:
+    if mask is not None:
+        labels = labels[mask]
+        scores = {name: s[mask] for name, s in scores.items()}
+    return {name: roc_auc(labels, scores[name]) for name in MODELS}
+
+
+def _gap(warm: dict, cold: dict) -> dict[str, float | None]:
+    return {name: None if warm[name] is None or cold[name] is None else warm[name] - cold[name]
+            for name in MODELS}
+
+
+def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | None = None,
+                   out_url: str | None = None, log=print) -> dict[str, Any]:
+    """Evaluate the three models on the test window; write ``evaluation.json`` and
+    ``scores.parquet`` to ``out_url`` (default ``<paths.eval>/<last day>``).
+
+    Returns:
+        The evaluation (``evaluation.json``) plus ``out`` and ``scores`` URLs.
+    """
+    t, e = cfg.train, cfg.evaluate
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    model = load_trained(cfg, graph_url, checkpoint)
+    data = model.data
+    windows = split_windows(len(data.days), t.val_days, t.test_days)
+    trained_until = model.meta.get("last_event_time")
+    test_events = _subsample(window_events(data, windows.test), e.max_test_events,
+                             torch.Generator().manual_seed(e.seed))
+    fit_events = _subsample(window_events(data, windows.val), e.max_fit_events,
+                            torch.Generator().manual_seed(e.seed + 1))
+    if trained_until is not None and fit_events.numel() and \
+            int(data.impressions.time[fit_events].min()) <= int(trained_until):
+        log(f"evaluate: note: the model trained on events up to {trained_until}, inside the "
+            "validation window the trees are fitted on")
+    if test_events.numel() == 0 or fit_events.numel() == 0:
+        raise ValueError(f"the graph's test window {[data.days[i] for i in windows.test]} or "
+                         f"validation window {[data.days[i] for i in windows.val]} has no impressions")
+    seconds["load"] = time.perf_counter() - started
+    log(f"evaluate: {model.checkpoint}; fitting the baseline on {fit_events.numel():,} "
+        f"validation impressions, scoring {test_events.numel():,} test impressions "
+        f"({', '.join(data.days[i] for i in windows.test)})")
+
+    mark = time.perf_counter()
+    counts = AsOfCounts(model)
+    x_fit, names, categorical = baseline_features(data, counts, fit_events)
+    x_test, _, _ = baseline_features(data, counts, test_events)
+    seconds["features"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    emb_fit = day_start_embeddings(model, fit_events, e.embedding_batch_size, e.seed)
+    emb_test = day_start_embeddings(model, test_events, e.embedding_batch_size, e.seed)
+    seconds["embeddings"] = time.perf_counter() - mark
+
+    labels_fit = data.impressions.clicked[fit_events].numpy()
+    labels = data.impressions.clicked[test_events].numpy()
+    mark = time.perf_counter()
+    trees = fit_trees(x_fit, labels_fit, categorical, cfg)
+    trees_emb = fit_trees(np.hstack([x_fit, emb_fit]), labels_fit,
+                          categorical + [False] * emb_fit.shape[1], cfg)
+    seconds["fit_trees"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    scores = {
+        "gnn": model.engine.score(test_events, torch.Generator().manual_seed(e.seed)),
+        "baseline": trees.predict_proba(x_test)[:, 1],
+        "baseline_plus_embeddings": trees_emb.predict_proba(np.hstack([x_test, emb_test]))[:, 1],
+    }
+    seconds["score"] = time.perf_counter() - mark
+
+    imp = data.impressions
+    past = counts.interactions(imp.user[test_events], imp.time[test_events]).numpy()
+    cold = past <= e.cold_start_max_interactions
+    day = imp.day[test_events].numpy()
+    result: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "auc": aucs(labels, scores), "auc_cold": aucs(labels, scores, cold),
+        "auc_warm": aucs(labels, scores, ~cold),
+    }
+    result["warm_minus_cold"] = _gap(result["auc_warm"], result["auc_cold"])
+    result["per_day"] = [
+        {"day": data.days[d], "events": int((day == d).sum()),
+         "auc": aucs(labels, scores, day == d), "auc_cold": aucs(labels, scores, (day == d) & cold),
+         "auc_warm": aucs(labels, scores, (day == d) & ~cold)} for d in windows.test]
+    result["auc_by_past_interactions"] = [
+        {"bucket": f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi is not None else f">={lo}"),
+         "lo": lo, "hi": hi,
+         "events": int(((past >= lo) & (past <= (hi if hi is not None else past.max()))).sum()),
+         "auc": aucs(labels, scores, (past >= lo) & (past <= (hi if hi is not None else past.max())))}
+        for lo, hi in PAST_BUCKETS]
+    result.update({
+        "events": int(test_events.numel()), "cold_events": int(cold.sum()),
+        "click_rate": float(labels.mean()),
+        "cold_start_max_interactions": e.cold_start_max_interactions,
+        "test_days": [data.days[i] for i in windows.test],
+        "fit_days": [data.days[i] for i in windows.val], "fit_events": int(fit_events.numel()),
+        "baseline_features": names, "embedding_dim": int(model.engine.model.cfg.hidden_dim),
+        "model": model.version, "graph": data.store_version,
+        "trees": {"baseline_iterations": int(trees.n_iter_),
+                  "baseline_plus_embeddings_iterations": int(trees_emb.n_iter_)},
+    })
+    seconds["total"] = time.perf_counter() - started
+    result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+
+    out_url = out_url or fs.join(cfg.paths.stage("eval"), data.days[-1])
+    _write(out_url, result, {
+        "day": [data.days[d] for d in day], "user": imp.user[test_events].numpy(),
+        "content": imp.content[test_events].numpy(), "label": labels, "past_interactions": past,
+        "cold": cold, **scores})
+    result["out"] = out_url
+    result["scores"] = fs.join(out_url, "scores.parquet")
+    log(summary_line(result) + f" -> {out_url}")
+    return result
+
+
+def _write(out_url: str, result: dict[str, Any], columns: dict[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with fs.staged_output(out_url) as staging:
+        filesystem, path = fs.filesystem(staging)
+        filesystem.makedirs(path, exist_ok=True)
+        with filesystem.open(f"{path}/scores.parquet", "wb") as handle:
+            pq.write_table(pa.table(columns), handle)
+        fs.write_json(fs.join(staging, "evaluation.json"), result)
+        fs.write_json(fs.join(staging, fs.MANIFEST_NAME),
+                      {"kind": "evaluation", "format_version": FORMAT_VERSION,
+                       "files": ["evaluation.json", "scores.parquet"], "events": result["events"],
+                       "test_days": result["test_days"]})
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    auc, gap = result["auc"], result["warm_minus_cold"]
+    return ("evaluate: ROC-AUC gnn " + _fmt(auc["gnn"]) + ", baseline " + _fmt(auc["baseline"])
+            + ", baseline+embeddings " + _fmt(auc["baseline_plus_embeddings"])
+            + "; warm-cold gap gnn " + _fmt(gap["gnn"]) + ", baseline " + _fmt(gap["baseline"])
+            + f" ({result['events']:,} test impressions, {result['cold_events']:,} cold)")
