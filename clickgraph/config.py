@@ -260,6 +260,7 @@ class ModelSection:
     num_layers: int = 2
     conv: Literal["sage", "attention"] = "sage"
     dropout: float = 0.1
+    activity_counts: bool = True  # seeds' as-of edge counts per relation (all time, last 24 h)
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,11 @@ def sampling_scenarios(rank: int) -> dict:
             features = sampler.fetch_features(out)
             random_cases.append({"case": case_seed, "strategy": strategy, "replace": replace,
                                  "out": out, "features": features,
-                                 "bytes": counter.as_dict()})
+                                 "bytes": dict(counter.as_dict())})
+            empty = (torch.empty(0, dtype=torch.int64),) * 2
+            random_cases[-1]["counts"] = {
+                node_type: sampler.activity_counts(node_type, *case.seeds[rank].get(node_type, empty))
+                for node_type in sorted(case.graph.num_nodes)}
 
     star = star_case()
     shard = split_graph(star.graph, star.features, star.book)[rank]
@@ -609,6 +613,29 @@ def test_fetched_features_are_the_rows_of_the_global_tables(sampled):
                     assert got.created_time is None
                 else:
                     assert torch.equal(got.created_time, want.created_time[node])
+
+
+@pytest.mark.distributed
+def test_activity_counts_are_the_single_process_counts(sampled):
+    """Seeds' as-of counts (the model's activity features) gathered from the owners equal
+    the single-process sampler's on the whole graph, and see only strictly earlier edges."""
+    from trainer.sampler import count_relations
+
+    checked = 0
+    for case, *per_rank in _random_results(sampled, "most_recent", False):
+        single = TemporalNeighborSampler(case.graph, case.fanouts)
+        for rank, entry in enumerate(per_rank):
+            for node_type, counts in entry["counts"].items():
+                node, at = case.seeds[rank].get(node_type, (torch.empty(0, dtype=torch.int64),) * 2)
+                assert torch.equal(counts, single.activity_counts(node_type, node, at))
+                for column, edge_type in enumerate(count_relations(case.graph.edge_types, node_type)):
+                    csr = case.graph.csr[edge_type]
+                    dst, edge_time = csr.edge_dst(), csr.edge_time
+                    brute = torch.tensor([int(((dst == n) & (edge_time < t)).sum())
+                                          for n, t in zip(node.tolist(), at.tolist())], dtype=torch.int64)
+                    assert torch.equal(counts[:, 2 * column], brute)
+                    checked += int(brute.sum())
+    assert checked > 0
 
 
 @pytest.mark.distributed

@@ -88,6 +88,8 @@ from trainer.sampler import (
     _seed_tables,
     _take,
     _VisibleEdgeSearch,
+    activity_counts,
+    count_relations,
 )
 from trainer.shard import PartitionShard
 
@@ -575,6 +577,42 @@ class DistTemporalSampler:
                 created_time=None if created is None else _take(created, inverse[node_type]),
                 learn_id_embedding=features.learn_id_embedding)
         return result
+
+    def activity_counts(self, node_type: str, node: Tensor, time: Tensor) -> Tensor:
+        """:func:`~trainer.sampler.activity_counts` of ``node`` at ``time`` (collective).
+
+        Each row goes to its node's owner, which counts the visible in-edges in its CSR
+        (16 bytes out, ``16 * relations`` back per remote row); every rank calls this the
+        same number of times, with empty tensors when it has no rows.
+
+        Returns:
+            int64 ``[len(node), 2 * relations]``, in the single-process sampler's columns.
+        """
+        world = self.world_size
+        relations = count_relations(self.edge_types, node_type)
+        routes = _route(self.shard.owner(node_type, node), world)
+        requests = [_pack([_take(node, route), _take(time, route)]) for route in routes]
+        received = exchange(requests, self.counter, "count_request", self.group)
+        responses = []
+        for message in received:
+            reader = _Reader(message)
+            rows = message.numel() // 16
+            ids, times = reader.take(torch.int64, (rows,)), reader.take(torch.int64, (rows,))
+            reader.finish()
+            local = self.shard.local_row(node_type, ids)
+            responses.append(_pack([activity_counts(self._count_local, relations, local, times)]))
+        answers = exchange(responses, self.counter, "count_response", self.group)
+        out = torch.zeros((node.numel(), 2 * len(relations)), dtype=torch.int64)
+        for route, message in zip(routes, answers, strict=True):
+            reader = _Reader(message)
+            out.index_copy_(0, route, reader.take(torch.int64, (route.numel(), 2 * len(relations))))
+            reader.finish()
+        return out
+
+    def _count_local(self, edge_type: EdgeType, row: Tensor, time: Tensor) -> Tensor:
+        """Visible in-edges of owned LOCAL rows (``count_before`` of this shard)."""
+        start, end = self._search[edge_type].visible_range(row, time)
+        return end - start
 
     def _feature_columns(self, node_type: str, node: Tensor) -> list[Tensor]:
         """Codes (wire dtype) and created_time of owned global ids ``node``."""

@@ -368,12 +368,15 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                                    generator=generator)
             t2 = time.perf_counter()
             rows = sampler.fetch_features(batch)
+            counts = ({t: sampler.activity_counts(t, node, seed_time)
+                       for t, node in (("user", user), ("content", content))}
+                      if model.count_relations else None)
             model_batch, features = model_inputs(batch, rows, shard.num_nodes)
             model_batch = with_edge_weights(model_batch)
             t3 = time.perf_counter()
             allreduce_before = timer.seconds
             logits = ddp(model_batch, features, batch.seed_local["user"],
-                         batch.seed_local["content"], position, seed_time)
+                         batch.seed_local["content"], position, seed_time, counts)
             loss_sum = F.binary_cross_entropy_with_logits(logits, label, reduction="sum")
             loss = loss_sum * (world_size / max(global_examples, 1))
             optimizer.zero_grad(set_to_none=True)

@@ -24,7 +24,7 @@ from trainer.sampler import SampledSubgraph, TemporalNeighborSampler
 def model_config(cfg: TrainConfig) -> ModelConfig:
     m = cfg.model
     return ModelConfig(hidden_dim=m.hidden_dim, time_dim=m.time_dim, num_layers=m.num_layers,
-                       conv=m.conv, dropout=m.dropout)
+                       conv=m.conv, dropout=m.dropout, activity_counts=m.activity_counts)
 
 
 def relation_fanouts(cfg: TrainConfig, edge_types) -> dict:
@@ -119,9 +119,12 @@ class ClickEngine:
                                      "content": (content.to(self.device), seed_time.to(self.device))},
                                     generator=generator)
         batch = with_edge_weights(batch)
+        at = seed_time.to(self.device)
+        counts = {node_type: self.sampler.activity_counts(node_type, node.to(self.device), at)
+                  for node_type, node in (("user", user), ("content", content))}
         t1 = time.perf_counter()
         logits = self.model(batch, self.features, batch.seed_local["user"], batch.seed_local["content"],
-                            position.to(self.device), seed_time.to(self.device))
+                            position.to(self.device), seed_time.to(self.device), counts)
         self.times.sampling += t1 - t0
         return logits
 

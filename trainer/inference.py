@@ -128,7 +128,10 @@ def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | 
                                                    time_chunk.to(engine.device))},
                                       generator=generator)
         states = engine.model.embed(with_edge_weights(batch), engine.features)
-        out.append(states[node_type][batch.seed_local[node_type]].cpu())
+        counts = engine.sampler.activity_counts(node_type, node_chunk.to(engine.device),
+                                                time_chunk.to(engine.device))
+        out.append(engine.model.seed_state(node_type, states[node_type][batch.seed_local[node_type]],
+                                           counts).cpu())
     dim = engine.model.cfg.hidden_dim
     return torch.cat(out) if out else torch.empty((0, dim))
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
 from trainer.graph import EdgeType
-from trainer.sampler import SampledSubgraph
+from trainer.sampler import SampledSubgraph, count_relations
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -65,6 +65,7 @@ class ModelConfig:
     num_layers: int = 2
     conv: str = "sage"  # "sage" or "attention"
     dropout: float = 0.1
+    activity_counts: bool = True
     num_positions: int = 64
     context_dim: int = 8
     small_types: list[str] = field(default_factory=lambda: ["brand", "category"])
@@ -174,6 +175,23 @@ class ClickGNN(nn.Module):
             nn.Linear(3 * dim + 2 * cfg.context_dim, dim), nn.ReLU(), nn.Dropout(cfg.dropout),
             nn.Linear(dim, 1))
         self.dropout = nn.Dropout(cfg.dropout)
+        # A weighted mean of neighbour messages cannot tell 3 neighbours from 3,000; as-of
+        # counts of the seeds' edges per relation (log-scaled) give the seed states the
+        # popularity and activity a mean loses.
+        self.count_relations = ({t: count_relations(self.edge_types, t) for t in ("user", "content")}
+                                if cfg.activity_counts else {})
+        self.activity = nn.ModuleDict({t: nn.Linear(2 * len(rel), dim)
+                                       for t, rel in self.count_relations.items() if rel})
+
+    def seed_state(self, node_type: str, state: Tensor, counts: Tensor | None) -> Tensor:
+        """A seed's final state: its message-passing state plus its activity counts
+        (``sampler.activity_counts`` at the seed time; ignored when the model has none)."""
+        if node_type not in self.activity:
+            return state
+        if counts is None:
+            raise ValueError(f"this model reads {node_type} activity counts "
+                             "(train.model.activity_counts); pass counts")
+        return state + self.activity[node_type](torch.log1p(counts.to(state.dtype)))
 
     def embed(self, batch: SampledSubgraph, features: dict[str, NodeFeatures]) -> dict[str, Tensor]:
         """Node states after message passing, per node type.
@@ -215,7 +233,12 @@ class ClickGNN(nn.Module):
         return self.head(pair).squeeze(-1)
 
     def forward(self, batch: SampledSubgraph, features: dict[str, NodeFeatures], user_local: Tensor,
-                content_local: Tensor, position: Tensor, seed_time: Tensor) -> Tensor:
+                content_local: Tensor, position: Tensor, seed_time: Tensor,
+                counts: dict[str, Tensor] | None = None) -> Tensor:
+        """Click logits ``[B]``; ``counts``: ``{"user": [B, .], "content": [B, .]}`` activity
+        counts of each row's user and content at its seed time (models that read them)."""
         states = self.embed(batch, features)
-        return self.score(states["user"][user_local], states["content"][content_local], position,
-                          seed_time)
+        counts = counts or {}
+        user = self.seed_state("user", states["user"][user_local], counts.get("user"))
+        content = self.seed_state("content", states["content"][content_local], counts.get("content"))
+        return self.score(user, content, position, seed_time)

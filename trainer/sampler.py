@@ -603,6 +603,11 @@ class TemporalNeighborSampler:
         return self._assemble(tables, seed_local, root_time, edge_chunks,
                               num_sampled_edges)
 
+    def activity_counts(self, node_type: str, node: Tensor, time: Tensor) -> Tensor:
+        """:func:`activity_counts` of ``node`` at ``time`` on this graph."""
+        return activity_counts(self.count_before, count_relations(self.graph.edge_types, node_type),
+                               node, time)
+
     def count_before(self, edge_type: EdgeType, node: Tensor, time: Tensor) -> Tensor:
         """How many ``edge_type`` edges into ``node[i]`` are strictly earlier than
         ``time[i]`` (as-of counts: the same visibility rule as sampling).
@@ -684,6 +689,38 @@ def _normalise_fanouts(fanouts: Fanouts, edge_types: list[EdgeType]
     if any(k < -1 for hops in per_relation.values() for k in hops):
         raise ValueError("fanouts must be >= -1 (-1 = all visible edges)")
     return per_relation
+
+
+ACTIVITY_WINDOW_S = 86_400
+
+
+def count_relations(edge_types: Sequence[EdgeType], node_type: str) -> list[EdgeType]:
+    """The relations into ``node_type``, in graph order: the columns of
+    :func:`activity_counts` (the model and every sampler use this one order)."""
+    return [edge_type for edge_type in edge_types if edge_type[2] == node_type]
+
+
+def activity_counts(count_before, relations: Sequence[EdgeType], node: Tensor, time: Tensor
+                    ) -> Tensor:
+    """As-of activity of nodes: per relation, its edges into ``node[i]`` strictly before
+    ``time[i]``, all time and within the last ``ACTIVITY_WINDOW_S`` seconds.
+
+    Args:
+        count_before: ``(edge_type, node, time) -> int64 [Q]`` visible-edge counts.
+        relations: From :func:`count_relations`.
+        node: int64 ``[Q]``.
+        time: int64 ``[Q]`` seconds.
+
+    Returns:
+        int64 ``[Q, 2 * len(relations)]``: (all time, last window) per relation.
+    """
+    columns = []
+    for edge_type in relations:
+        total = count_before(edge_type, node, time)
+        columns += [total, total - count_before(edge_type, node, time - ACTIVITY_WINDOW_S)]
+    if not columns:
+        return torch.zeros((node.numel(), 0), dtype=torch.int64, device=node.device)
+    return torch.stack(columns, dim=1)
 
 
 def sample_temporal_neighbors(graph: TemporalHeteroGraph, seeds: Seeds,
