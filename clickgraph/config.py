@@ -281,7 +281,7 @@ class TrainConfig:
     batch_size: int = 512
     max_train_events: int = 150_000
     max_eval_events: int = 40_000
-    eval_batch_size: int = 2048
+    eval_batch_size: int = 512
     fanouts: list[int] = field(default_factory=lambda: [10, 5])
     relation_fanouts: dict[str, list[int]] = field(default_factory=lambda: {"impressed": [4, 2]})
     strategy: Literal["uniform", "most_recent"] = "uniform"
