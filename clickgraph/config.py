@@ -249,6 +249,7 @@ class PartitionConfig:
     placement_tolerance: float = 0.1
     max_cut_drift: float = 0.25
     on_drift: Literal["recommend", "repartition"] = "recommend"
+    shard_book: Literal["metis", "random"] = "metis"  # random: cut shards by the hash book (a baseline)
 
 
 @dataclass(frozen=True)

@@ -412,6 +412,9 @@ def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = 
     store = open_graph_store(graph_url)
     t0 = time.perf_counter()
     g = load_partition_graph(spark, cfg, store)
+    if place_new_nodes and cfg.partition.shard_book != "metis":
+        raise ValueError("partition: --place-new extends a METIS shard set; partition.shard_book "
+                         f"is {cfg.partition.shard_book!r}")
     if place_new_nodes:
         previous = read_manifest(out_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
         if previous["num_parts"] != cfg.partition.num_parts:
@@ -424,7 +427,8 @@ def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = 
     else:
         result = partition_books(cfg, g)
     offsets, num_nodes = g["offsets"], g["num_nodes"]
-    books = {t: result["book"][offsets[t]:offsets[t] + n] for t, n in num_nodes.items()}
+    chosen = result["book"] if cfg.partition.shard_book == "metis" else result["random"]
+    books = {t: chosen[offsets[t]:offsets[t] + n] for t, n in num_nodes.items()}
     _print_quality(result["quality"], log)
     baseline = (result["drift"]["baseline_edge_cut"] if result["method"] == "placement"
                 else result["quality"]["metis"]["edge_cut_fraction"]["unweighted"])
@@ -438,6 +442,7 @@ def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = 
         manifest = new_manifest(
             PARTITIONS_KIND, PARTITIONS_FORMAT_VERSION, cfg, ("partition", "graph"),
             num_parts=cfg.partition.num_parts, method=result["method"],
+            shard_book=cfg.partition.shard_book,
             graph={"url": graph_url, "created_at": store.manifest.get("created_at"),
                    "config_hash": store.manifest.get("config_hash"), "days": store.days},
             num_nodes=num_nodes, global_offsets=offsets, num_pairs=g["num_pairs"],

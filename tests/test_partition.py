@@ -82,6 +82,26 @@ def test_rerun_replaces_the_shard_set(spark, store_cfg, shard_set):
     assert not list(out.parent.glob(".partitions.staging-*"))
 
 
+def test_shards_cut_by_the_random_book_on_request(spark, store_cfg, shard_set, tmp_path):
+    """partition.shard_book=random (the bytes-per-event baseline) cuts the shards by the
+    hash book; --place-new refuses such a set."""
+    from clickgraph.config import replace
+
+    cfg = replace(store_cfg, "partition", shard_book="random")
+    out = tmp_path / "random"
+    manifest = partition.run(spark, cfg, out_url=str(out), log=lambda *_: None)
+    assert manifest["shard_book"] == "random"
+    random_book = np.load(out / "book_random.npy")
+    assert not np.array_equal(random_book, np.load(out / "book.npy"))
+    shard = load_shard(str(out / manifest["parts"][0]["path"]))
+    offsets = manifest["global_offsets"]
+    for node_type, count in manifest["num_nodes"].items():
+        start = offsets[node_type]
+        assert np.array_equal(shard.partition_book[node_type].numpy(), random_book[start:start + count])
+    with pytest.raises(ValueError, match="shard_book"):
+        partition.run(spark, cfg, out_url=str(out), place_new_nodes=True, log=lambda *_: None)
+
+
 def test_refuses_a_graph_store_without_manifest(spark, store_cfg, tmp_path):
     (tmp_path / "graph").mkdir()
     with pytest.raises(ManifestError, match="_MANIFEST.json"):
