@@ -149,13 +149,21 @@ class ClickEngine:
         return float(loss.detach())
 
     @torch.no_grad()
-    def score(self, events: Tensor, generator: torch.Generator) -> np.ndarray:
-        """Click probabilities of impressions ``events`` (no negatives added)."""
+    def score(self, events: Tensor, generator: torch.Generator, log=None,
+              log_every_s: float = 30.0) -> np.ndarray:
+        """Click probabilities of impressions ``events`` (no negatives added); ``log``
+        gets a progress line every ``log_every_s`` seconds."""
         self.model.eval()
         imp = self.data.impressions
-        out = []
+        out, done = [], 0
+        start = last = time.perf_counter()
         for chunk in torch.split(events, self.cfg.eval_batch_size):
             logits = self.forward(imp.user[chunk], imp.content[chunk], imp.time[chunk],
                                   imp.position[chunk], generator)
             out.append(torch.sigmoid(logits).cpu().numpy())
+            done += chunk.numel()
+            if log is not None and time.perf_counter() - last >= log_every_s:
+                last = time.perf_counter()
+                log(f"  scored {done:,}/{events.numel():,} impressions "
+                    f"({done / (last - start):,.0f}/s)")
         return np.concatenate(out) if out else np.empty(0)

@@ -216,7 +216,7 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     seconds["fit_trees"] = time.perf_counter() - mark
     mark = time.perf_counter()
     scores = {
-        "gnn": model.engine.score(test_events, torch.Generator().manual_seed(e.seed)),
+        "gnn": model.engine.score(test_events, torch.Generator().manual_seed(e.seed), log=log),
         "baseline": trees.predict_proba(x_test)[:, 1],
         "baseline_plus_embeddings": trees_emb.predict_proba(np.hstack([x_test, emb_test]))[:, 1],
     }

@@ -81,6 +81,9 @@ def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | No
     """
     from spark_jobs.graph_store import open_graph_store
 
+    # As in training: OpenMP threads beyond the cores a worker is given spin against
+    # each other (scoring ran several times slower with 2 threads on a busy 2-core VM).
+    torch.set_num_threads(cfg.train.threads_per_worker)
     url = resolve_checkpoint(cfg, checkpoint)
     meta = ckpt.read_meta(url)
     graph_url = graph_url or cfg.paths.stage("graph")
