@@ -313,7 +313,7 @@ class EvaluateConfig:
 
     checkpoint: str | None = None        # null: the latest finished run (paths.train/latest_checkpoint.json)
     cold_start_max_interactions: int = 5  # cold: the user has at most this many earlier interactions
-    max_test_events: int = 0             # test impressions scored (0 = all)
+    max_test_events: int = 60_000        # test impressions scored, a fixed random sample (0 = all)
     max_fit_events: int = 200_000        # validation impressions the baseline is fitted on (0 = all)
     gbdt_max_iter: int = 300
     gbdt_learning_rate: float = 0.05

@@ -547,3 +547,14 @@ def test_cuda_most_recent_equals_cpu():
         src_type, _, dst_type = edge_type
         root_time = out.node_time[dst_type][out.edge_index[edge_type][1]]
         assert bool((out.edge_time[edge_type] < root_time).all())
+
+
+def test_activity_count_columns_do_not_depend_on_the_graph_order():
+    """A shard lists relations in another order than a loaded store; the model's count
+    columns (trained on shards, scored on the store) must mean the same relations."""
+    from trainer.sampler import count_relations
+
+    edge_types = [("user", "clicked", "content"), ("brand", "rev_of", "content"),
+                  ("user", "impressed", "content"), ("content", "rev_clicked", "user")]
+    assert count_relations(edge_types, "content") == count_relations(edge_types[::-1], "content")
+    assert count_relations(edge_types, "user") == [("content", "rev_clicked", "user")]

@@ -695,9 +695,10 @@ ACTIVITY_WINDOW_S = 86_400
 
 
 def count_relations(edge_types: Sequence[EdgeType], node_type: str) -> list[EdgeType]:
-    """The relations into ``node_type``, in graph order: the columns of
+    """The relations into ``node_type``, sorted (not in graph order, which differs between
+    a shard and a loaded store): the columns of
     :func:`activity_counts` (the model and every sampler use this one order)."""
-    return [edge_type for edge_type in edge_types if edge_type[2] == node_type]
+    return sorted(edge_type for edge_type in edge_types if edge_type[2] == node_type)
 
 
 def activity_counts(count_before, relations: Sequence[EdgeType], node: Tensor, time: Tensor
