@@ -33,15 +33,13 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-DEMO_TRAIN_ARGS ?= --workers 1
+# `make demo DEMO_ARGS="--fresh --retrain --workers 1"`; --fresh replaces an earlier demo's outputs
+DEMO_ARGS ?= --fresh
 
 demo: $(STAMP)
-	$(BIN)/clickgraph generate
-	$(BIN)/clickgraph build-graph
-	$(BIN)/clickgraph partition --num-parts 2
-	$(BIN)/clickgraph train $(DEMO_TRAIN_ARGS)
-	@echo "demo: logs in runs/local/logs, graph store in runs/local/graph, shards in"
-	@echo "      runs/local/partitions, training runs (metrics.json, checkpoint) in runs/local/train"
+	$(BIN)/clickgraph pipeline $(DEMO_ARGS)
+	@echo "demo: report in runs/local/report/index.html (every figure in pipeline.json beside it);"
+	@echo "      stage outputs in runs/local/{logs,graph,partitions,train,eval,embeddings}"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

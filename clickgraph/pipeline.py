@@ -1,0 +1,418 @@
+"""``clickgraph pipeline``: every stage end to end, then one more day, then a report.
+
+The run (``docs/pipeline.md``):
+
+1. generate ``generate.num_days`` days of logs;
+2. build the graph store from all days but the last, partition it into
+   ``train.workers`` shards, train (Ray Train; one worker: in this process), evaluate on the
+   test window and export embeddings;
+3. "one more day": add the last day to the store incrementally, place its new nodes into
+   the existing shards, continue training from the day-1 checkpoint on the events after
+   it, evaluate, export (the export reports the embedding drift against day 1's);
+4. optionally retrain from scratch on the extended store and evaluate that model, for the
+   continue-against-retrain comparison (afterwards the continued model is again the
+   latest one, so a later ``clickgraph train --continue`` carries on from it);
+5. print the summary table and write the report (:mod:`clickgraph.report`) with
+   ``pipeline.json`` (every result and stage timing) to ``paths.report``.
+
+The Spark stages share one session (:func:`spark_jobs.session.get_spark`). It stays up
+while Ray trains: at the default size this process tree (driver JVM and Ray included)
+peaked at 9.1 GiB, during training, on the 24 GiB development VM (docs/pipeline.md), so
+stopping and restarting Spark around training would buy nothing. Each stage record
+carries ``peak_rss_mb`` to check that at other sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from clickgraph import __version__, fs
+from clickgraph.config import Config, replace
+
+# Retraining from scratch on the extended store repeats the two longest stages (train and
+# evaluate). Measured on the 2-core development VM at the default size (docs/pipeline.md),
+# the pipeline without it already takes about 15 minutes there, so it is off by default
+# (--retrain turns it on).
+RETRAIN_BY_DEFAULT = False
+
+# Stage folders whose earlier contents would change this run's results: a graph store
+# that already holds the last day (the incremental step would add nothing), checkpoints
+# and exports an earlier run left (drift would be measured against them).
+STAGE_FOLDERS = ("graph", "partitions", "train", "eval", "embeddings")
+
+# Distributions whose versions the report records.
+VERSIONED = ("torch", "torch-geometric", "pyspark", "ray", "numpy", "pandas", "pyarrow",
+             "scikit-learn", "pymetis", "matplotlib")
+
+
+class PipelineError(RuntimeError):
+    """A stage of the pipeline failed, or the pipeline cannot start; names the cause."""
+
+
+def plan(retrain: bool) -> list[tuple[str, str | None]]:
+    """The ``(stage, run)`` steps of a pipeline, in order.
+
+    Runs: ``day1`` (first days), ``day2`` (the added day's data stages), ``continue`` and
+    ``retrain`` (the model runs on the extended store).
+    """
+    steps: list[tuple[str, str | None]] = [
+        ("generate", None), ("build-graph", "day1"), ("partition", "day1"), ("train", "day1"),
+        ("evaluate", "day1"), ("export", "day1"),
+        ("build-graph", "day2"), ("partition", "day2"), ("train", "continue"),
+        ("evaluate", "continue"), ("export", "continue")]
+    if retrain:
+        steps += [("train", "retrain"), ("evaluate", "retrain")]
+    return [*steps, ("report", None)]
+
+
+def check_days(cfg: Config) -> None:
+    """Refuse a config whose first days leave no training window (before any work).
+
+    Raises:
+        PipelineError: ``generate.num_days - 1`` days (the store before the added day) are
+            not more than ``train.val_days + train.test_days``.
+    """
+    first = cfg.generate.num_days - 1
+    need = cfg.train.val_days + cfg.train.test_days + 1
+    if first < need:
+        raise PipelineError(
+            f"generate.num_days={cfg.generate.num_days} leaves {first} day(s) before the added day; "
+            f"training needs at least train.val_days + train.test_days + 1 = {need} "
+            f"(set generate.num_days >= {need + 1})")
+
+
+def existing_outputs(cfg: Config) -> list[str]:
+    """URLs of :data:`STAGE_FOLDERS` that hold something from an earlier run."""
+    found = []
+    for stage in STAGE_FOLDERS:
+        url = cfg.paths.stage(stage)
+        filesystem, path = fs.filesystem(url)
+        if filesystem.exists(path) and (not filesystem.isdir(path) or filesystem.ls(path)):
+            found.append(url)
+    return found
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, clickgraph and the main libraries (``not installed`` if absent)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "clickgraph": __version__}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and all its children (the Spark JVM,
+    Ray's processes) in a background thread; ``peak_mb`` is the highest sum seen."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def tree_rss_mb() -> float:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_mb = self.tree_rss_mb()
+        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
+
+
+class Progress:
+    """Numbered stage lines with elapsed time, and the stage records of the results."""
+
+    def __init__(self, steps: list[tuple[str, str | None]], records: list[dict[str, Any]],
+                 log: Callable[[str], None]):
+        self.steps, self.records, self.log = steps, records, log
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> str:
+        seconds = int(time.perf_counter() - self.started)
+        return f"{seconds // 60:d}:{seconds % 60:02d}"
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, run: str | None) -> Iterator[dict[str, Any]]:
+        """Time one step; yields its record (the body may add to it).
+
+        A failing body marks the record ``failed`` with the error and re-raises.
+        """
+        step = self.steps.index((stage, run)) + 1
+        name = stage + (f" ({run})" if run else "")
+        record: dict[str, Any] = {"step": step, "of": len(self.steps), "stage": stage, "run": run,
+                                  "status": "running"}
+        self.records.append(record)
+        self.log(f"pipeline [{step}/{len(self.steps)}] {name} ... (elapsed {self.elapsed()})")
+        t0 = time.perf_counter()
+        with PeakMemory() as memory:
+            try:
+                yield record
+            except BaseException as error:
+                record.update(status="failed", error=f"{type(error).__name__}: {error}")
+                raise
+            finally:
+                record["seconds"] = round(time.perf_counter() - t0, 2)
+        record["peak_rss_mb"] = round(memory.peak_mb, 1)
+        record["status"] = "ok"
+        self.log(f"pipeline [{step}/{len(self.steps)}] {name} done in {record['seconds']:.1f} s "
+                 f"(elapsed {self.elapsed()}, peak memory {memory.peak_mb / 1024:.1f} GiB)")
+
+
+# ------------------------------------------------------------------ result excerpts
+
+
+def _logs_result(manifest: dict[str, Any]) -> dict[str, Any]:
+    keys = ("events_total", "event_counts", "entity_counts", "days", "time_range")
+    return {k: manifest.get(k) for k in keys}
+
+
+def _graph_result(manifest: dict[str, Any], built_days: list[str]) -> dict[str, Any]:
+    keys = ("node_counts", "edge_counts", "rows_read", "rows_kept", "rows_quarantined",
+            "quarantine_by_reason", "days", "created_at", "build_seconds")
+    return {**{k: manifest.get(k) for k in keys}, "built_days": built_days}
+
+
+def _partition_result(manifest: dict[str, Any]) -> dict[str, Any]:
+    keys = ("method", "num_parts", "quality", "placement", "baseline_edge_cut", "num_pairs",
+            "num_nodes", "wall_s", "created_at")
+    return {k: manifest.get(k) for k in keys}
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+def _train(cfg: Config, continue_run: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """One training run: in this process for one worker (except --continue, which needs
+    the Ray trainer's checkpoint handling), else Ray Train with one worker per shard."""
+    if cfg.train.workers == 1 and not continue_run:
+        from trainer.local import train_single
+
+        return train_single(cfg, log=log)
+    from trainer.ray_launch import train_distributed
+
+    return train_distributed(cfg, continue_run=continue_run, log=log)
+
+
+def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
+                 retrain_baseline: bool = RETRAIN_BY_DEFAULT, fresh: bool = False) -> dict[str, Any]:
+    """Run every stage, add one more day, write the report; returns the results.
+
+    Args:
+        cfg: Validated config. ``partition.num_parts`` is set to ``train.workers``.
+        log: Progress printer (every stage's own lines go through it too).
+        retrain_baseline: Also retrain from scratch on the extended store and evaluate it,
+            for the continue-against-retrain comparison.
+        fresh: Delete earlier outputs in the stage folders (:data:`STAGE_FOLDERS`) first.
+            Without it the pipeline refuses to start when they hold anything.
+
+    Returns:
+        The results as described in :func:`clickgraph.report.write_report`, also written
+        to ``<paths.report>/pipeline.json``; ``report`` is the URL of ``index.html``.
+
+    Raises:
+        PipelineError: Earlier outputs without ``fresh``, too few days, or a stage failed
+            (then the report of what finished is still written).
+    """
+    from clickgraph import report
+
+    check_days(cfg)
+    cfg = replace(cfg, "partition", num_parts=cfg.train.workers)
+    leftovers = existing_outputs(cfg)
+    if leftovers and not fresh:
+        raise PipelineError(
+            "these stage folders hold outputs of an earlier run: " + ", ".join(leftovers)
+            + ". The pipeline builds the first days from scratch and adds the last one "
+            "incrementally, so stale stores, checkpoints and exports would change its results; "
+            "rerun with --fresh to delete them, or set paths.root to an empty folder")
+    for url in leftovers:
+        log(f"pipeline: --fresh: removing {url}")
+        fs.remove(url)
+
+    steps = plan(retrain_baseline)
+    started_at = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "format_version": 1,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "workers": cfg.train.workers,
+        "config": {"hash": cfg.section_hash(), "source": cfg.source, "resolved": cfg.to_dict()},
+        "versions": versions(),
+        "stages": [], "days": {}, "generate": {}, "graph": {}, "partition": {}, "train": {},
+        "evaluate": {}, "export": {},
+        "retrain": {"enabled": retrain_baseline,
+                    "note": "retrained from scratch on the extended store for the comparison"
+                    if retrain_baseline else "not retrained from scratch (off by default: "
+                    "it repeats the training and evaluation stages; --retrain turns it on)"},
+    }
+    progress = Progress(steps, results["stages"], log)
+    report_url = cfg.paths.stage("report")
+    log(f"pipeline: {len(steps)} steps, {cfg.train.workers} training worker(s), "
+        f"{cfg.generate.num_days} days ({cfg.generate.num_users:,} users); report -> {report_url}")
+    ray_was_running = _ray_initialized()
+    spark = LazySpark(cfg)
+    try:
+        _stages(cfg, spark, progress, results, log, retrain_baseline)
+    except BaseException as error:
+        results["total_seconds"] = round(time.perf_counter() - t0, 2)
+        results["failed"] = f"{type(error).__name__}: {error}"
+        failed = next((r for r in results["stages"] if r["status"] == "failed"), None)
+        try:
+            results["report"] = report.write_report(results, report_url)
+            log(f"pipeline: the report of what finished is in {results['report']}")
+        except Exception as report_error:  # the stage's error is the one to raise
+            log(f"pipeline: could not write the partial report either: {report_error}")
+        if failed is None or not isinstance(error, Exception):
+            raise
+        name = failed["stage"] + (f" ({failed['run']})" if failed["run"] else "")
+        raise PipelineError(f"stage {failed['step']}/{failed['of']} {name} failed: "
+                            f"{failed['error']}") from error
+    finally:
+        spark.stop()
+        if not ray_was_running:
+            _shutdown_ray()
+
+    with progress.stage("report", None):
+        results["total_seconds"] = round(time.perf_counter() - t0, 2)
+        results["report"] = report.write_report(results, report_url)
+    # The page shows the report step as in progress; pipeline.json gets its final time.
+    results["total_seconds"] = round(time.perf_counter() - t0, 2)
+    fs.write_json(fs.join(report_url, "pipeline.json"), report.json_safe(results))
+    log("pipeline summary\n" + report.format_summary(results))
+    log(f"pipeline: report {results['report']}; every figure in "
+        f"{fs.join(report_url, 'pipeline.json')}")
+    return results
+
+
+class LazySpark:
+    """The pipeline's one SparkSession, started on first use and stopped at the end.
+
+    A session that was already active in this process (``spark-submit``, a notebook) is
+    used and left running.
+    """
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.session = None
+        self.owned = False
+
+    def get(self):
+        if self.session is None:
+            from pyspark.sql import SparkSession
+
+            from spark_jobs.session import get_spark
+
+            self.owned = SparkSession.getActiveSession() is None
+            self.session = get_spark(self.cfg.spark, "pipeline")
+        return self.session
+
+    def stop(self) -> None:
+        if self.session is not None and self.owned:
+            self.session.stop()
+        self.session = None
+
+
+def _ray_initialized() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
+
+
+def _shutdown_ray() -> None:
+    with contextlib.suppress(ImportError):
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str, Any],
+            log: Callable[[str], None], retrain: bool) -> None:
+    """Every step before the report, filling ``results``."""
+    from spark_jobs import build_graph, generate_logs, partition
+    from trainer import checkpoint as ckpt
+    from trainer.evaluate import run_evaluation
+    from trainer.export import run_export
+
+    eval_root = cfg.paths.stage("eval")
+    # ---- the first days
+    with progress.stage("generate", None):
+        logs = generate_logs.run(spark.get(), cfg, log=log)
+        results["generate"] = _logs_result(logs)
+    days = list(logs["days"])
+    first, added = days[:-1], days[-1]
+    results["days"] = {"first": first, "added": added}
+    with progress.stage("build-graph", "day1"):
+        results["graph"]["day1"] = _graph_result(build_graph.run(spark.get(), cfg, days=first, log=log),
+                                                 first)
+    with progress.stage("partition", "day1"):
+        results["partition"]["day1"] = _partition_result(partition.run(spark.get(), cfg, log=log))
+    with progress.stage("train", "day1"):
+        results["train"]["day1"] = _train(cfg, continue_run=False, log=log)
+    day1_checkpoint = results["train"]["day1"]["checkpoint"]
+    with progress.stage("evaluate", "day1"):
+        results["evaluate"]["day1"] = run_evaluation(
+            cfg, checkpoint=day1_checkpoint, out_url=fs.join(eval_root, first[-1]), log=log)
+    with progress.stage("export", "day1"):
+        results["export"]["day1"] = run_export(cfg, checkpoint=day1_checkpoint, log=log)
+
+    # ---- one more day
+    with progress.stage("build-graph", "day2"):
+        results["graph"]["day2"] = _graph_result(build_graph.run(spark.get(), cfg, days=[added], log=log),
+                                                 [added])
+    with progress.stage("partition", "day2"):
+        results["partition"]["day2"] = _partition_result(
+            partition.run(spark.get(), cfg, place_new_nodes=True, log=log))
+    with progress.stage("train", "continue"):
+        results["train"]["continue"] = _train(cfg, continue_run=True, log=log)
+    continued = results["train"]["continue"]["checkpoint"]
+    with progress.stage("evaluate", "continue"):
+        results["evaluate"]["continue"] = run_evaluation(
+            cfg, checkpoint=continued, out_url=fs.join(eval_root, added), log=log)
+    with progress.stage("export", "continue"):
+        results["export"]["continue"] = run_export(cfg, checkpoint=continued, log=log)
+
+    if not retrain:
+        return
+    try:
+        with progress.stage("train", "retrain"):
+            results["train"]["retrain"] = _train(cfg, continue_run=False, log=log)
+    finally:
+        # the continued model stays the one a later --continue carries on from
+        ckpt.write_latest(cfg.paths.stage("train"), continued, ckpt.read_meta(continued))
+    with progress.stage("evaluate", "retrain"):
+        results["evaluate"]["retrain"] = run_evaluation(
+            cfg, checkpoint=results["train"]["retrain"]["checkpoint"],
+            out_url=fs.join(eval_root, f"{added}-retrain"), log=log)

@@ -1,0 +1,198 @@
+"""``clickgraph pipeline``: the step plan, its refusals, failure handling, and one real run.
+
+The slow test runs the real pipeline (Spark, Ray Train with two workers, evaluation,
+export, report) on a tiny dataset through the console script, in its own process, so its
+Spark session and Ray runtime never meet the test session's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from clickgraph import pipeline
+from clickgraph.config import load_config
+from tests.conftest import tiny_overrides
+
+BIN = Path(sys.executable).parent
+
+PIPELINE_OVERRIDES = [
+    "generate.num_days=5", "train.val_days=1", "train.test_days=1", "train.epochs=2",
+    "train.batch_size=64", "train.max_train_events=512", "train.max_eval_events=400",
+    "train.eval_batch_size=512", "train.fanouts=[3, 2]", "train.relation_fanouts={}",
+    "train.model.hidden_dim=16", "train.model.time_dim=8", "train.log_every_steps=4",
+    "train.workers=2", "ray.num_cpus=2", "spark.master=local[2]", "spark.driver_memory=2g",
+    "spark.shuffle_partitions=4", "evaluate.gbdt_max_iter=20", "evaluate.max_fit_events=2000",
+    "evaluate.recommend_users=40", "evaluate.top_k=5", "evaluate.embedding_batch_size=512"]
+
+
+def test_plan_lists_every_stage_once_and_retrain_only_when_asked():
+    with_retrain = pipeline.plan(True)
+    without = pipeline.plan(False)
+    assert with_retrain[:len(without) - 1] == without[:-1]
+    assert with_retrain[-3:] == [("train", "retrain"), ("evaluate", "retrain"), ("report", None)]
+    assert ("train", "retrain") not in without and without[-1] == ("report", None)
+    assert len(set(with_retrain)) == len(with_retrain) == 14
+    assert [s for s, _ in without].count("train") == 2  # day 1 and the continued run
+
+
+def test_too_few_days_for_the_windows_is_refused_before_any_work(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path) + ["generate.num_days=3", "train.val_days=1",
+                                                        "train.test_days=1"])
+    with pytest.raises(pipeline.PipelineError, match=r"leaves 2 day\(s\).*generate.num_days >= 4"):
+        pipeline.run_pipeline(cfg, log=lambda *_: None)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_earlier_outputs_are_refused_without_fresh(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path) + ["generate.num_days=5", "train.val_days=1",
+                                                        "train.test_days=1"])
+    (tmp_path / "graph").mkdir()
+    assert pipeline.existing_outputs(cfg) == []  # an empty folder holds nothing
+    (tmp_path / "graph" / "_MANIFEST.json").write_text("{}")
+    (tmp_path / "embeddings" / "2026-03-05").mkdir(parents=True)
+    assert pipeline.existing_outputs(cfg) == [f"{tmp_path}/graph", f"{tmp_path}/embeddings"]
+    with pytest.raises(pipeline.PipelineError, match=f"{tmp_path}/graph.*--fresh"):
+        pipeline.run_pipeline(cfg, log=lambda *_: None)
+    assert (tmp_path / "graph" / "_MANIFEST.json").exists()  # nothing deleted
+
+
+def test_a_failing_stage_is_named_and_the_partial_report_is_written(tmp_path, monkeypatch):
+    """Fake Spark stages: generate succeeds, build-graph fails."""
+    from pyspark.sql import SparkSession
+
+    from spark_jobs import build_graph, generate_logs, session
+
+    class FakeSpark:
+        stopped = False
+
+        def stop(self):
+            FakeSpark.stopped = True
+
+    def failing_build(spark, cfg, days=None, log=print):
+        raise build_graph.GraphBuildError(f"no events for day {days[0]}")
+
+    days = ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05", "2026-03-06"]
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: None))
+    monkeypatch.setattr(session, "get_spark", lambda cfg, suffix="": FakeSpark())
+    monkeypatch.setattr(generate_logs, "run",
+                        lambda spark, cfg, log=print: {"events_total": 1234, "days": days})
+    monkeypatch.setattr(build_graph, "run", failing_build)
+    cfg = load_config(None, tiny_overrides(tmp_path) + ["generate.num_days=5", "train.val_days=1",
+                                                        "train.test_days=1"])
+    lines: list[str] = []
+    with pytest.raises(pipeline.PipelineError,
+                       match=r"stage 2/12 build-graph \(day1\) failed: GraphBuildError: no events "
+                             r"for day 2026-03-02"):
+        pipeline.run_pipeline(cfg, log=lines.append)
+    assert FakeSpark.stopped
+    assert any(line.startswith("pipeline [1/12] generate done in") for line in lines)
+    assert any(line.startswith("pipeline [2/12] build-graph (day1) ...") for line in lines)
+    results = json.loads((tmp_path / "report" / "pipeline.json").read_text())
+    assert [(r["stage"], r["status"]) for r in results["stages"]] == [
+        ("generate", "ok"), ("build-graph", "failed")]
+    assert results["generate"]["events_total"] == 1234
+    assert results["days"] == {"first": days[:-1], "added": days[-1]}
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "failed: GraphBuildError: no events for day 2026-03-02" in page
+
+
+def test_peak_memory_counts_child_processes():
+    probe = pipeline.PeakMemory(interval_s=0.05)
+    with probe:
+        before = pipeline.PeakMemory.tree_rss_mb()
+        # a child holding ~200 MiB for a moment
+        subprocess.run([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); "
+                        "b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)"], check=True)
+    assert probe.peak_mb > before + 150
+
+
+@pytest.mark.spark
+@pytest.mark.ray
+@pytest.mark.slow
+def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
+    from spark_jobs.graph_store import open_graph_store
+    from trainer import checkpoint as ckpt
+
+    overrides = tiny_overrides(tmp_path) + PIPELINE_OVERRIDES
+    command = [str(BIN / "clickgraph"), "pipeline", "--fresh", "--retrain",
+               *[arg for o in overrides for arg in ("--set", o)]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    for step in range(1, 15):
+        assert re.search(rf"^pipeline \[{step}/14\] .* done in [0-9.]+ s \(elapsed \d+:\d\d", out,
+                         re.MULTILINE), f"no progress line for step {step}"
+    assert "pipeline summary" in out
+
+    results = json.loads((tmp_path / "report" / "pipeline.json").read_text())
+    assert [(r["stage"], r["run"]) for r in results["stages"]] == pipeline.plan(True)
+    assert all(r["status"] == "ok" and r["seconds"] > 0 for r in results["stages"])
+    assert results["total_seconds"] >= sum(r["seconds"] for r in results["stages"]) - 1
+    days = results["generate"]["days"]
+    assert len(days) == 5 and results["days"] == {"first": days[:4], "added": days[4]}
+
+    # the store gained the added day incrementally; the new nodes were placed, not re-cut
+    assert results["graph"]["day1"]["days"] == days[:4]
+    assert results["graph"]["day2"]["days"] == days and results["graph"]["day2"]["built_days"] == [days[4]]
+    store = open_graph_store(str(tmp_path / "graph"))
+    assert sorted(store.days) == days
+    assert results["partition"]["day1"]["method"] == "direct"
+    assert results["partition"]["day2"]["method"] == "placement"
+    assert results["partition"]["day2"]["placement"]["new_nodes"] > 0
+    q = results["partition"]["day1"]["quality"]
+    assert q["metis"]["edge_cut_fraction"]["unweighted"] < q["random"]["edge_cut_fraction"]["unweighted"]
+
+    # day 2 continued from day 1's checkpoint on the events after it only
+    day1, cont, retrain = (results["train"][r] for r in ("day1", "continue", "retrain"))
+    assert day1["since_time"] is None and day1["workers"] == 2
+    assert cont["since_time"] == day1["last_event_time"]
+    assert cont["continue_from"] == day1["checkpoint"]
+    assert cont["last_event_time"] > day1["last_event_time"]
+    new_window = sorted(store.days)[: len(store.days) - 2]  # val_days = test_days = 1
+    imp = store.read_edges_arrow("user__impressed__content", new_window, columns=["ts_ms"])
+    after = int(((imp.column("ts_ms").to_numpy() // 1000) > day1["last_event_time"]).sum())
+    assert sum(r["new"] for r in cont["per_rank_events"]) == after > 0
+    assert sum(r["own_events"] for r in cont["per_rank_events"]) < \
+        sum(r["own_events"] for r in retrain["per_rank_events"])
+    assert retrain["since_time"] is None
+    # after the retrain the continued model is again the one --continue would pick up
+    assert ckpt.find_latest(str(tmp_path / "train")) == cont["checkpoint"]
+
+    # evaluations and exports, each in its own folder
+    added = days[4]
+    for run, folder in (("day1", days[3]), ("continue", added), ("retrain", f"{added}-retrain")):
+        evaluation = results["evaluate"][run]
+        assert evaluation["out"] == f"{tmp_path}/eval/{folder}"
+        assert (tmp_path / "eval" / folder / "evaluation.json").exists()
+        scores = pq.read_table(tmp_path / "eval" / folder / "scores.parquet")
+        assert scores.num_rows == evaluation["events"] > 0
+        for model in ("gnn", "baseline", "baseline_plus_embeddings"):
+            assert 0.0 <= evaluation["auc"][model] <= 1.0
+    assert results["evaluate"]["continue"]["test_days"] == [added]
+    assert results["export"]["day1"]["drift"] is None
+    assert set(results["export"]["continue"]["drift"]) >= {"user", "content"}
+    exports = sorted(p.name for p in (tmp_path / "embeddings").iterdir() if not p.name.startswith("."))
+    assert len(exports) == 2
+
+    # the summary has every stage; the report links every plot
+    for record in results["stages"]:
+        name = record["stage"] + (f" ({record['run']})" if record["run"] else "")
+        assert re.search(rf"^\d+/14\s+{re.escape(name)}\s+[0-9.]+\s", out, re.MULTILINE), name
+    page = (tmp_path / "report" / "index.html").read_text()
+    images = set(re.findall(r'<img src="([^"]+)"', page))
+    assert images == {"roc.png", "auc_by_past_interactions.png", "training.png",
+                      "partition_quality.png", "continue_vs_retrain.png"}
+    for name in images:
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
+    assert "Not available" not in page
+
+    # a second run without --fresh refuses before touching anything
+    again = subprocess.run(command[:2] + command[3:], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "--fresh" in again.stderr
