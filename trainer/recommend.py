@@ -1,0 +1,245 @@
+"""Recommendation controls: what the click model would put at the top of a feed.
+
+AUC says whether the model orders shown items well; it says nothing about what the model
+does to the catalogue when it ranks everything. The controls answer that on a
+deterministic sample of users: score every content piece of the catalogue for each user,
+keep the top ``k``, and measure
+
+* **coverage**: distinct items in all lists / catalogue size (a model that recommends the
+  same ten items to everyone has coverage ``10 / catalogue``);
+* **intra-list diversity**: per list, ``1 -`` the mean pairwise cosine similarity of its
+  items' content embeddings, averaged over lists (0: every list holds near-identical
+  items); and the share of distinct categories per list;
+* **content-type shares** (video above all) in the lists against the catalogue's.
+
+Everything is as of one cutoff time ``t`` (seconds): users and content that exist before
+``t`` (:func:`trainer.inference.existing_nodes`), their embeddings as of ``t``, the click
+head scored at feed position 0 and seed time ``t``. Nothing is excluded from a user's
+candidates, not even content the user already saw or clicked: the controls measure what
+the model ranks high, not a production feed policy, and filtering history would mix the
+two (a feed that removes seen items can add that filter on top).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trainer.inference import TrainedModel, score_pairs
+
+VIDEO = "video"
+# scored (user, content) rows per call of the click head; bounds the memory of one call
+PAIRS_PER_CALL = 262_144
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Top-``k`` lists of sampled users.
+
+    Attributes:
+        user: int64 ``[U]`` dense user ids, ascending.
+        content: int64 ``[U, K]`` dense content ids, best first.
+        score: float32 ``[U, K]`` click probabilities, non-increasing along each row.
+        cutoff: Seconds since epoch the lists are as of.
+    """
+
+    user: Tensor
+    content: Tensor
+    score: Tensor
+    cutoff: int
+
+
+def sample_users(users: Tensor, count: int, seed: int) -> Tensor:
+    """A deterministic sample of ``count`` of ``users`` (all of them when fewer), ascending.
+
+    The draw depends only on the candidate set, ``count`` and ``seed``; the candidates'
+    input order does not matter.
+    """
+    candidates = torch.sort(users.to(torch.int64)).values
+    if count <= 0:
+        raise ValueError(f"evaluate.recommend_users must be positive, got {count}")
+    if candidates.numel() <= count:
+        return candidates
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(candidates.numel(), generator=generator)[:count]
+    return torch.sort(candidates[pick]).values
+
+
+@torch.no_grad()
+def top_k_content(model: TrainedModel, user_states: Tensor, content_states: Tensor, cutoff: int,
+                  top_k: int) -> tuple[Tensor, Tensor]:
+    """Score every (user, content) pair and keep each user's best ``top_k``.
+
+    Args:
+        model: The trained model (its click head scores the pairs).
+        user_states: float32 ``[U, D]`` user embeddings as of ``cutoff``.
+        content_states: float32 ``[C, D]`` embeddings of the catalogue as of ``cutoff``.
+        cutoff: Seed time of every pair, seconds (the hour feature reads it).
+        top_k: List length; capped at ``C``.
+
+    Returns:
+        ``(index, score)``, each ``[U, min(top_k, C)]``: catalogue row indices (into
+        ``content_states``) best first, and their click probabilities. Ties keep the
+        lower catalogue index first, so the lists are deterministic.
+    """
+    num_users, num_content = user_states.shape[0], content_states.shape[0]
+    k = min(top_k, num_content)
+    index = torch.empty((num_users, k), dtype=torch.int64)
+    score = torch.empty((num_users, k), dtype=torch.float32)
+    if num_users == 0 or k == 0:
+        return index, score
+    users_per_call = max(1, PAIRS_PER_CALL // num_content)
+    for start in range(0, num_users, users_per_call):
+        chunk = user_states[start:start + users_per_call]
+        rows = chunk.shape[0] * num_content
+        probabilities = score_pairs(
+            model,
+            chunk.repeat_interleave(num_content, dim=0),
+            content_states.repeat(chunk.shape[0], 1),
+            torch.zeros(rows, dtype=torch.int64),
+            torch.full((rows,), int(cutoff), dtype=torch.int64),
+        ).view(chunk.shape[0], num_content)
+        ordered, order = torch.sort(probabilities, dim=1, descending=True, stable=True)
+        index[start:start + chunk.shape[0]] = order[:, :k]
+        score[start:start + chunk.shape[0]] = ordered[:, :k]
+    return index, score
+
+
+def intra_list_diversity(list_states: Tensor) -> float | None:
+    """Mean over lists of ``1 - mean pairwise cosine similarity`` of the list's items.
+
+    Args:
+        list_states: float ``[U, K, D]`` embeddings of each list's items.
+
+    Returns:
+        The mean, or ``None`` when lists hold fewer than two items (no pairs).
+    """
+    num_lists, k = list_states.shape[0], list_states.shape[1]
+    if num_lists == 0 or k < 2:
+        return None
+    unit = torch.nn.functional.normalize(list_states.to(torch.float64), dim=-1)
+    total = unit.sum(dim=1)
+    # sum over ordered pairs i != j of <u_i, u_j> = |sum u|^2 - sum |u_i|^2
+    pair_sum = (total * total).sum(-1) - (unit * unit).sum(dim=(1, 2))
+    mean_cosine = pair_sum / (k * (k - 1))
+    return float((1.0 - mean_cosine).mean())
+
+
+def content_categories(model: TrainedModel, cutoff: int) -> Tensor:
+    """Per content node, its category id linked before ``cutoff`` (``-1`` when none).
+
+    Content has one category in the generated data; when a store links several, the
+    lowest category id stands for the content piece.
+    """
+    data = model.data
+    num_content = data.graph.num_nodes["content"]
+    category = torch.full((num_content,), -1, dtype=torch.int64)
+    csr = data.graph.csr.get(("content", "in", "category"))
+    if csr is None or csr.num_edges == 0:
+        return category
+    visible = csr.edge_time < cutoff
+    content = csr.neighbor[visible]
+    linked = csr.edge_dst()[visible]
+    large = torch.iinfo(torch.int64).max
+    lowest = torch.full((num_content,), large, dtype=torch.int64).scatter_reduce(
+        0, content, linked, reduce="amin")
+    return torch.where(lowest == large, category, lowest)
+
+
+def type_shares(types: list[str]) -> dict[str, float]:
+    """Share of each value in ``types`` (sums to 1; empty dict for an empty list)."""
+    if not types:
+        return {}
+    values, counts = np.unique(np.asarray(types, dtype=object).astype(str), return_counts=True)
+    return {str(v): float(c) / len(types) for v, c in zip(values, counts)}
+
+
+def control_metrics(recs: Recommendations, catalogue: Tensor, catalogue_states: Tensor,
+                    content_type: list[str], category: Tensor) -> dict[str, Any]:
+    """The controls of a set of top-``k`` lists.
+
+    Args:
+        recs: The lists (``content`` holds dense content ids).
+        catalogue: int64 ``[C]`` dense ids of the content eligible at the cutoff.
+        catalogue_states: float32 ``[C, D]`` their embeddings, row ``i`` for ``catalogue[i]``.
+        content_type: Content type of every content node, indexed by dense id
+            (``None`` or ``""`` when unknown, counted as ``"unknown"``).
+        category: int64 ``[num_content]`` category per dense content id (``-1`` unknown).
+
+    Returns:
+        ``users``, ``top_k``, ``catalogue_size``, ``distinct_recommended``, ``coverage``,
+        ``intra_list_diversity``, ``catalogue_diversity`` (the same measure over the whole
+        catalogue, the reference a list's value is read against), ``category_diversity``
+        (mean distinct categories / list length), ``video_share_topk``,
+        ``video_share_catalogue``, ``video_share_distinct`` (video among the distinct
+        recommended items), ``content_type_share_topk``, ``content_type_share_catalogue``,
+        ``mean_score``.
+    """
+    num_users, k = recs.content.shape
+    catalogue_size = int(catalogue.numel())
+    row_of = torch.full((len(content_type),), -1, dtype=torch.int64)
+    row_of[catalogue] = torch.arange(catalogue_size)
+    rows = row_of[recs.content]
+    if bool((rows < 0).any()):
+        raise ValueError("recommendations name content outside the catalogue at the cutoff")
+    names = [t if t else "unknown" for t in content_type]
+    listed = [names[i] for i in recs.content.reshape(-1).tolist()]
+    in_catalogue = [names[i] for i in catalogue.tolist()]
+    topk_shares, catalogue_shares = type_shares(listed), type_shares(in_catalogue)
+    distinct_ids = torch.unique(recs.content)
+    distinct = int(distinct_ids.numel())
+    distinct_video = sum(names[i] == VIDEO for i in distinct_ids.tolist())
+    if num_users and k:
+        categories = category[recs.content]
+        distinct_categories = [len(set(row)) for row in categories.tolist()]
+        category_diversity = float(np.mean(distinct_categories)) / k
+    else:
+        category_diversity = None
+    return {
+        "users": int(num_users),
+        "top_k": int(k),
+        "catalogue_size": catalogue_size,
+        "distinct_recommended": distinct,
+        "coverage": distinct / catalogue_size if catalogue_size else None,
+        "intra_list_diversity": intra_list_diversity(catalogue_states[rows]) if num_users else None,
+        "catalogue_diversity": intra_list_diversity(catalogue_states.unsqueeze(0)),
+        "category_diversity": category_diversity,
+        "video_share_topk": topk_shares.get(VIDEO, 0.0) if listed else None,
+        "video_share_catalogue": catalogue_shares.get(VIDEO, 0.0) if in_catalogue else None,
+        "video_share_distinct": distinct_video / distinct if distinct else None,
+        "content_type_share_topk": topk_shares,
+        "content_type_share_catalogue": catalogue_shares,
+        "mean_score": float(recs.score.mean()) if recs.score.numel() else None,
+        "position": 0,
+        "excluded": "nothing (seen and clicked content stays eligible)",
+    }
+
+
+def recommend(model: TrainedModel, cutoff: int, users: Tensor, user_states: Tensor,
+              catalogue: Tensor, catalogue_states: Tensor, top_k: int, sample_size: int,
+              seed: int) -> Recommendations:
+    """Top-``k`` lists for a deterministic sample of ``users``.
+
+    Args:
+        model: The trained model.
+        cutoff: Seconds since epoch; every state must be as of it.
+        users: int64 ``[N]`` users existing at the cutoff; ``user_states`` ``[N, D]``.
+        user_states: Their embeddings, row ``i`` for ``users[i]``.
+        catalogue: int64 ``[C]`` content existing at the cutoff.
+        catalogue_states: ``[C, D]`` their embeddings.
+        top_k: List length (``evaluate.top_k``).
+        sample_size: Users to sample (``evaluate.recommend_users``).
+        seed: Sampling seed (``evaluate.seed``).
+
+    Returns:
+        The :class:`Recommendations`.
+    """
+    chosen = sample_users(users, sample_size, seed)
+    order = torch.argsort(users)
+    rows = order[torch.searchsorted(users[order], chosen)]
+    index, score = top_k_content(model, user_states[rows], catalogue_states, cutoff, top_k)
+    return Recommendations(user=chosen, content=catalogue[index], score=score, cutoff=int(cutoff))
