@@ -5,7 +5,10 @@ Creates, one after the other, and waits for each to succeed:
 
 1. the SparkApplication of ``spark-build-graph.yaml`` with ``--day D`` (D = yesterday, UTC);
 2. the SparkApplication of ``spark-partition.yaml`` with ``--place-new``;
-3. the RayJob of ``rayjob-train.yaml`` with ``--continue``.
+3. the RayJob of ``rayjob-train.yaml`` with ``--continue``;
+4. the Job of ``job-evaluate-export.yaml`` (``clickgraph evaluate``, then ``clickgraph
+   export``) with ``--cutoff D+1`` added to export: the embeddings as of the end of day D,
+   whatever days the graph store holds after it.
 
 Each object is named after the day (``clickgraph-build-graph-20260325``), so a rerun of the
 same day finds it: a finished step is skipped, a running one is waited for, a failed one is
@@ -33,13 +36,17 @@ import yaml
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SPARK_API = "/apis/sparkoperator.k8s.io/v1beta2/namespaces/{ns}/sparkapplications"
 RAY_API = "/apis/ray.io/v1/namespaces/{ns}/rayjobs"
+JOB_API = "/apis/batch/v1/namespaces/{ns}/jobs"
 
 # (template file, API collection), in the order they run
 STEPS = [
     ("spark-build-graph.yaml", SPARK_API),
     ("spark-partition.yaml", SPARK_API),
     ("rayjob-train.yaml", RAY_API),
+    ("job-evaluate-export.yaml", JOB_API),
 ]
+# Deleting a batch/v1 Job through the API orphans its pods unless told otherwise.
+DELETE_OPTIONS = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
 
 
 def yesterday_utc(now: dt.datetime | None = None) -> str:
@@ -52,14 +59,15 @@ def render(template: dict[str, Any], day: str, namespace: str, images: dict[str,
     """The object of one step for ``day``.
 
     Args:
-        template: a SparkApplication or RayJob as loaded from its manifest.
+        template: a SparkApplication, RayJob or Job as loaded from its manifest.
         day: YYYY-MM-DD, the day to add to the graph store.
         namespace: where to create it.
         images: template image -> image to use instead (from CLICKGRAPH_IMAGE_MAP).
 
     Returns:
         A new object named ``<template name>-<YYYYMMDD>``: build-graph gets ``--day day``,
-        partition ``--place-new``, training ``--continue``.
+        partition ``--place-new``, training ``--continue``, the Job's ``clickgraph export``
+        container ``--cutoff <day + 1>`` (00:00 UTC after ``day``).
     """
     obj = copy.deepcopy(template)
     meta = obj["metadata"]
@@ -73,6 +81,15 @@ def render(template: dict[str, Any], day: str, namespace: str, images: dict[str,
         spec["arguments"] = list(spec.get("arguments", [])) + extra
     elif obj["kind"] == "RayJob":
         spec["entrypoint"] = spec["entrypoint"] + " --continue"
+    elif obj["kind"] == "Job":
+        pod = spec["template"]["spec"]
+        export = [c for c in pod.get("initContainers", []) + pod["containers"]
+                  if c.get("command", [])[:2] == ["clickgraph", "export"]]
+        if len(export) != 1:
+            raise ValueError(f"daily: expected one 'clickgraph export' container in Job "
+                             f"{meta['name']}, found {len(export)}")
+        cutoff = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+        export[0]["args"] = list(export[0].get("args", [])) + ["--cutoff", cutoff]
     else:
         raise ValueError(f"daily: unexpected kind {obj['kind']!r} in a step template")
     _replace_images(obj, images)
@@ -92,13 +109,24 @@ def _replace_images(node: Any, images: dict[str, str]) -> None:
 
 
 def step_state(obj: dict[str, Any]) -> str:
-    """``succeeded``, ``failed`` or ``running`` from a SparkApplication's or RayJob's status."""
+    """``succeeded``, ``failed`` or ``running`` from a SparkApplication's, RayJob's or Job's status.
+
+    A Job counts from its terminal conditions only (``Complete`` or ``Failed`` with status
+    ``True``); ``FailureTarget`` and ``SuccessCriteriaMet`` come while its pods still stop.
+    """
     status = obj.get("status") or {}
     if obj["kind"] == "SparkApplication":
         state = (status.get("applicationState") or {}).get("state", "")
         if state == "COMPLETED":
             return "succeeded"
         if state in ("FAILED", "SUBMISSION_FAILED"):
+            return "failed"
+        return "running"
+    if obj["kind"] == "Job":
+        done = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+        if "Complete" in done:
+            return "succeeded"
+        if "Failed" in done:
             return "failed"
         return "running"
     job_status = status.get("jobStatus", "")
@@ -145,7 +173,7 @@ def run_step(api: KubeApi, collection: str, obj: dict[str, Any], timeout_s: floa
         existing = None
     if existing is not None and step_state(existing) == "failed":
         print(f"daily: {obj['kind']} {name} failed before; deleting it to run it again", flush=True)
-        api.request("DELETE", item)
+        api.request("DELETE", item, DELETE_OPTIONS)
         while True:
             try:
                 api.request("GET", item)
@@ -215,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, urllib.error.URLError) as err:
         print(f"daily {day}: {err}", file=sys.stderr)
         return 1
-    print(f"daily {day}: graph store, partitions and model updated", flush=True)
+    print(f"daily {day}: graph store, partitions and model updated, evaluated and exported", flush=True)
     return 0
 
 

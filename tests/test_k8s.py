@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import io
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ from clickgraph.config import load_config
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 IMAGE_SRC = "/opt/clickgraph/"            # where the Dockerfile copies the repository
-RUN_TEMPLATES = ["spark-build-graph.yaml", "spark-partition.yaml", "rayjob-train.yaml"]
+RUN_TEMPLATES = ["spark-build-graph.yaml", "spark-partition.yaml", "rayjob-train.yaml",
+                 "job-evaluate-export.yaml"]
 SECRET_NAME = "clickgraph-object-store"
 CREDENTIAL_NAME = re.compile(r"(ACCESS_KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_KEY)", re.I)
 
@@ -53,7 +56,7 @@ def only(kind: str, name_part: str) -> dict:
 
 
 def pod_specs() -> list[tuple[str, dict]]:
-    """(where, pod spec) of every pod template: CronJob, RayJob head/workers/submitter."""
+    """(where, pod spec) of every pod template: CronJob, Job, RayJob head/workers/submitter."""
     specs = []
     for o in objects():
         name = f"{o['kind']}/{o['metadata']['name']}"
@@ -219,6 +222,12 @@ def test_container_commands_exist_with_their_flags():
         check_command(argv, where)
 
 
+def job_commands(job: dict) -> list[list[str]]:
+    """argv of a Job's containers in the order they run: init containers, then the others."""
+    pod = job["spec"]["template"]["spec"]
+    return [c["command"] + c.get("args", []) for c in pod.get("initContainers", []) + pod["containers"]]
+
+
 def test_daily_steps_add_flags_that_their_programs_declare():
     daily = load_daily()
     made = []
@@ -226,14 +235,37 @@ def test_daily_steps_add_flags_that_their_programs_declare():
         template = yaml.safe_load((K8S / file).read_text())
         obj = daily.render(template, "2026-03-25", "ns", {})
         if obj["kind"] == "SparkApplication":
-            argv = [obj["spec"]["mainApplicationFile"], *obj["spec"]["arguments"]]
+            argvs = [[obj["spec"]["mainApplicationFile"], *obj["spec"]["arguments"]]]
+        elif obj["kind"] == "Job":
+            argvs = job_commands(obj)
         else:
-            argv = shlex.split(obj["spec"]["entrypoint"])
-        check_command(argv, f"daily.py {file}")
-        made.append(argv)
-    assert made[0][-2:] == ["--day", "2026-03-25"]
-    assert made[1][-1] == "--place-new" and "--num-parts" in made[1]
-    assert made[2][-1] == "--continue"
+            argvs = [shlex.split(obj["spec"]["entrypoint"])]
+        for argv in argvs:
+            check_command(argv, f"daily.py {file}")
+        made.append(argvs)
+    assert made[0][0][-2:] == ["--day", "2026-03-25"]
+    assert made[1][0][-1] == "--place-new" and "--num-parts" in made[1][0]
+    assert made[2][0][-1] == "--continue"
+    evaluate, export = made[3]
+    assert evaluate[:2] == ["clickgraph", "evaluate"] and "--json" in evaluate and "--cutoff" not in evaluate
+    assert export[:2] == ["clickgraph", "export"] and export[-2:] == ["--cutoff", "2026-03-26"]
+    assert export.count("--cutoff") == 1
+    for argv in (evaluate, export):
+        assert argv[argv.index("--config") + 1] == "/etc/clickgraph/config.yaml"
+    # the end of the day: across a month's and a year's end, and in a leap year
+    job = yaml.safe_load((K8S / "job-evaluate-export.yaml").read_text())
+    for day, cutoff in (("2026-02-28", "2026-03-01"), ("2028-02-28", "2028-02-29"),
+                        ("2026-12-31", "2027-01-01")):
+        assert job_commands(daily.render(job, day, "ns", {}))[1][-2:] == ["--cutoff", cutoff]
+    assert "--cutoff" not in job_commands(job)[1], "the template is not modified"
+
+
+def test_daily_refuses_a_job_template_without_one_export_container():
+    daily = load_daily()
+    job = yaml.safe_load((K8S / "job-evaluate-export.yaml").read_text())
+    job["spec"]["template"]["spec"]["containers"][0]["command"] = ["clickgraph", "evaluate"]
+    with pytest.raises(ValueError, match="clickgraph export"):
+        daily.render(job, "2026-03-25", "ns", {})
 
 
 def test_clickgraph_commands_in_the_docs_exist():
@@ -259,7 +291,7 @@ def assert_container_security(where: str, sc: dict) -> None:
 
 def test_every_container_is_non_root_with_requests_and_limits():
     found = containers()
-    assert len(found) >= 4, "CronJob, Ray head, Ray worker, RayJob submitter"
+    assert len(found) >= 6, "CronJob, Ray head, Ray worker, RayJob submitter, evaluate, export"
     for where, c in found:
         assert_container_security(where, c.get("securityContext", {}))
         for section in ("requests", "limits"):
@@ -311,9 +343,13 @@ def test_daily_job_role_covers_exactly_what_daily_py_calls():
     role = only("Role", "daily")
     granted = {(group, res): set(rule["verbs"]) for rule in role["rules"]
                for group in rule["apiGroups"] for res in rule["resources"]}
+    called = set()
     for _, collection in daily.STEPS:
         _, _, group, _, _, _, resource = collection.split("/")
         assert granted.get((group, resource)) == {"create", "get", "delete"}, (group, resource)
+        called.add((group, resource))
+    assert set(granted) == called, f"the daily role grants more than daily.py calls: {set(granted) - called}"
+    assert {("batch", "jobs")} < called
     cron = only("CronJob", "daily")
     account = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
     assert account == only("RoleBinding", "daily")["subjects"][0]["name"]
@@ -408,6 +444,10 @@ def test_pods_that_read_data_get_the_secret_and_the_daily_job_does_not():
     for where, role, _ in spark_roles():
         assert role["envFrom"] == [{"secretRef": {"name": SECRET_NAME}}], where
     assert not any("CronJob" in w for w in with_secret), "the daily job needs no data access"
+    job = [(where, c) for where, c in containers() if where.startswith("Job/clickgraph-evaluate-export")]
+    assert {c["name"] for _, c in job} == {"evaluate", "export"}
+    for where, c in job:
+        assert c["envFrom"] == [{"secretRef": {"name": SECRET_NAME}}], where
 
 
 # ------------------------------------------------------------------ consistency of the pipeline
@@ -464,6 +504,50 @@ def test_config_and_shared_partitions_are_mounted_where_they_are_used():
                 shared = mounted[partitions_dir]["persistentVolumeClaim"]["claimName"]
                 assert shared == claim["metadata"]["name"], where
                 assert mounted["/dev/shm"]["emptyDir"]["medium"] == "Memory", where
+
+
+def test_evaluate_export_job_reads_and_writes_where_the_config_points():
+    """The config is the ConfigMap's; every path evaluate and export read or write is in the
+    object store (the Secret reaches it) or on a volume mounted in both containers."""
+    config = yaml.safe_load(only("ConfigMap", "config")["data"]["config.yaml"])
+    job = only("Job", "evaluate-export")
+    pod = job["spec"]["template"]["spec"]
+    for c in pod["initContainers"] + pod["containers"]:
+        mounted = mounts_of(pod["volumes"], c["volumeMounts"])
+        assert mounted["/etc/clickgraph"]["configMap"]["name"] == "clickgraph-config", c["name"]
+        for stage in ("graph", "train", "eval", "embeddings"):
+            url = config["paths"].get(stage) or config["paths"]["root"].rstrip("/") + "/" + stage
+            if "://" in url and not url.startswith("file://"):
+                continue
+            local = url.removeprefix("file://")
+            volume = next((v for path, v in mounted.items() if local.startswith(path.rstrip("/") + "/")
+                           or local == path), None)
+            assert volume and "persistentVolumeClaim" in volume, f"{c['name']}: paths.{stage} {url}"
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert c["resources"]["requests"] == c["resources"]["limits"], f"{c['name']}: guaranteed QoS"
+        threads = {e["name"]: e["value"] for e in c.get("env", [])}.get("OMP_NUM_THREADS")
+        assert threads == str(c["resources"]["limits"]["cpu"]), f"{c['name']}: OpenMP threads = CPU limit"
+    assert pod["automountServiceAccountToken"] is False
+    account = pod["serviceAccountName"]
+    assert any(sa["metadata"]["name"] == account for sa in objects("ServiceAccount"))
+    assert not [b for b in objects("RoleBinding") if any(s["name"] == account for s in b["subjects"])], \
+        "the evaluate/export pod needs no Kubernetes API access"
+
+
+def test_evaluate_export_job_is_bounded_and_cleaned_up():
+    job = only("Job", "evaluate-export")["spec"]
+    assert isinstance(job["backoffLimit"], int) and job["backoffLimit"] >= 0
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    assert isinstance(job["ttlSecondsAfterFinished"], int) and job["ttlSecondsAfterFinished"] > 0
+    # the Job's own deadline ends it (as failed) before daily.py stops waiting on it
+    cron_pod = only("CronJob", "daily")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    args = cron_pod["containers"][0]["args"]
+    step_timeout_s = float(args[args.index("--step-timeout-hours") + 1]) * 3600
+    assert isinstance(job["activeDeadlineSeconds"], int) and 0 < job["activeDeadlineSeconds"] < step_timeout_s
+    for rule in job.get("podFailurePolicy", {}).get("rules", []):
+        if rule["action"] == "Ignore":
+            assert rule["onPodConditions"] == [{"type": "DisruptionTarget"}], "ignore only disruptions"
 
 
 def test_cronjob_never_overlaps_and_is_bounded():
@@ -541,17 +625,67 @@ def test_daily_render_names_steps_by_day_and_swaps_images():
     ("RayJob", {"jobStatus": "STOPPED"}, "failed"),
     ("RayJob", {"jobDeploymentStatus": "Failed"}, "failed"),
     ("RayJob", {"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"}, "running"),
+    ("Job", {"conditions": [{"type": "SuccessCriteriaMet", "status": "True"},
+                            {"type": "Complete", "status": "True"}], "succeeded": 1}, "succeeded"),
+    ("Job", {"conditions": [{"type": "FailureTarget", "status": "True"},
+                            {"type": "Failed", "status": "True"}], "failed": 1}, "failed"),
+    ("Job", {"conditions": [{"type": "FailureTarget", "status": "True"}], "failed": 1}, "running"),
+    ("Job", {"conditions": [{"type": "Complete", "status": "False"}]}, "running"),
+    ("Job", {"active": 1}, "running"),
+    ("Job", {}, "running"),
 ])
 def test_daily_reads_step_states(kind, status, state):
     assert load_daily().step_state({"kind": kind, "status": status}) == state
 
 
-def test_daily_dry_run_prints_the_three_steps_in_order(capsys):
+class FakeApi:
+    """Answers daily.py's calls from a dict of objects; Jobs finish when first read back."""
+
+    def __init__(self, existing: dict[str, dict]):
+        self.items, self.calls = dict(existing), []
+
+    def request(self, method, path, body=None):
+        self.calls.append((method, path, body))
+        if method == "POST":
+            self.items[f"{path}/{body['metadata']['name']}"] = {**body, "status": {}}
+            return body
+        if path not in self.items:
+            raise urllib.error.HTTPError(path, 404, "not found", {}, io.BytesIO(b"{}"))
+        if method == "DELETE":
+            return self.items.pop(path)
+        obj = self.items[path]
+        if not obj["status"]:
+            obj["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+        return obj
+
+
+def test_daily_reruns_a_failed_job_and_deletes_it_with_its_pods():
+    daily = load_daily()
+    job = daily.render(yaml.safe_load((K8S / "job-evaluate-export.yaml").read_text()), "2026-03-25", "ns", {})
+    collection = daily.JOB_API.format(ns="ns")
+    item = f"{collection}/{job['metadata']['name']}"
+    api = FakeApi({item: {**job, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}})
+    daily.run_step(api, collection, job, timeout_s=60, poll_s=0)
+    methods = [(m, p) for m, p, _ in api.calls]
+    assert methods == [("GET", item), ("DELETE", item), ("GET", item), ("POST", collection), ("GET", item)]
+    delete_body = api.calls[1][2]
+    assert delete_body["propagationPolicy"] in ("Background", "Foreground"), "a Job's pods are not orphaned"
+    assert daily.step_state(api.items[item]) == "succeeded"
+
+
+def test_daily_dry_run_prints_the_four_steps_in_order(capsys):
     assert load_daily().main(["--dry-run", "--day", "2026-03-25", "--namespace", "ns",
                               "--templates", str(K8S)]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [d["metadata"]["name"] for d in docs] == [
-        "clickgraph-build-graph-20260325", "clickgraph-partition-20260325", "clickgraph-train-20260325"]
+        "clickgraph-build-graph-20260325", "clickgraph-partition-20260325", "clickgraph-train-20260325",
+        "clickgraph-evaluate-export-20260325"]
+    assert [d["kind"] for d in docs] == ["SparkApplication", "SparkApplication", "RayJob", "Job"]
+    for d in docs:
+        assert d["metadata"]["namespace"] == "ns"
+        assert d["metadata"]["labels"]["clickgraph/day"] == "2026-03-25"
+    assert len(docs[3]["metadata"]["name"]) <= 63, "a Job's name must fit a label value"
+    assert job_commands(docs[3])[1][-2:] == ["--cutoff", "2026-03-26"]
     with pytest.raises(ValueError):
         load_daily().main(["--dry-run", "--day", "2026-13-01", "--namespace", "ns"])
 
