@@ -64,6 +64,8 @@ def train_config_of(meta: dict[str, Any], cfg: TrainConfig) -> TrainConfig:
     if not recorded:
         return cfg
     known = {f.name for f in dataclasses.fields(cfg.model)}
+    # checkpoints from before activity counts existed were trained without them
+    recorded = {"activity_counts": False, **recorded}
     model = dataclasses.replace(cfg.model, **{k: v for k, v in recorded.items() if k in known})
     return dataclasses.replace(cfg, model=model)
 
