@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = {"1 worker (1 part)": (1, 1, "metis"), "2 workers, METIS shards": (2, 2, "metis"),
             "2 workers, random shards": (2, 2, "random")}
     load_before = os.getloadavg()
-    spark = get_spark(_config(work, args.graph, "spark", 1, 1, args))
+    spark = get_spark(_config(work, args.graph, "spark", 1, 1, args).spark, "bench-train")
     try:
         for name, (parts, workers, book) in runs.items():
             cfg = _config(work, args.graph, name.split(",")[0].replace(" ", "_"), parts, workers, args, book)
