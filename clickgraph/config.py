@@ -298,6 +298,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
     max_failures: int = 1              # worker failures Ray Train recovers from per run
     replay_fraction: float = 0.1       # --continue: older events replayed per new event
+    continue_epochs: int = 1           # --continue: passes over the new window (0: train.epochs)
     log_every_steps: int = 20          # progress line period (rank 0)
 
 
@@ -492,6 +493,8 @@ def _validate_values(cfg: Config) -> None:
             raise ConfigError(f"{src}: key 'train.{name}' must be >= 0")
     if t.log_every_steps < 1:
         raise ConfigError(f"{src}: key 'train.log_every_steps' must be >= 1")
+    if t.continue_epochs < 0:
+        raise ConfigError(f"{src}: key 'train.continue_epochs' must be >= 0")
     if not 0.0 <= t.replay_fraction <= 10.0:
         raise ConfigError(f"{src}: key 'train.replay_fraction' must be within [0, 10]")
     e = cfg.evaluate

@@ -258,6 +258,8 @@ def test_continue_after_an_incremental_day_trains_only_the_new_window(
         assert counts["own_events"] == counts["new"] + counts["replay"]
     assert metrics["last_event_time"] > first["last_event_time"]
     assert metrics["continue_from"] == first["checkpoint"]
+    # one pass over the new window (train.continue_epochs), not train.epochs
+    assert len(metrics["val_auc_per_epoch"]) == cfg.train.continue_epochs == 1 < cfg.train.epochs
 
 
 @pytest.mark.ray

@@ -437,7 +437,11 @@ def worker_loop(config: dict[str, Any]) -> None:
                      _make_validator(plan) if rank == 0 else None, log or (lambda _: None))
     # train.batch_size is the GLOBAL batch, as in --workers 1: each rank takes its share,
     # so a step sees as many impressions, and an epoch has as many steps, as there.
-    rank_cfg = dataclasses.replace(t, batch_size=math.ceil(t.batch_size / world_size))
+    # A continuation passes train.continue_epochs times over the new window (one new day
+    # needs fewer passes than a full history; BENCHMARKS.md, continue vs retrain).
+    epochs = (t.continue_epochs or t.epochs) if plan.since_time is not None else t.epochs
+    rank_cfg = dataclasses.replace(t, batch_size=math.ceil(t.batch_size / world_size),
+                                   epochs=epochs)
     result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
                           log=None, hooks=hooks, resume=resume)
     train_seconds = result.time_split["total"] - hooks.hook_seconds
