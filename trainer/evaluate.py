@@ -24,7 +24,6 @@ interactions (impressions, clicks, views, brand likes) strictly before the impre
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Any
 
@@ -35,8 +34,8 @@ from torch import Tensor
 from clickgraph import fs
 from clickgraph.config import Config
 from trainer.data import GraphData, split_windows, window_events
-from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
-from trainer.local import _subsample, roc_auc
+from trainer.inference import TrainedModel, day_start, embed, existing_nodes, load_trained
+from trainer.local import roc_auc, subsample
 
 MODELS = ("gnn", "baseline", "baseline_plus_embeddings")
 USER_COUNTS = ("impressed", "clicked", "viewed", "likes")
@@ -44,11 +43,6 @@ CONTENT_COUNTS = ("impressed", "clicked", "viewed")
 PAST_BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, None))
 DAY = 86_400
 FORMAT_VERSION = 1
-
-
-def day_start(day: str) -> int:
-    """``YYYY-MM-DD`` 00:00 UTC in seconds since epoch."""
-    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp())
 
 
 class AsOfCounts:
@@ -181,9 +175,9 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     data = model.data
     windows = split_windows(len(data.days), t.val_days, t.test_days)
     trained_until = model.meta.get("last_event_time")
-    test_events = _subsample(window_events(data, windows.test), e.max_test_events,
+    test_events = subsample(window_events(data, windows.test), e.max_test_events,
                              torch.Generator().manual_seed(e.seed))
-    fit_events = _subsample(window_events(data, windows.val), e.max_fit_events,
+    fit_events = subsample(window_events(data, windows.val), e.max_fit_events,
                             torch.Generator().manual_seed(e.seed + 1))
     if trained_until is not None and fit_events.numel() and \
             int(data.impressions.time[fit_events].min()) <= int(trained_until):

@@ -33,7 +33,7 @@ from clickgraph import fs
 from clickgraph.config import Config
 from clickgraph.manifest import ManifestError, new_manifest, read_manifest, write_manifest
 from trainer.data import read_table
-from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
+from trainer.inference import TrainedModel, day_start, embed, existing_nodes, load_trained
 from trainer.recommend import content_categories, control_metrics, recommend
 
 EMBEDDINGS_KIND = "embeddings"
@@ -58,11 +58,10 @@ def parse_cutoff(text: str) -> int:
     value = text.strip()
     try:
         if _DATE_RE.match(value):
-            moment = dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-        else:
-            moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=dt.UTC)
+            return day_start(value)
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
     except ValueError:
         raise ValueError(f"cutoff {text!r} is neither a date (YYYY-MM-DD, midnight UTC) nor an "
                          "ISO-8601 timestamp (e.g. 2026-03-06T12:00:00+00:00)") from None
@@ -76,7 +75,7 @@ def cutoff_iso(seconds: int) -> str:
 
 def day_end(day: str) -> int:
     """Seconds of 00:00 UTC after ``day`` (``YYYY-MM-DD``): the end of that day."""
-    return parse_cutoff(day) + SECONDS_PER_DAY
+    return day_start(day) + SECONDS_PER_DAY
 
 
 def version_name(cutoff: int) -> str:

@@ -12,6 +12,7 @@ at ``t``, so nothing from ``t`` on can reach it (the sampler's rule, docs/traini
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,11 @@ class TrainedModel:
                 "global_step": m.get("global_step"),
                 "last_event_time": m.get("last_event_time"),
                 "graph_version": m.get("graph_version")}
+
+
+def day_start(day: str) -> int:
+    """``YYYY-MM-DD`` 00:00 UTC in seconds since epoch (a store day's first second)."""
+    return int(dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp())
 
 
 def resolve_checkpoint(cfg: Config, checkpoint: str | None = None) -> str:

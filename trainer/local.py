@@ -56,7 +56,7 @@ def logistic_baseline(data: GraphData, train: Tensor, evaluate: Tensor) -> np.nd
     return model.predict_proba(encoder.transform(row_features(data, evaluate)))[:, 1]
 
 
-def _subsample(events: Tensor, limit: int, generator: torch.Generator) -> Tensor:
+def subsample(events: Tensor, limit: int, generator: torch.Generator) -> Tensor:
     if limit <= 0 or events.numel() <= limit:
         return events
     return events[torch.randperm(events.numel(), generator=generator)[:limit]].sort().values
@@ -91,19 +91,19 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
     windows = split_windows(len(data.days), t.val_days, t.test_days)
     generator = torch.Generator().manual_seed(t.seed)
     train_events = window_events(data, windows.train)
-    val_events = _subsample(window_events(data, windows.val), t.max_eval_events,
+    val_events = subsample(window_events(data, windows.val), t.max_eval_events,
                             torch.Generator().manual_seed(t.seed + 1))
     log(f"train: {len(data.impressions):,} impressions over {len(data.days)} days; "
         f"train {train_events.numel():,}, validation {val_events.numel():,} (loaded in {load_s:.1f} s)")
 
-    baseline_rows = _subsample(train_events, 200_000, torch.Generator().manual_seed(t.seed + 2))
+    baseline_rows = subsample(train_events, 200_000, torch.Generator().manual_seed(t.seed + 2))
     val_labels = data.impressions.clicked[val_events].numpy()
     lr_auc = roc_auc(val_labels, logistic_baseline(data, baseline_rows, val_events))
 
     engine = ClickEngine(data, t, device)
     epochs, trained_events, train_time = [], 0, 0.0
     for epoch in range(t.epochs):
-        epoch_events = _subsample(train_events, t.max_train_events, generator)
+        epoch_events = subsample(train_events, t.max_train_events, generator)
         epoch_events = epoch_events[torch.randperm(epoch_events.numel(), generator=generator)]
         start, losses = time.perf_counter(), []
         batches = torch.split(epoch_events, t.batch_size)

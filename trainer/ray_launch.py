@@ -350,7 +350,7 @@ def _make_validator(plan: RunPlan):
     """Rank 0's per-epoch validation: the single-process engine on the whole store."""
     from trainer.data import load_graph_data, window_events
     from trainer.engine import ClickEngine
-    from trainer.local import _subsample, evaluate_window
+    from trainer.local import evaluate_window, subsample
 
     t = plan.cfg.train
     cache: dict[str, Any] = {}
@@ -360,7 +360,7 @@ def _make_validator(plan: RunPlan):
             data = load_graph_data(plan.graph_url, vocab=plan.vocab)
             windows = split_windows(len(data.days), t.val_days, t.test_days)
             cache["engine"] = ClickEngine(data, t, "cpu")
-            cache["events"] = _subsample(window_events(data, windows.val), t.max_eval_events,
+            cache["events"] = subsample(window_events(data, windows.val), t.max_eval_events,
                                          torch.Generator().manual_seed(t.seed + 1))
             cache["start"] = windows.val[0]
         engine = cache["engine"]
