@@ -13,6 +13,10 @@ Usage::
 
     python benchmarks/bench_build_graph.py --sizes 1m 10m --workdir /tmp/cg-bench
     python benchmarks/bench_build_graph.py --sizes 1m --format parquet
+    python benchmarks/bench_build_graph.py --sizes 1m 10m --peer   # + the parse-and-rewrite peer
+
+The peer (``benchmarks/spark_floor.py``) parses the same input and rewrites it as parquet,
+nothing else: the floor any Spark job on these cores sits on.
 
 Targets (issue 3): >= 150k events/s on 2 cores; time(10M) / time(1M) <= 12.
 """
@@ -75,6 +79,9 @@ def main() -> int:
                         help="event input the job reads (json: the raw log, with bad lines)")
     parser.add_argument("--bad-row-fraction", type=float, default=0.02)
     parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--peer", action="store_true",
+                        help="also run benchmarks/spark_floor.py (parse and rewrite only) on "
+                             "the same input, after each build")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     py = sys.executable
@@ -116,6 +123,26 @@ def main() -> int:
             "peak_jvm_rss_gib": round(jvm_peak / 2**30, 2),
             "peak_python_rss_gib": round(py_peak / 2**30, 2),
         })
+        if args.peer:
+            floor_out = root / f"floor-{args.format}"
+            events_dir = root / "logs" / "events" / args.format
+            floor = [py, str(Path(__file__).with_name("spark_floor.py")), "--events", str(events_dir),
+                     "--format", args.format, "--out", str(floor_out),
+                     f"--driver-memory={args.driver_memory}"]
+            print(f"[{size}] peer: parse and rewrite only ...", flush=True)
+            log = root.parent / f"{size}-floor-{args.format}.log"
+            code, floor_wall, floor_jvm, _ = _run(floor, log)
+            if code:
+                print(f"peer failed, see {log}")
+                return 1
+            peer = json.loads(log.read_text().strip().splitlines()[-1])
+            subprocess.run(["rm", "-rf", str(floor_out)], check=True)
+            results[-1].update({
+                "peer_seconds": peer["seconds"], "peer_wall_seconds": round(floor_wall, 1),
+                "peer_events_per_s": round(rows / peer["seconds"]),
+                "peer_peak_jvm_rss_gib": round(floor_jvm / 2**30, 2),
+                "job_over_peer": round(job / peer["seconds"], 2)})
+        results[-1]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(results[-1]), flush=True)
     by_size = {r["size"]: r for r in results}
     summary = {"machine": f"{platform.node()} {os.cpu_count()} cpus, "

@@ -113,9 +113,47 @@ def staged_output(final_url: str) -> Iterator[str]:
     if not fs.exists(f"{staging_path}/{MANIFEST_NAME}"):
         fs.rm(staging_path, recursive=True)
         raise RuntimeError(f"{final_url}: stage wrote no {MANIFEST_NAME}; output discarded")
+    if not _renames(fs):
+        _swap_by_copy(fs, staging_path, final_path)
+        return
     old_path = f"{parent}/.{name}.old-{token}"
     if fs.exists(final_path):
         fs.mv(final_path, old_path, recursive=True)
     fs.mv(staging_path, final_path, recursive=True)
     if fs.exists(old_path):
         fs.rm(old_path, recursive=True)
+
+
+def _renames(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether a folder moves by one rename (local disks); object stores copy file by file."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def manifests_last(paths: list[str]) -> list[str]:
+    """``paths`` ordered for a copy that must not look complete before it is: data files
+    first, then manifests, deepest first, so the top-level ``_MANIFEST.json`` comes last."""
+    def key(path: str) -> tuple[int, int, str]:
+        is_manifest = path.rsplit("/", 1)[-1] == MANIFEST_NAME
+        return (int(is_manifest), -path.count("/") if is_manifest else 0, path)
+
+    return sorted(paths, key=key)
+
+
+def _swap_by_copy(fs: fsspec.AbstractFileSystem, staging_path: str, final_path: str) -> None:
+    """Replace ``final_path`` by ``staging_path`` where a move is a copy (object stores).
+
+    fsspec's recursive ``mv`` copies in name order, which puts ``_MANIFEST.json`` (``_``
+    sorts first) before the data. Here the old output is invalidated first (its manifest
+    deleted, then its files), then the new files are copied, manifest last: a reader sees
+    either no manifest (refused) or a complete output, never a manifest over missing files.
+    """
+    if fs.exists(final_path):
+        top = f"{final_path}/{MANIFEST_NAME}"
+        if fs.exists(top):
+            fs.rm(top)
+        fs.rm(final_path, recursive=True)
+    for path in manifests_last(fs.find(staging_path)):
+        fs.copy(path, final_path + path[len(staging_path):])
+    fs.rm(staging_path, recursive=True)
