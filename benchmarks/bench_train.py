@@ -15,6 +15,13 @@ settings, and reports per run:
 Then the ratios the issue asks for: events/s of 2 workers over 1 worker (target >= 1.6 on
 2 cores) and bytes per event of METIS shards over random ones (target <= 0.6).
 
+``--hot-cache content=0.1,brand=1.0`` adds the two 2-worker runs again with the hot-node
+cache (``trainer.dist_sampler.build_hot_cache``: every worker replicates the static
+features of that fraction of each type's highest-degree nodes) and reports bytes per
+event with the cache over without, per shard book, with the per-kind split. The same
+seeds draw the same batches with and without the cache, so the bytes compare exactly;
+``--no-single`` skips the 1-worker run when only bytes are wanted.
+
 The runs are sequential in one process and read the machine's load average before and
 after: on a shared machine compare figures within one run only.
 
@@ -22,6 +29,8 @@ Usage::
 
     python benchmarks/bench_train.py --json
     python benchmarks/bench_train.py --graph runs/local/graph --events 60000 --repeats 3
+    python benchmarks/bench_train.py --graph /tmp/pipe2/graph --events 10000 --no-single \
+        --hot-cache content=0.1,brand=1.0 --json
 """
 
 from __future__ import annotations
@@ -49,7 +58,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (median)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--hot-cache", type=parse_fractions, default=None, metavar="TYPE=F,...",
+                        help="also run the 2-worker configurations with this hot-node cache, "
+                             "e.g. content=0.1,brand=1.0 (fractions of each type's nodes)")
+    parser.add_argument("--no-single", action="store_true",
+                        help="skip the 1-worker run (no speed-up ratio then)")
     return parser.parse_args(argv)
+
+
+def parse_fractions(text: str) -> dict[str, float]:
+    """``content=0.1,brand=1.0`` -> ``{"content": 0.1, "brand": 1.0}``."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node_type, _, fraction = item.partition("=")
+        try:
+            out[node_type.strip()] = float(fraction)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected TYPE=FRACTION, got {item!r}") from None
+    return out
 
 
 def _config(work: str, graph: str, name: str, parts: int, workers: int, args, book: str = "metis"):
@@ -71,12 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     work = args.workdir or tempfile.mkdtemp(prefix="bench-train-")
-    runs = {"1 worker (1 part)": (1, 1, "metis"), "2 workers, METIS shards": (2, 2, "metis"),
-            "2 workers, random shards": (2, 2, "random")}
+    runs = {"1 worker (1 part)": (1, 1, "metis", None),
+            "2 workers, METIS shards": (2, 2, "metis", None),
+            "2 workers, random shards": (2, 2, "random", None)}
+    if args.no_single:
+        del runs["1 worker (1 part)"]
+    if args.hot_cache:
+        runs["2 workers, METIS shards, hot cache"] = (2, 2, "metis", args.hot_cache)
+        runs["2 workers, random shards, hot cache"] = (2, 2, "random", args.hot_cache)
     load_before = os.getloadavg()
     spark = get_spark(_config(work, args.graph, "spark", 1, 1, args).spark, "bench-train")
     try:
-        for name, (parts, workers, book) in runs.items():
+        for name, (parts, workers, book, _) in runs.items():
             cfg = _config(work, args.graph, name.split(",")[0].replace(" ", "_"), parts, workers, args, book)
             if not os.path.exists(os.path.join(cfg.paths.stage("partitions"), "_MANIFEST.json")):
                 partition.run(spark, cfg, log=lambda *_: None)
@@ -84,17 +116,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark.stop()
 
     results: dict[str, Any] = {}
-    for name, (parts, workers, book) in runs.items():
+    for name, (parts, workers, book, hot_cache) in runs.items():
         samples = []
         for repeat in range(args.repeats):
-            cfg = _config(work, args.graph, f"run-{parts}-{workers}-{book}-{repeat}", parts, workers,
-                          args, book)
+            tag = "-cache" if hot_cache else ""
+            cfg = _config(work, args.graph, f"run-{parts}-{workers}-{book}{tag}-{repeat}", parts,
+                          workers, args, book)
             try:
-                metrics = train_distributed(cfg, log=lambda *_: None)
+                metrics = train_distributed(cfg, log=lambda *_: None, hot_cache=hot_cache or {})
             finally:
                 ray.shutdown()
+            # Rank 0's bytes sent per kind per event it trained (lockstep: every rank
+            # trains the same number of events, padding included).
+            rank0_events = max(metrics["events_trained"] / workers, 1)
             samples.append({"events_per_s": metrics["events_per_s"],
                             "bytes_exchanged_per_event": metrics["bytes_exchanged_per_event"],
+                            "rank0_sent_per_event_by_kind": {
+                                kind: round(sent / rank0_events, 1)
+                                for kind, sent in metrics["bytes"]["sent"].items()},
+                            "events_trained": metrics["events_trained"],
+                            "hot_cache_nodes": metrics.get("hot_cache_nodes", {}),
+                            "hot_cache_build_sent_rank0": metrics["bytes"].get("hot_cache_build_sent", 0),
                             "train_seconds": metrics["train_seconds"],
                             "time_split": metrics["time_split"], "val_auc": metrics["val_auc"]})
             print(f"{name} (run {repeat + 1}/{args.repeats}): {metrics['events_per_s']:,.0f} events/s, "
@@ -103,16 +145,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "events_per_s": statistics.median(s["events_per_s"] for s in samples),
             "bytes_exchanged_per_event": statistics.median(s["bytes_exchanged_per_event"] for s in samples),
             "runs": samples}
-    one, metis, rand = (results[name] for name in runs)
+    metis, rand = results["2 workers, METIS shards"], results["2 workers, random shards"]
+    one = results.get("1 worker (1 part)")
     summary = {
-        "speedup_2_vs_1_workers": metis["events_per_s"] / one["events_per_s"],
+        "speedup_2_vs_1_workers": (metis["events_per_s"] / one["events_per_s"]) if one else None,
         "bytes_per_event_metis_over_random": (metis["bytes_exchanged_per_event"]
                                               / max(rand["bytes_exchanged_per_event"], 1e-9)),
+        "hot_cache": args.hot_cache,
         "results": results, "graph": args.graph, "events_per_epoch": args.events,
         "epochs": args.epochs, "repeats": args.repeats,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_before": load_before, "load_after": os.getloadavg()},
     }
+    if args.hot_cache:
+        for book in ("METIS", "random"):
+            plain = results[f"2 workers, {book} shards"]["bytes_exchanged_per_event"]
+            cached = results[f"2 workers, {book} shards, hot cache"]["bytes_exchanged_per_event"]
+            summary[f"bytes_per_event_cache_over_none_{book.lower()}"] = cached / max(plain, 1e-9)
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
@@ -121,8 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, r in results.items():
             print(f"{name:<28} {r['events_per_s']:>10,.0f} events/s  "
                   f"{r['bytes_exchanged_per_event']:>10,.0f} bytes/event")
-        print(f"2 vs 1 worker: {summary['speedup_2_vs_1_workers']:.2f}x events/s; "
-              f"METIS / random bytes per event: {summary['bytes_per_event_metis_over_random']:.2f}")
+        if one:
+            print(f"2 vs 1 worker: {summary['speedup_2_vs_1_workers']:.2f}x events/s")
+        print(f"METIS / random bytes per event: {summary['bytes_per_event_metis_over_random']:.2f}")
+        for book in ("metis", "random"):
+            ratio = summary.get(f"bytes_per_event_cache_over_none_{book}")
+            if ratio is not None:
+                print(f"{book}: bytes per event with / without the hot cache: {ratio:.3f}")
     return 0
 
 

@@ -55,10 +55,20 @@ replacement) over the same visible edges, independent across rows, so every samp
 tree has the law of the single-process sampler's. ``tests/test_distributed.py`` checks
 that with chi-square goodness-of-fit tests against the exact law.
 
-Collectives: :meth:`~DistTemporalSampler.sample`, :meth:`~DistTemporalSampler.fetch_features`
-and the constructor are collective: every rank calls them in the same order, a rank with
-no seeds too (empty seed tensors or an empty dict). No hot-node cache yet: a node owned
-elsewhere is requested again by every batch that reaches it.
+Hot-node cache
+--------------
+Without a cache, a node owned elsewhere is requested again by every batch that reaches
+it. :func:`build_hot_cache` replicates on every rank the static features (codes and
+``created_time``) of the highest-degree nodes of chosen types (content and brands: the
+few that most batches reach); :meth:`DistTemporalSampler.fetch_features` then reads those
+locally and requests only the others. The features returned are the same either way;
+only the bytes change. Only STATIC features can be cached: activity counts are as-of
+counts at each seed's time, and the neighbour draws need the owner's CSR, so both still
+go to the owner.
+
+Collectives: :meth:`~DistTemporalSampler.sample`, :meth:`~DistTemporalSampler.fetch_features`,
+:func:`build_hot_cache` and the constructor are collective: every rank calls them in the
+same order, a rank with no seeds too (empty seed tensors or an empty dict).
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +163,128 @@ def _code_dtype(cardinalities: list[int]) -> torch.dtype:
 
 
 @dataclass(frozen=True)
+class HotNodeCache:
+    """Static features of some nodes, the same on every rank (see the module docstring).
+
+    Attributes:
+        node: Node type -> int64 ``[k]`` ascending global ids of the cached nodes.
+        categorical: Node type -> int64 ``[k, C]`` codes, row ``i`` of ``node[t][i]``.
+        created_time: Node type -> int64 ``[k]`` seconds since epoch, or ``None`` for
+            types without a creation time.
+    """
+
+    node: dict[str, Tensor]
+    categorical: dict[str, Tensor]
+    created_time: dict[str, Tensor | None]
+
+    def sizes(self) -> dict[str, int]:
+        """Node type -> number of cached nodes."""
+        return {node_type: int(ids.numel()) for node_type, ids in self.node.items()}
+
+    def find(self, node_type: str, node: Tensor) -> tuple[Tensor, Tensor]:
+        """``(hit, slot)``: bool ``[N]`` whether each id is cached, and int64 ``[N]`` its
+        row in the cache (meaningful where ``hit``)."""
+        cached = self.node.get(node_type)
+        if cached is None or cached.numel() == 0 or node.numel() == 0:
+            return (torch.zeros(node.numel(), dtype=torch.bool),
+                    torch.zeros(node.numel(), dtype=torch.int64))
+        slot = torch.searchsorted(cached, node).clamp_(max=cached.numel() - 1)
+        return cached.index_select(0, slot) == node, slot
+
+
+def hot_cache_sizes(fractions: dict[str, float], num_nodes: dict[str, int]) -> dict[str, int]:
+    """Nodes to cache per type: ``ceil(fraction * nodes of the type)``.
+
+    Raises:
+        ValueError: An unknown node type or a fraction outside ``[0, 1]``.
+    """
+    sizes = {}
+    for node_type, fraction in sorted(fractions.items()):
+        if node_type not in num_nodes:
+            raise ValueError(f"hot cache: unknown node type {node_type!r}")
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"hot cache: the fraction of {node_type!r} must be in [0, 1], "
+                             f"got {fraction}")
+        sizes[node_type] = min(math.ceil(float(fraction) * num_nodes[node_type]),
+                               num_nodes[node_type])
+    return sizes
+
+
+def owned_degree(shard: PartitionShard, node_type: str) -> Tensor:
+    """int64 ``[owned]`` all-time in-degree of each owned node over every relation into
+    its type (reverse relations included, so it is the node's total degree)."""
+    degree = torch.zeros(shard.owned[node_type].numel(), dtype=torch.int64)
+    for (_, _, dst_type), csr in shard.csr.items():
+        if dst_type == node_type:
+            degree += csr.indptr[1:] - csr.indptr[:-1]
+    return degree
+
+
+def build_hot_cache(shard: PartitionShard, fractions: dict[str, float],
+                    group: dist.ProcessGroup | None = None,
+                    counter: ByteCounter | None = None) -> HotNodeCache:
+    """Replicates the static features of each type's highest-degree nodes (collective).
+
+    Every rank offers the top ``k`` of its OWN nodes by degree (the global top ``k`` is
+    among them), sends the offer to every other rank in one exchange, and keeps the
+    global top ``k`` of the union, ties broken by the lower id, so every rank ends with
+    the same cache. The degree is static (all time, not as of any event), so it only
+    decides what is cached, never what a model sees.
+
+    Args:
+        shard: This rank's part.
+        fractions: Node type -> fraction of its nodes to cache (see
+            :func:`hot_cache_sizes`); the same on every rank.
+        group: Process group (default: the world).
+        counter: Where to count the one-off bytes (kind ``"hot_cache_build"``).
+
+    Returns:
+        The cache.
+    """
+    sizes = hot_cache_sizes(fractions, shard.num_nodes)
+    node_types = list(sizes)
+    offer = []
+    for node_type in node_types:
+        owned, features = shard.owned[node_type], shard.features[node_type]
+        degree = owned_degree(shard, node_type)
+        order = _by_degree(owned, degree)[:sizes[node_type]]
+        offer += [torch.tensor([order.numel()], dtype=torch.int64), _take(owned, order),
+                  _take(degree, order), _take(features.categorical, order).long()]
+        if features.created_time is not None:
+            offer.append(_take(features.created_time, order).long())
+    message = _pack(offer)
+    world = dist.get_world_size(group)
+    received = exchange([message] * world, counter, "hot_cache_build", group)
+    parts: dict[str, list[list[Tensor]]] = {t: [] for t in node_types}
+    for message in received:
+        reader = _Reader(message)
+        for node_type in node_types:
+            features = shard.features[node_type]
+            count = int(reader.take(torch.int64, (1,)))
+            columns = [reader.take(torch.int64, (count,)), reader.take(torch.int64, (count,)),
+                       reader.take(torch.int64, (count, features.categorical.shape[1]))]
+            if features.created_time is not None:
+                columns.append(reader.take(torch.int64, (count,)))
+            parts[node_type].append(columns)
+        reader.finish()
+    node, categorical, created_time = {}, {}, {}
+    for node_type in node_types:
+        columns = [torch.cat(column) for column in zip(*parts[node_type], strict=True)]
+        keep = _by_degree(columns[0], columns[1])[:sizes[node_type]]
+        keep = keep[torch.argsort(_take(columns[0], keep))]  # ascending ids, for find()
+        node[node_type] = _take(columns[0], keep)
+        categorical[node_type] = _take(columns[2], keep)
+        created_time[node_type] = _take(columns[3], keep) if len(columns) > 3 else None
+    return HotNodeCache(node=node, categorical=categorical, created_time=created_time)
+
+
+def _by_degree(node: Tensor, degree: Tensor) -> Tensor:
+    """Positions ordered by degree, highest first, ties by the lower id."""
+    by_id = torch.argsort(node, stable=True)
+    return _take(by_id, torch.argsort(_take(degree, by_id), descending=True, stable=True))
+
+
+@dataclass(frozen=True)
 class _Drawn:
     """Edges one relation drew at one hop for the requester, in frontier order."""
 
@@ -176,12 +309,15 @@ class DistTemporalSampler:
         time_search: Visible-prefix search, as for the single-process sampler.
         group: Process group (default: the world); its size must equal the parts.
         counter: Where to count bytes that cross partitions (a new one by default).
+        hot_cache: Replicated static features that :meth:`fetch_features` reads
+            locally instead of requesting them (:func:`build_hot_cache`); ``None``: none.
     """
 
     def __init__(self, shard: PartitionShard, fanouts: Fanouts,
                  strategy: Strategy = "uniform", replace: bool = False,
                  time_search: TimeSearch = "auto", group: dist.ProcessGroup | None = None,
-                 counter: ByteCounter | None = None) -> None:
+                 counter: ByteCounter | None = None,
+                 hot_cache: HotNodeCache | None = None) -> None:
         if strategy not in ("uniform", "most_recent"):
             raise ValueError(f"strategy must be 'uniform' or 'most_recent', got "
                              f"{strategy!r}")
@@ -194,6 +330,7 @@ class DistTemporalSampler:
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self.counter = counter if counter is not None else ByteCounter()
+        self.hot_cache = hot_cache
         self.node_types = shard.node_types
         self.edge_types = shard.edge_types
         self.fanouts = _normalise_fanouts(fanouts, self.edge_types)
@@ -240,7 +377,12 @@ class DistTemporalSampler:
                              f.learn_id_embedding, int(f.categorical.shape[1])]
                          for t, f in shard.features.items()},
             "fanouts": [[list(et), list(hops)] for et, hops in self.fanouts.items()],
-            "strategy": self.strategy, "replace": self.replace}
+            "strategy": self.strategy, "replace": self.replace,
+            # Ranks must agree on what is cached: a node one rank reads from its cache
+            # and another requests would make their messages disagree.
+            "hot_cache": ({t: [int(ids.numel()), int(ids.sum())]
+                           for t, ids in sorted(self.hot_cache.node.items())}
+                          if self.hot_cache is not None else None)}
         digest = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
         value = int(digest[:15], 16)
         serves_own_part = int(shard.part == self.rank and shard.num_parts == self.world_size)
@@ -503,8 +645,9 @@ class DistTemporalSampler:
     def fetch_features(self, subgraph: SampledSubgraph) -> dict[str, NodeFeatures]:
         """Static attributes of every row of ``subgraph`` (collective).
 
-        Owned rows are read locally; each distinct non-owned node is fetched once from
-        its owner (two exchanges for all node types together).
+        Owned rows and rows of the hot-node cache are read locally; each other distinct
+        non-owned node is fetched once from its owner (two exchanges for all node types
+        together).
 
         Args:
             subgraph: A sample of this rank (global ids in ``subgraph.node``).
@@ -516,10 +659,18 @@ class DistTemporalSampler:
         """
         world, shard = self.world_size, self.shard
         unique, inverse, positions = {}, {}, [{} for _ in range(world)]
+        cached, cache_slot = {}, {}
         for node_type in self.node_types:
             node = subgraph.node.get(node_type, torch.empty(0, dtype=torch.int64))
             unique[node_type], inverse[node_type] = torch.unique(node, return_inverse=True)
-            for destination, chunk in enumerate(_route(shard.owner(node_type, unique[node_type]), world)):
+            owner = shard.owner(node_type, unique[node_type])
+            if self.hot_cache is not None:
+                # Cached non-owned rows go to a pseudo-destination ``world``: not sent.
+                hit, cache_slot[node_type] = self.hot_cache.find(node_type, unique[node_type])
+                owner = torch.where(hit & (owner != self.rank), world, owner)
+            routes = _route(owner, world + 1)
+            cached[node_type] = routes[world]
+            for destination, chunk in enumerate(routes[:world]):
                 positions[destination][node_type] = chunk
         requests = []
         for destination in range(world):
@@ -554,6 +705,13 @@ class DistTemporalSampler:
             codes.index_copy_(0, own, _take(features.categorical, row))
             if created is not None:
                 created.index_copy_(0, own, _take(features.created_time, row))
+            hits = cached[node_type]
+            if hits.numel():
+                slot = _take(cache_slot[node_type], hits)
+                codes.index_copy_(0, hits, _take(self.hot_cache.categorical[node_type], slot))
+                if created is not None:
+                    created.index_copy_(0, hits, _take(self.hot_cache.created_time[node_type],
+                                                       slot))
             out[node_type] = (codes, created)
         for owner, message in enumerate(answers):
             if owner == self.rank:

@@ -5,7 +5,15 @@ to every rank's sampler and trains on the impressions whose USER it owns, so a b
 user seeds are local at hop 0 while its content seeds and deeper hops cross partitions
 (:class:`~trainer.dist_sampler.DistTemporalSampler`). The model is wrapped in
 :class:`torch.nn.parallel.DistributedDataParallel`; parameters stay identical on every
-rank. Everything runs on the CPU over gloo for now (GPU placement is not done yet).
+rank.
+
+Devices. Under gloo everything runs on the CPU. Under NCCL each rank trains on its GPU
+(:func:`~trainer.distributed.training_device`): the model and each step's batch (the
+sampled subgraph, its fetched features, activity counts, positions, times, labels) live
+there, while the shard's CSR and features, the sampler and the random draws stay on the
+CPU (the sampler's messages are copied to the GPU and back inside
+:func:`~trainer.distributed.exchange`, since NCCL moves only CUDA tensors). The draws
+being on the CPU, a GPU run samples exactly the batches a CPU run with the same seed does.
 :func:`train_worker` joins an already-initialised default group (Ray Train's
 ``TorchTrainer`` sets one up) or creates its own. Launching, checkpoints and validation
 live in :mod:`trainer.ray_launch`; they reach into the loop through :class:`TrainHooks`
@@ -41,11 +49,15 @@ Bytes: what this rank sent to other ranks for sampling and features (see
 :mod:`trainer.dist_sampler` for the message layouts), per trained event (padding
 included), and the gradient bytes handed to the all-reduce over all steps (the bucket
 buffer sizes; a ring all-reduce moves about ``2 (P - 1) / P`` times that per rank).
+With a hot-node cache (``hot_cache``), the one-off bytes of building it are reported
+apart (``hot_cache_build_sent``), not per event.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,10 +70,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clickgraph.config import TrainConfig
 from trainer.data import Impressions, NegativeSampler
-from trainer.dist_sampler import DistTemporalSampler, model_inputs
-from trainer.distributed import Backend, ByteCounter, all_reduce_int, init_process_group
+from trainer.dist_sampler import DistTemporalSampler, HotNodeCache, build_hot_cache, model_inputs
+from trainer.distributed import (
+    Backend,
+    ByteCounter,
+    all_reduce_int,
+    init_process_group,
+    training_device,
+)
 from trainer.engine import draw_examples, model_config, relation_fanouts, with_edge_weights
 from trainer.model import ClickGNN, NodeFeatures
+from trainer.sampler import SampledSubgraph
 from trainer.shard import PartitionShard
 
 
@@ -95,6 +114,19 @@ def build_model(shard: PartitionShard, cfg: TrainConfig) -> ClickGNN:
     rank; DDP also broadcasts rank 0's at wrap time)."""
     torch.manual_seed(cfg.seed)
     return ClickGNN(schema_features(shard), shard.edge_types, model_config(cfg))
+
+
+def batch_to(batch: SampledSubgraph, device: torch.device) -> SampledSubgraph:
+    """``batch`` with every tensor on ``device`` (the same object when it is the CPU and
+    the batch is there already, so the CPU path copies nothing)."""
+    if device.type == "cpu" and all(n.device.type == "cpu" for n in batch.node.values()):
+        return batch
+    move = {name: {key: value.to(device) for key, value in getattr(batch, name).items()}
+            for name in ("node", "node_time", "seed_local", "edge_index", "edge_id",
+                         "edge_time", "edge_delta_t", "edge_weight")}
+    attrs = {edge_type: {name: value.to(device) for name, value in attrs.items()}
+             for edge_type, attrs in batch.edge_attr.items()}
+    return dataclasses.replace(batch, **move, edge_attr=attrs)
 
 
 @dataclass
@@ -150,10 +182,17 @@ class WorkerResult:
         bytes_per_event: Sampling + feature bytes this rank sent per trained event.
         bytes_per_event_global: The same over all ranks (sum of bytes / sum of events).
         model_state: The trained parameters (CPU copies).
+        device: Where the model trained, e.g. ``cpu`` or ``cuda:0``.
+        backend: The process group's backend.
+        hot_cache_nodes: Node type -> nodes in the replicated hot-node cache (empty
+            without one).
     """
 
     rank: int
     world_size: int
+    device: str = "cpu"
+    backend: str = "gloo"
+    hot_cache_nodes: dict[str, int] = field(default_factory=dict)
     steps_per_epoch: list[int] = field(default_factory=list)
     own_batches_per_epoch: list[int] = field(default_factory=list)
     min_batches_per_epoch: list[int] = field(default_factory=list)
@@ -254,8 +293,9 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                  impressions: Impressions, content_created: Tensor, *,
                  master_addr: str | None = None, master_port: int | None = None,
                  backend: Backend = "gloo", log: Callable[[str], None] | None = None,
-                 hooks: TrainHooks | None = None, resume: ResumeState | None = None
-                 ) -> WorkerResult:
+                 hooks: TrainHooks | None = None, resume: ResumeState | None = None,
+                 device: torch.device | str | None = None,
+                 hot_cache: dict[str, float] | None = None) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
     Uses the current default process group when one is initialised (Ray Train sets it
@@ -274,13 +314,22 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             for time-respecting random negatives.
         master_addr: Rank 0's host, when no process group is initialised yet.
         master_port: Its port.
-        backend: Process-group backend when one is created here. The model, sampler
-            and features stay on the CPU for now, so the group must be gloo.
+        backend: Process-group backend when one is created here (``"auto"``: NCCL
+            when CUDA is available).
         log: Progress lines (rank 0 only), e.g. ``print``.
         hooks: Called after every step and epoch on every rank (checkpoints, progress,
             validation: see :class:`TrainHooks`); ``None``: no calls.
         resume: Where to start (parameters, optimiser, position in the run, random
             stream); ``None``: epoch 0, step 0, fresh parameters of seed ``cfg.seed``.
+        device: Where the model and batches live; ``None``:
+            :func:`~trainer.distributed.training_device` of the group's backend and
+            ``LOCAL_RANK`` (Ray Train and torchrun set it; default ``rank``), i.e. the
+            CPU under gloo and ``cuda:<local rank>`` under NCCL, which needs a CUDA
+            device.
+        hot_cache: Node type -> fraction of its nodes, highest degree first, whose static
+            features every rank replicates (:func:`~trainer.dist_sampler.build_hot_cache`)
+            so that their lookups are served locally; ``None`` or ``{}``: no cache.
+            The same on every rank.
 
     Returns:
         This rank's :class:`WorkerResult`.
@@ -293,9 +342,16 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                              "master_port")
         init_process_group(rank, world_size, master_addr, master_port, backend)
     try:
-        if dist.get_backend() != "gloo":
-            raise ValueError("train_worker keeps the model on the CPU and needs a gloo "
-                             f"process group, got {dist.get_backend()!r}")
+        group_backend = dist.get_backend()
+        if device is None:
+            device = training_device(group_backend, int(os.environ.get("LOCAL_RANK", rank)))
+        device = torch.device(device)
+        if group_backend == "nccl" and device.type != "cuda":
+            raise ValueError(f"an nccl process group moves only CUDA tensors; the model "
+                             f"cannot train on {device}")
+        if device.type == "cuda":
+            # comm_device() (where collectives put their tensors) follows the current device.
+            torch.cuda.set_device(device)
         if dist.get_rank() != rank or dist.get_world_size() != world_size:
             raise ValueError(f"process group has rank {dist.get_rank()} of "
                              f"{dist.get_world_size()}, expected {rank} of {world_size}")
@@ -306,7 +362,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             who = f"rank {rank}" if foreign else "another rank"
             raise ValueError(f"{who} was given impressions of users it does not own")
         return _train(rank, world_size, shard, cfg, impressions, content_created, log,
-                      hooks or TrainHooks(), resume)
+                      hooks or TrainHooks(), resume, device, hot_cache or {})
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -315,18 +371,26 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
 def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
            impressions: Impressions, content_created: Tensor,
            log: Callable[[str], None] | None, hooks: TrainHooks,
-           resume: ResumeState | None) -> WorkerResult:
+           resume: ResumeState | None, device: torch.device,
+           hot_cache: dict[str, float]) -> WorkerResult:
     resume = resume or ResumeState()
     counter = ByteCounter()
+    # Built before the sampler (both are collective); its one-off bytes are reported
+    # apart, so bytes per event count only what every step sends.
+    cache_counter = ByteCounter()
+    cache: HotNodeCache | None = (build_hot_cache(shard, hot_cache, counter=cache_counter)
+                                  if hot_cache else None)
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
-                                  strategy=cfg.strategy, counter=counter)
+                                  strategy=cfg.strategy, counter=counter, hot_cache=cache)
     model = build_model(shard, cfg)
     if resume.model is not None:
         model.load_state_dict(resume.model)
+    model.to(device)
     timer = _AllReduceTimer(group=None, world_size=world_size)
     # Some relations get no edges in some batches (and the last layer never reads the
     # edges into non-seed types), so some parameters are unused in a given step.
-    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                  find_unused_parameters=True)
     ddp.register_comm_hook(timer, _timed_allreduce_hook)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
@@ -339,7 +403,9 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     if resume.generator_state is not None:
         generator.set_state(resume.generator_state)
 
-    result = WorkerResult(rank=rank, world_size=world_size, own_events=len(impressions))
+    result = WorkerResult(rank=rank, world_size=world_size, own_events=len(impressions),
+                          device=str(device), backend=dist.get_backend(),
+                          hot_cache_nodes=cache.sizes() if cache is not None else {})
     times = dict.fromkeys(("examples", "sampling", "feature_exchange", "compute"), 0.0)
     cap = (cfg.max_train_events // world_size if cfg.max_train_events > 0
            else len(impressions))
@@ -372,16 +438,23 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                        for t, node in (("user", user), ("content", content))}
                       if model.count_relations else None)
             model_batch, features = model_inputs(batch, rows, shard.num_nodes)
-            model_batch = with_edge_weights(model_batch)
+            model_batch = batch_to(with_edge_weights(model_batch), device)
+            features = {t: f.to(device) for t, f in features.items()}
+            if counts is not None:
+                counts = {t: c.to(device) for t, c in counts.items()}
             t3 = time.perf_counter()
             allreduce_before = timer.seconds
-            logits = ddp(model_batch, features, batch.seed_local["user"],
-                         batch.seed_local["content"], position, seed_time, counts)
-            loss_sum = F.binary_cross_entropy_with_logits(logits, label, reduction="sum")
+            logits = ddp(model_batch, features, model_batch.seed_local["user"],
+                         model_batch.seed_local["content"], position.to(device),
+                         seed_time.to(device), counts)
+            loss_sum = F.binary_cross_entropy_with_logits(logits, label.to(device),
+                                                          reduction="sum")
             loss = loss_sum * (world_size / max(global_examples, 1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if device.type == "cuda":  # kernels run asynchronously: time them finished
+                torch.cuda.synchronize(device)
             t4 = time.perf_counter()
             times["examples"] += t1 - t0
             times["sampling"] += t2 - t1
@@ -410,7 +483,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     times["allreduce"] = timer.seconds
     times["total"] = time.perf_counter() - start_all
     result.time_split = {name: round(value, 4) for name, value in times.items()}
-    result.bytes = {**counter.as_dict(), "gradient_allreduce_bytes": timer.bytes}
+    result.bytes = {**counter.as_dict(), "gradient_allreduce_bytes": timer.bytes,
+                    "hot_cache_build_sent": cache_counter.total_sent}
     result.bytes_per_event = counter.total_sent / max(result.events_trained, 1)
     total_sent = all_reduce_int(counter.total_sent, "sum")
     total_events = all_reduce_int(result.events_trained, "sum")

@@ -4,6 +4,15 @@ Three things every cross-partition step needs: a process group (:func:`init_proc
 :func:`find_free_port`), an uneven all-to-all (:func:`exchange`) and a count of the bytes
 that actually crossed partitions (:class:`ByteCounter`).
 
+Devices. NCCL moves only CUDA tensors and gloo's all-to-all only CPU ones, while the
+sampler and the shard stay on the CPU whatever the backend. :func:`comm_device` is the one
+place that says where a collective's tensors must be; every collective here
+(:func:`exchange`, :func:`all_reduce_int`, :func:`all_gather_tensor`) copies its inputs
+there and its results back to the caller's device, so callers never branch on the
+backend. Under gloo the copies are no-ops (``Tensor.to`` of a tensor already on the
+device returns it), so the gloo path is unchanged. :func:`training_device` says where a
+rank keeps its model and batches.
+
 gloo and all-to-all (checked on torch 2.13, CPU): ``ProcessGroupGloo`` implements both
 ``all_to_all`` and ``all_to_all_single``, but the list form ``all_to_all`` only accepts
 tensors of equal size ("invalid tensor size at index 1"), while ``all_to_all_single``
@@ -16,6 +25,8 @@ machine, which is why callers pack a whole hop into one message per destination.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,8 +98,16 @@ def find_free_port(host: str = "127.0.0.1") -> int:
 
 
 def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int,
-                       backend: Backend = "auto", timeout_s: float = 300.0) -> str:
+                       backend: Backend = "auto", timeout_s: float = 300.0,
+                       local_rank: int | None = None) -> str:
     """Joins the default process group over TCP.
+
+    Rank 0 hosts the group's TCP store on ``master_addr`` only: torch's own ``tcp://``
+    and ``env://`` rendezvous bind it to every interface, whatever the address. When
+    ``master_addr`` is a loopback address every rank runs on this machine, so the
+    backend's own sockets are kept on the loopback interface too (``GLOO_SOCKET_IFNAME``
+    and ``NCCL_SOCKET_IFNAME``, unless the environment sets them already): nothing the
+    group opens is reachable from another machine.
 
     Args:
         rank: This process's rank in ``[0, world_size)``; with partition shards, the
@@ -97,9 +116,10 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
         master_addr: Host of rank 0's TCP store (IPv6 literals allowed).
         master_port: Its port (see :func:`find_free_port`).
         backend: ``"gloo"``, ``"nccl"`` or ``"auto"``: NCCL when CUDA is available,
-            otherwise gloo. With NCCL the process uses GPU ``rank % device_count``.
+            otherwise gloo. With NCCL the process uses :func:`training_device`'s GPU.
         timeout_s: How long a collective may wait for the other ranks before failing
             (instead of hanging for torch's default 30 minutes).
+        local_rank: The rank's index on its machine, for the GPU (default: ``rank``).
 
     Returns:
         The backend used.
@@ -109,20 +129,95 @@ def init_process_group(rank: int, world_size: int, master_addr: str, master_port
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be auto, gloo or nccl, got {backend!r}")
     if backend == "nccl":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-    host = f"[{master_addr}]" if ":" in master_addr and not master_addr.startswith("[") \
-        else master_addr
-    dist.init_process_group(backend, init_method=f"tcp://{host}:{int(master_port)}",
-                            rank=rank, world_size=world_size,
-                            timeout=dt.timedelta(seconds=timeout_s))
+        torch.cuda.set_device(training_device("nccl", rank if local_rank is None else local_rank))
+    host = master_addr.removeprefix("[").removesuffix("]")
+    if is_loopback(host):
+        for name, value in loopback_socket_env().items():
+            os.environ.setdefault(name, value)
+    timeout = dt.timedelta(seconds=timeout_s)
+    if rank == 0:
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, int(master_port)))
+            listener.listen(max(world_size, 128))
+        except OSError:
+            listener.close()
+            raise
+        # The store takes the bound socket over (and closes it when it goes).
+        store = dist.TCPStore(host, int(master_port), world_size, is_master=True,
+                              timeout=timeout, master_listen_fd=listener.detach())
+    else:
+        store = dist.TCPStore(host, int(master_port), world_size, is_master=False,
+                              timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
     return backend
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP literal, IPv4-mapped ones included, or ``localhost``) is a
+    loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a dual-stack socket
+    return (mapped or address).is_loopback
+
+
+def loopback_interface() -> str:
+    """Name of the network interface that holds 127.0.0.1 (``lo`` on Linux)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addresses):
+            return name
+    return "lo"
+
+
+def loopback_socket_env() -> dict[str, str]:
+    """Environment that keeps gloo's and NCCL's sockets on the loopback interface."""
+    name = loopback_interface()
+    return {"GLOO_SOCKET_IFNAME": name, "NCCL_SOCKET_IFNAME": name}
+
+
 def comm_device(group: dist.ProcessGroup | None = None) -> torch.device:
-    """Where collective tensors must live for the group's backend (CUDA for NCCL)."""
+    """Where collective tensors must live for the group's backend: the current CUDA
+    device for NCCL (:func:`init_process_group` and ``train_worker`` set it), else the
+    CPU."""
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def training_device(backend: str, local_rank: int = 0,
+                    cuda_devices: int | None = None) -> torch.device:
+    """Where a rank keeps its model and batches for a process-group backend.
+
+    NCCL ranks train on ``cuda:(local_rank % cuda_devices)`` (one GPU per rank on a
+    machine); gloo ranks on the CPU.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``.
+        local_rank: The rank's index among the ranks on its machine.
+        cuda_devices: CUDA devices this process sees (default:
+            ``torch.cuda.device_count()``).
+
+    Raises:
+        ValueError: An unknown backend, or NCCL without a CUDA device.
+    """
+    if backend == "gloo":
+        return torch.device("cpu")
+    if backend != "nccl":
+        raise ValueError(f"backend must be gloo or nccl, got {backend!r}")
+    count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if count < 1:
+        raise ValueError("the nccl backend needs a CUDA device, and this process sees none")
+    return torch.device("cuda", local_rank % count)
 
 
 def exchange(tensors_per_destination: Sequence[Tensor], counter: ByteCounter | None = None,
@@ -179,6 +274,18 @@ def exchange(tensors_per_destination: Sequence[Tensor], counter: ByteCounter | N
         counter.add(kind, size_message + remote_sent * row_bytes,
                     size_message + remote_received * row_bytes)
     return list(torch.split(received, recv_sizes))
+
+
+def all_gather_tensor(tensor: Tensor, group: dist.ProcessGroup | None = None) -> list[Tensor]:
+    """Every rank's ``tensor`` (one shape and dtype on all ranks), on ``tensor``'s device.
+
+    Collective. For CPU state such as a ``torch.Generator`` state under NCCL.
+    """
+    comm = comm_device(group)
+    local = tensor.to(comm)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    return [part.to(tensor.device) for part in gathered]
 
 
 def all_reduce_int(value: int, op: Literal["sum", "max", "min"] = "sum",

@@ -5,8 +5,8 @@
 be checked before a worker starts (shard set and graph store versions, world size =
 number of parts, checkpoint storage, the checkpoint to continue from), attaches to Ray
 (``ray.address`` or ``RAY_ADDRESS``) or starts a local one on loopback, and runs a
-``TorchTrainer`` with one worker per part. Ray Train sets up the gloo process group;
-:func:`trainer.dist_train.train_worker` runs the lockstep DDP loop in it.
+``TorchTrainer`` with one worker per part; :func:`trainer.dist_train.train_worker` runs
+the lockstep DDP loop in their process group.
 
 A worker (:func:`worker_loop`, rank ``r``):
 
@@ -28,21 +28,38 @@ A worker (:func:`worker_loop`, rank ``r``):
    same events as ``--workers 1``, so the AUCs compare directly) while the other ranks
    wait; at the end rank 0 writes ``metrics.json``.
 
-GPU: the distributed loop keeps model and sampler on the CPU (see dist_train), so the
-group is gloo and no GPU is requested even where one is present.
+Devices (:func:`choose_placement`): with ``train.device: auto`` the run asks Ray for one
+GPU per worker and an NCCL group when the cluster has at least one GPU per worker, and
+trains on the CPU over gloo otherwise; ``cuda`` insists on GPUs, ``cpu`` never asks.
+
+Addresses. A local Ray started here (:func:`connect_ray`) is bound to loopback: Ray turns
+a loopback ``_node_ip_address`` into the machine's routable address unless its
+single-machine mode is on (:func:`_ray_on_loopback`), and with the node address on
+loopback the GCS, raylet, workers, dashboard agent and metrics servers listen on 127.0.0.1
+only. The process group is then formed by the workers themselves
+(:func:`own_group_torch_config`), with rank 0's store bound to 127.0.0.1 and gloo's and
+NCCL's sockets on the loopback interface (:func:`trainer.distributed.init_process_group`):
+Ray Train's own set-up would bind the store to every interface. Attached to a cluster,
+Ray Train sets the group up as usual.
+
+Worker output: progress lines are written to the worker's stdout (:func:`_console`),
+which Ray forwards to the driver once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import math
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,10 +69,12 @@ from clickgraph.config import Config
 from trainer import checkpoint as ckpt
 from trainer.data import IMPRESSIONS, Impressions, split_windows
 from trainer.dist_train import ResumeState, StepContext, TrainHooks
+from trainer.distributed import all_gather_tensor, find_free_port, is_loopback
 
 PARTITIONS_KIND = "partitions"
 PARTITIONS_FORMAT_VERSIONS = (1,)
 FAIL_AT_ENV = "CLICKGRAPH_TEST_FAIL_AT"  # "rank:global_step:marker_file", tests only
+GROUP_TIMEOUT_S = 1800  # collective timeout of a group the workers form (TorchConfig's default)
 
 
 # ---------------------------------------------------------------------- shard access
@@ -182,6 +201,43 @@ class RunPlan:
     continue_from: str | None = None
     since_time: int | None = None
     fail_at: tuple[int, int, str] | None = None
+    backend: str = "gloo"
+    use_gpu: bool = False
+    rendezvous: tuple[str, int] | None = None  # set: the workers form their group there
+    hot_cache: dict[str, float] | None = None
+
+
+# ---------------------------------------------------------------------- placement
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the workers train: ``use_gpu`` (one GPU each) and the group's backend."""
+
+    use_gpu: bool
+    backend: Literal["gloo", "nccl"]
+
+
+def choose_placement(device: str, cluster_gpus: float, workers: int) -> Placement:
+    """GPUs and NCCL when asked for or, with ``auto``, when there is one GPU per worker.
+
+    Args:
+        device: ``train.device``: ``auto``, ``cuda`` or ``cpu``.
+        cluster_gpus: GPUs in the Ray cluster (``ray.cluster_resources().get("GPU", 0)``).
+        workers: Training workers (one GPU each when on GPUs).
+
+    Raises:
+        ValueError: ``cuda`` without one GPU per worker, or an unknown ``device``.
+    """
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"train.device must be auto, cuda or cpu, got {device!r}")
+    enough = cluster_gpus >= workers
+    if device == "cuda" and not enough:
+        raise ValueError(f"train.device is cuda but the Ray cluster has {cluster_gpus:g} GPUs "
+                         f"for {workers} workers (one each); use train.device=auto or cpu")
+    if device == "cuda" or (device == "auto" and enough and workers > 0):
+        return Placement(use_gpu=True, backend="nccl")
+    return Placement(use_gpu=False, backend="gloo")
 
 
 def absolute(url: str) -> str:
@@ -296,12 +352,9 @@ class RayHooks(TrainHooks):
 
     def _checkpoint(self, ctx: StepContext, epoch_done: bool, metrics: dict[str, Any]) -> None:
         import ray.train
-        import torch.distributed as dist
 
         start = time.perf_counter()
-        state = ctx.generator.get_state()
-        states = [torch.empty_like(state) for _ in range(self.world_size)]
-        dist.all_gather(states, state)
+        states = all_gather_tensor(ctx.generator.get_state())
         # Position to resume from: an epoch's end resumes at the next epoch's start.
         epoch, step = (ctx.epoch + 1, 0) if epoch_done else (ctx.epoch, ctx.step)
         name = f"checkpoint_{ctx.global_step:07d}"
@@ -371,8 +424,51 @@ def _make_validator(plan: RunPlan):
     return validate
 
 
+def _console(line: str) -> None:
+    """Writes one line to this worker's stdout, which Ray forwards to the driver.
+
+    Not ``print``: Ray Train (v2) replaces ``print`` in its workers with one that writes
+    the line to stdout AND logs it through the root logger, whose handler writes it to
+    stdout again, so each line reached the driver twice.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def worker_loop(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker`` of the TorchTrainer: one rank, one shard."""
+    """``train_loop_per_worker`` of the TorchTrainer: one rank, one shard.
+
+    With ``plan.rendezvous`` it forms the process group itself (see the module
+    docstring) and destroys it at the end.
+    """
+    import ray.train
+    import torch.distributed as dist
+
+    from trainer.distributed import init_process_group
+
+    plan: RunPlan = config["plan"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = torch.device("cpu")
+    if plan.backend == "nccl":
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    if plan.rendezvous is None:
+        _worker(plan, rank, world_size, device)
+        return
+    # local_rank = the device index: init_process_group makes that GPU the current one.
+    # Ray Train's collective timeout: the other ranks wait in one while rank 0 validates.
+    init_process_group(rank, world_size, *plan.rendezvous, backend=plan.backend,
+                       timeout_s=GROUP_TIMEOUT_S,
+                       local_rank=device.index if device.type == "cuda" else None)
+    try:
+        _worker(plan, rank, world_size, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> None:
     import ray.train
     import torch.distributed as dist
 
@@ -381,11 +477,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     from trainer.distributed import all_reduce_int
     from trainer.shard import load_shard
 
-    plan: RunPlan = config["plan"]
     t = plan.cfg.train
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    log = print if rank == 0 else None
+    log = _console if rank == 0 else None
     started = time.perf_counter()
 
     folder = local_shard_folder(plan.partitions_url, plan.parts[rank],
@@ -443,7 +536,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     rank_cfg = dataclasses.replace(t, batch_size=math.ceil(t.batch_size / world_size),
                                    epochs=epochs)
     result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
-                          log=None, hooks=hooks, resume=resume)
+                          log=None, hooks=hooks, resume=resume, device=device,
+                          hot_cache=plan.hot_cache)
     train_seconds = result.time_split["total"] - hooks.hook_seconds
     events_all = all_reduce_int(result.events_trained, "sum")
     splits = [None] * world_size
@@ -454,7 +548,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     if rank != 0:
         return
     metrics = {
-        "run": plan.run_id, "workers": world_size, "device": "cpu", "backend": dist.get_backend(),
+        "run": plan.run_id, "workers": world_size, "device": result.device,
+        "backend": result.backend, "hot_cache_nodes": result.hot_cache_nodes,
         "val_auc": history[-1]["val_auc"] if history else None,
         "val_auc_per_epoch": [h["val_auc"] for h in history],
         "val_auc_cold": history[-1]["val"]["auc_cold"] if history else None,
@@ -481,27 +576,94 @@ def worker_loop(config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- driver side
 
 
-def connect_ray(cfg: Config, log=print) -> None:
-    """Attach to ``ray.address`` / ``RAY_ADDRESS``, else start Ray on loopback only."""
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _ray_on_loopback() -> Iterator[None]:
+    """Lets ``ray.init(_node_ip_address="127.0.0.1")`` keep the loopback address.
+
+    Ray replaces a loopback node address with the machine's routable one
+    (``ray._private.services.resolve_ip_for_localhost``) unless its single-machine mode is
+    on, as it is by default on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``):
+    then the node address stays 127.0.0.1, and the GCS, raylet, worker, dashboard agent
+    and metrics servers listen on loopback only instead of every interface. The flag is
+    read when ``ray`` is imported, so the driver's copy is switched too, and both are
+    restored afterwards (attaching to a real cluster later in this process needs it on).
+    Processes started inside the block inherit the environment variable.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    saved_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    if saved_flag is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
+        if saved_flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+
+
+def connect_ray(cfg: Config, log=print) -> bool:
+    """Attach to ``ray.address`` / ``RAY_ADDRESS``, else start Ray on loopback only.
+
+    Returns:
+        Whether this process's Ray node is on a loopback address (then every worker runs
+        on this machine, and the process group is formed on loopback too).
+    """
     import ray
 
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        log(f"train: attaching to Ray at {address}")
-        ray.init(address=address, log_to_driver=True)
-        return
-    log("train: starting a local Ray (loopback only, no dashboard)")
-    # address="local": always a new private instance, never a cluster that `ray start` left
-    # behind on this machine (ray.init() would otherwise attach to /tmp/ray's last one)
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=True)
+    if not ray.is_initialized():
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            log(f"train: attaching to Ray at {address}")
+            ray.init(address=address, log_to_driver=True)
+        else:
+            log("train: starting a local Ray (loopback only, no dashboard)")
+            # address="local": always a new private instance, never a cluster that
+            # `ray start` left behind on this machine (ray.init() would otherwise attach
+            # to /tmp/ray's last one)
+            with _ray_on_loopback():
+                ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                         dashboard_host=cfg.ray.dashboard_host, _node_ip_address="127.0.0.1",
+                         log_to_driver=True)
+    return is_loopback(ray.util.get_node_ip_address())
+
+
+def own_group_torch_config(backend: str):
+    """A ``TorchConfig`` whose workers get no process group from Ray Train (they form it
+    themselves, :func:`worker_loop`); the CUDA device context stays Ray Train's."""
+    from ray.train.backend import Backend
+    from ray.train.torch import TorchConfig
+
+    class _NoGroupBackend(Backend):
+        # As Ray's torch backend: workers of one machine see all its GPUs of this run.
+        share_cuda_visible_devices = True
+
+    class OwnGroupTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):  # noqa: ANN202 - Ray's own signature
+            return _NoGroupBackend
+
+    return OwnGroupTorchConfig(backend=backend)
 
 
 def train_distributed(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
-                      continue_run: bool = False, log=print) -> dict[str, Any]:
-    """Train over the shard set with Ray Train; returns the metrics of ``metrics.json``."""
+                      continue_run: bool = False, log=print,
+                      hot_cache: dict[str, float] | None = None) -> dict[str, Any]:
+    """Train over the shard set with Ray Train; returns the metrics of ``metrics.json``.
+
+    ``hot_cache``: node type -> fraction of its nodes whose static features every worker
+    replicates (:func:`trainer.dist_sampler.build_hot_cache`); ``None``: the config's
+    ``train.hot_cache`` when it has one, else no cache.
+    """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -509,12 +671,23 @@ def train_distributed(cfg: Config, graph_url: str | None = None, out_url: str | 
     t = cfg.train
     log(f"train: {t.workers} workers over {plan.partitions_url}; checkpoints in "
         f"{plan.checkpoint_root}/{plan.run_id}; metrics in {plan.out_url}")
-    connect_ray(cfg, log)
+    on_loopback = connect_ray(cfg, log)
+    placement = choose_placement(t.device, float(ray.cluster_resources().get("GPU", 0)),
+                                 t.workers)
+    if hot_cache is None:
+        hot_cache = dict(getattr(t, "hot_cache", None) or {})
+    plan = dataclasses.replace(
+        plan, backend=placement.backend, use_gpu=placement.use_gpu, hot_cache=hot_cache,
+        rendezvous=("127.0.0.1", find_free_port("127.0.0.1")) if on_loopback else None)
+    log(f"train: {placement.backend} on {'GPUs' if placement.use_gpu else 'CPUs'}"
+        + (f"; hot-node cache {hot_cache}" if hot_cache else ""))
+    resources = {"CPU": t.threads_per_worker, **({"GPU": 1} if placement.use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop, train_loop_config={"plan": plan},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=False,
-                                     resources_per_worker={"CPU": t.threads_per_worker}),
+        torch_config=(own_group_torch_config(placement.backend) if on_loopback
+                      else TorchConfig(backend=placement.backend)),
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=placement.use_gpu,
+                                     resources_per_worker=resources),
         run_config=RunConfig(name=plan.run_id, storage_path=plan.checkpoint_root,
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=3)))
