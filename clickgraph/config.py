@@ -300,6 +300,10 @@ class TrainConfig:
     replay_fraction: float = 0.1       # --continue: older events replayed per new event
     continue_epochs: int = 1           # --continue: passes over the new window (0: train.epochs)
     log_every_steps: int = 20          # progress line period (rank 0)
+    # node type -> fraction of its highest-degree nodes whose static features every worker
+    # replicates (trainer/dist_sampler.build_hot_cache); {} = off (BENCHMARKS.md: it saves
+    # 0.3-8 % of the bytes, the sampling responses dominate)
+    hot_cache: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -493,6 +497,10 @@ def _validate_values(cfg: Config) -> None:
             raise ConfigError(f"{src}: key 'train.{name}' must be >= 0")
     if t.log_every_steps < 1:
         raise ConfigError(f"{src}: key 'train.log_every_steps' must be >= 1")
+    for node_type, share in t.hot_cache.items():
+        if node_type not in GRAPH_NODE_TYPES or not 0.0 <= float(share) <= 1.0:
+            raise ConfigError(f"{src}: key 'train.hot_cache.{node_type}' must be a node type "
+                              f"({', '.join(GRAPH_NODE_TYPES)}) with a fraction in [0, 1]")
     if t.continue_epochs < 0:
         raise ConfigError(f"{src}: key 'train.continue_epochs' must be >= 0")
     if not 0.0 <= t.replay_fraction <= 10.0:

@@ -675,7 +675,7 @@ def train_distributed(cfg: Config, graph_url: str | None = None, out_url: str | 
     placement = choose_placement(t.device, float(ray.cluster_resources().get("GPU", 0)),
                                  t.workers)
     if hot_cache is None:
-        hot_cache = dict(getattr(t, "hot_cache", None) or {})
+        hot_cache = dict(t.hot_cache)
     plan = dataclasses.replace(
         plan, backend=placement.backend, use_gpu=placement.use_gpu, hot_cache=hot_cache,
         rendezvous=("127.0.0.1", find_free_port("127.0.0.1")) if on_loopback else None)
