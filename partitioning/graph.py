@@ -5,11 +5,14 @@ The graph store job hands the partitioner one global node id space ``0..N-1``
 given as COO rows ``(u, v, w)``. :meth:`PartitionGraph.from_coo` validates that
 input once and turns it into a symmetric CSR with one entry per direction of
 each undirected pair, which is what METIS, the refiners and the quality metrics
-read.
+read. :class:`GraphView` is the narrower interface the refiners, the placement and
+the quality report read, so that they also run on a graph held in Spark.
 """
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -270,3 +273,130 @@ def normalized_vertex_weight(vertex_weights: np.ndarray) -> np.ndarray:
     if not np.any(keep):
         return np.zeros(vertex_weights.shape[0], dtype=np.float64)
     return (vertex_weights[:, keep] / totals[keep]).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class EdgeCut:
+    """Undirected edges (pairs) whose two ends lie in different parts.
+
+    Attributes:
+        cut_edges: pairs across parts.
+        num_edges: all pairs.
+        cut_weight: summed weight of the pairs across parts.
+        total_weight: summed weight of all pairs.
+    """
+
+    cut_edges: int
+    num_edges: int
+    cut_weight: float
+    total_weight: float
+
+    def fraction(self, *, weighted: bool = False) -> float:
+        """Share of pairs (or of their weight) across parts; 0.0 without edges."""
+        if weighted:
+            return self.cut_weight / self.total_weight if self.total_weight > 0 else 0.0
+        return self.cut_edges / self.num_edges if self.num_edges else 0.0
+
+
+class GraphView(abc.ABC):
+    """What refinement, placement and the quality report read from a partitioned graph.
+
+    Two implementations: :class:`partitioning.refine.CsrGraphView` over an in-memory
+    :class:`PartitionGraph`, and :class:`partitioning.spark_graph.SparkGraphView`
+    over an adjacency DataFrame that stays in Spark (the graph past one machine's
+    memory). Per-node arrays (vertex weights, degrees, books) live in memory in both;
+    every method returns at most one row per node or per requested item, never the
+    edge list, except :meth:`pairs_touching` (the pairs of the nodes asked for).
+
+    Neighbours of a node are ordered by ascending id (the CSR order), so
+    :meth:`neighbours_at` names the same neighbour in both implementations.
+    """
+
+    @property
+    @abc.abstractmethod
+    def num_nodes(self) -> int:
+        """Number of nodes N."""
+
+    @property
+    @abc.abstractmethod
+    def vertex_weights(self) -> np.ndarray:
+        """float64 [N, C] balance constraints."""
+
+    @property
+    @abc.abstractmethod
+    def node_type(self) -> np.ndarray | None:
+        """int16 [N] node type per id, or None."""
+
+    @property
+    def num_constraints(self) -> int:
+        """Number of vertex weight columns C."""
+        return int(self.vertex_weights.shape[1])
+
+    @abc.abstractmethod
+    def degrees(self) -> np.ndarray:
+        """Distinct neighbours of every node, int64 [N]."""
+
+    @abc.abstractmethod
+    def edge_cut(self, assignment: np.ndarray) -> EdgeCut:
+        """Pairs, and their weight, across the parts of ``assignment`` (int [N])."""
+
+    @abc.abstractmethod
+    def neighbours_at(self, nodes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The ``positions[i]``-th neighbour (0-based, ascending ids) of ``nodes[i]``.
+
+        Args:
+            nodes: int64 [M], repeats allowed.
+            positions: int64 [M], each below its node's degree.
+
+        Returns:
+            int64 [M] neighbour ids.
+        """
+
+    @abc.abstractmethod
+    def neighbour_part_weights(
+        self, assignment: np.ndarray, nodes: np.ndarray, num_parts: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Edge weight from each of ``nodes`` (distinct) to each part it touches.
+
+        Returns:
+            ``(local_row, part, weight)`` sorted by (local_row, part), one entry per
+            (node, neighbouring part); ``local_row`` indexes ``nodes``.
+        """
+
+    @abc.abstractmethod
+    def boundary_moves(
+        self, assignment: np.ndarray, num_parts: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every boundary node's best single move, where it lowers the cut.
+
+        A boundary node's move goes to the other part it has most edge weight to
+        (ties: lowest part); its gain is that weight minus the weight to its own part.
+
+        Returns:
+            ``(nodes, dest, gain)`` for the moves with gain > 0, nodes ascending.
+        """
+
+    @abc.abstractmethod
+    def still_profitable(
+        self, assignment: np.ndarray, nodes: np.ndarray, dest: np.ndarray, priority: np.ndarray
+    ) -> np.ndarray:
+        """Moves that still lower the cut if every higher-priority move happens first.
+
+        Args:
+            assignment: int [N] book before the moves.
+            nodes: int64 [M] distinct moving nodes (ties in priority: lower id first).
+            dest: int64 [M] destination of each move.
+            priority: float64 [M] higher first.
+
+        Returns:
+            bool [M].
+        """
+
+    @abc.abstractmethod
+    def pairs_touching(self, ranges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs with at least one end in one of the id ranges ``[start, stop)``.
+
+        Returns:
+            ``(src, dst, weight)`` int64, int64, float64, each pair once with
+            ``src < dst``.
+        """

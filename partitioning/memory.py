@@ -9,10 +9,17 @@ Two probes:
 
 ``"hwm_reset"`` (Linux >= 4.0, default when available)
     Writes ``5`` to ``/proc/self/clear_refs``, which resets the kernel's RSS
-    high-water mark (``VmHWM``, the value behind ``getrusage().ru_maxrss``) to
-    the current RSS; on exit ``VmHWM`` is exactly the peak RSS of the process
-    during the block. Side effect: the process-lifetime high-water mark seen
-    by anyone else calling ``getrusage`` afterwards is lost.
+    high-water mark of the address space (``VmHWM`` in ``/proc/self/status``)
+    to the current RSS; on exit ``VmHWM`` is exactly the peak RSS of the
+    process during the block. ``VmHWM`` is read, not ``getrusage().ru_maxrss``:
+    in a process started by fork and exec (``multiprocessing`` "spawn",
+    ``subprocess``) ``ru_maxrss`` also keeps the peak of the image before the
+    exec, i.e. the parent's size at the fork, which no reset clears. Side
+    effect: the high-water mark seen by anyone else afterwards (``VmHWM``, and
+    ``ru_maxrss`` where no larger pre-exec peak hides it) is lost. Monitors
+    nest: a monitor that resets the mark inside another's block first hands
+    the peak so far to every enclosing monitor, so an outer block (a whole
+    job step around several partitioners) still reports its true peak.
 ``"sampled"`` (fallback, no side effects)
     A thread samples RSS every ``interval_s`` and ``ru_maxrss`` is compared
     before and after. pymetis holds the GIL while METIS runs, so the thread
@@ -41,6 +48,10 @@ from typing import Literal
 
 MemoryProbe = Literal["hwm_reset", "sampled", "auto"]
 
+#: Monitors inside their block, outermost first (see "Monitors nest" above).
+_ACTIVE: list[PeakRssMonitor] = []
+_ACTIVE_LOCK = threading.Lock()
+
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -59,8 +70,20 @@ def current_rss_bytes() -> int:
 
 
 def _high_water_mark_bytes() -> int:
-    # ru_maxrss is in KiB on Linux.
+    """Process-lifetime peak RSS (``ru_maxrss``, KiB on Linux), for the sampled probe."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _resettable_high_water_mark_bytes() -> int:
+    """``VmHWM``: peak RSS since the last reset through ``clear_refs`` (0 if unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _trim_heap() -> None:
@@ -104,6 +127,7 @@ class PeakRssMonitor:
         self._thread: threading.Thread | None = None
         self._sampled_peak = 0
         self._hwm_before = 0
+        self._nested_peak = 0
         self.probe = "sampled"
         self.start_rss_bytes = 0
         self.peak_rss_bytes = 0
@@ -113,9 +137,18 @@ class PeakRssMonitor:
         if self._trim_heap:
             _trim_heap()
         self.start_rss_bytes = current_rss_bytes()
-        if self._requested in ("hwm_reset", "auto") and _reset_high_water_mark():
+        with _ACTIVE_LOCK:
+            # The reset below would erase the peak enclosing monitors have not read yet.
+            before_reset = _resettable_high_water_mark_bytes()
+            for outer in _ACTIVE:
+                outer._nested_peak = max(outer._nested_peak, before_reset)
+            reset = self._requested in ("hwm_reset", "auto") and _reset_high_water_mark()
+            _ACTIVE.append(self)
+        if reset:
             self.probe = "hwm_reset"
         elif self._requested == "hwm_reset":
+            with _ACTIVE_LOCK:
+                _ACTIVE.remove(self)
             raise RuntimeError("/proc/self/clear_refs is not writable; use probe='sampled'")
         else:
             self.probe = "sampled"
@@ -136,8 +169,11 @@ class PeakRssMonitor:
         traceback: TracebackType | None,
     ) -> None:
         end_rss = current_rss_bytes()
+        with _ACTIVE_LOCK:
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)
         if self.probe == "hwm_reset":
-            peak = _high_water_mark_bytes()
+            peak = max(_resettable_high_water_mark_bytes(), self._nested_peak)
         else:
             self._stop.set()
             if self._thread is not None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from partitioning.graph import PartitionGraph, check_node_ids
+from partitioning.graph import GraphView, PartitionGraph, check_node_ids
 from partitioning.quality import edge_cut_fraction
 
 
@@ -243,12 +243,17 @@ class CutDrift:
 
 
 def edge_cut_drift(
-    graph: PartitionGraph, assignment: np.ndarray, baseline_cut_fraction: float, *, weighted: bool = False
+    graph: PartitionGraph | GraphView,
+    assignment: np.ndarray,
+    baseline_cut_fraction: float,
+    *,
+    weighted: bool = False,
 ) -> CutDrift:
     """Edge cut of the incrementally extended book against the last full run's.
 
     Args:
-        graph: today's graph (new nodes and edges included).
+        graph: today's graph (new nodes and edges included), or a view of it
+            (e.g. held in Spark).
         assignment: int [N] book after :func:`place_new_nodes`.
         baseline_cut_fraction: :func:`partitioning.quality.edge_cut_fraction`
             of the last full partitioning, saved with its book.

@@ -3,15 +3,26 @@
 Remote lookups (the figure that matters for training throughput)
     Training runs one worker per part; the worker that owns a seed's node
     (``assignment[seed]``) builds that seed's sampled computation tree. The
-    estimate draws ``num_seeds`` training events uniformly with replacement
-    from ``seed_nodes`` (one entry per event, so busy users weigh more) and,
-    for each, samples a tree hop by hop: at hop ``h`` every node of the
-    previous layer draws ``fanouts[h]`` neighbours uniformly *without*
-    replacement (all of them when its degree is at most the fanout), the
-    default of PyG's and DGL's neighbour samplers. Every sampled neighbour is
-    one lookup; it is *remote* when ``assignment[neighbour]`` differs from
-    ``assignment[seed]``, the part of the worker that owns the tree, whatever
-    the part of the node it was reached from.
+    estimate draws ``num_seeds`` training events uniformly with replacement,
+    i.e. seed nodes with probability proportional to ``events_per_node``
+    (training events counted at each node, so busy users weigh more:
+    :func:`draw_seeds`), and, for each, samples a tree hop by hop: at hop
+    ``h`` every node of the previous layer draws ``fanouts[h]`` neighbours
+    uniformly *without* replacement (all of them when its degree is at most
+    the fanout), the default of PyG's and DGL's neighbour samplers. Every
+    sampled neighbour is one lookup; it is *remote* when
+    ``assignment[neighbour]`` differs from ``assignment[seed]``, the part of
+    the worker that owns the tree, whatever the part of the node it was
+    reached from.
+
+    The trees do not depend on the book, so one set of trees
+    (:func:`sample_trees`) measures every book of a run on the same lookups.
+    Sampling needs the degree of every node and the neighbours at the drawn
+    positions only (:meth:`partitioning.graph.GraphView.neighbours_at`): on a
+    graph held in Spark the positions are drawn on the driver exactly as in
+    memory and only the picked neighbours are collected, so for the same
+    generator both give the same trees and the same figures, and the driver
+    holds O(nodes + lookups), not the edges.
 
     ``remote_fraction_1hop`` = remote lookups / lookups in layer 1;
     ``remote_fraction_2hop`` = the same over layer 2 only. Trees are counted
@@ -41,22 +52,76 @@ from typing import Any
 import numpy as np
 
 from partitioning.base import PartitionResult
-from partitioning.graph import PartitionGraph, check_node_ids
-from partitioning.refine import entries_of_rows
+from partitioning.graph import GraphView, PartitionGraph
+from partitioning.refine import as_view, entries_of_rows
 
 
-def _check_book(graph: PartitionGraph, assignment: np.ndarray) -> np.ndarray:
+def _check_book(graph: PartitionGraph | GraphView, assignment: np.ndarray) -> np.ndarray:
     assignment = np.asarray(assignment)
     if assignment.shape != (graph.num_nodes,):
         raise ValueError(f"assignment has shape {assignment.shape}, expected ({graph.num_nodes},)")
     return assignment.astype(np.int64, copy=False)
 
 
-def edge_cut_fraction(graph: PartitionGraph, assignment: np.ndarray, *, weighted: bool = False) -> float:
+def check_events_per_node(events_per_node: np.ndarray, num_nodes: int) -> np.ndarray:
+    """``events_per_node`` as int64 [N], or ValueError naming what is wrong.
+
+    Args:
+        events_per_node: [N] training events counted at each node (non-negative
+            integers, in any numeric dtype; e.g. the job's vertex weight column 0).
+        num_nodes: N.
+    """
+    events = np.asarray(events_per_node)
+    if events.shape != (num_nodes,):
+        raise ValueError(f"events_per_node has shape {events.shape}, expected ({num_nodes},)")
+    counts = events.astype(np.int64)
+    if events.size and (counts.min() < 0 or not np.array_equal(counts, events)):
+        raise ValueError("events_per_node must hold non-negative integer event counts")
+    return counts
+
+
+def draw_seeds(events_per_node: np.ndarray, num_seeds: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Seed nodes of training events drawn uniformly with replacement.
+
+    A node is drawn with probability ``events_per_node[v] / total``: the same
+    estimator as drawing events from the list of every event's node, without
+    that list (8 B per event). For ids listed in ascending order, the draws
+    are exactly those of ``np.repeat(np.arange(N), events_per_node)[
+    rng.integers(0, total, num_seeds)]``.
+
+    Args:
+        events_per_node: int [N] training events counted at each node.
+        num_seeds: draws; None returns every event's node once, ascending
+            (memory in proportion to the events: for small graphs and tests).
+        rng: the random generator.
+
+    Returns:
+        int64 [num_seeds] (or [total]) seed nodes.
+
+    Raises:
+        ValueError: on negative or fractional counts, or no events at all.
+    """
+    events = np.asarray(events_per_node)
+    if events.ndim != 1:
+        raise ValueError(f"events_per_node must be 1-D [N], got shape {events.shape}")
+    counts = check_events_per_node(events, events.shape[0])
+    cumulative = np.cumsum(counts)
+    total = int(cumulative[-1]) if cumulative.size else 0
+    if total == 0:
+        raise ValueError("events_per_node sums to 0: no training events to sample")
+    if num_seeds is None:
+        return np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+    event = rng.integers(0, total, size=num_seeds)
+    return np.searchsorted(cumulative, event, side="right").astype(np.int64)
+
+
+def edge_cut_fraction(
+    graph: PartitionGraph | GraphView, assignment: np.ndarray, *, weighted: bool = False
+) -> float:
     """Share of undirected edges whose ends are in different parts.
 
     Args:
-        graph: the graph.
+        graph: the graph, or a view of it (e.g. held in Spark).
         assignment: int [N] partition book.
         weighted: share of edge weight instead of edge count.
 
@@ -64,39 +129,37 @@ def edge_cut_fraction(graph: PartitionGraph, assignment: np.ndarray, *, weighted
         A value in [0, 1]; 0.0 for a graph without edges.
     """
     assignment = _check_book(graph, assignment)
-    if graph.num_edges == 0:
-        return 0.0
-    crossing = assignment[graph.row_of_entry()] != assignment[graph.indices]
-    if weighted:
-        return float(graph.edge_weight[crossing].sum() / graph.edge_weight.sum())
-    return float(np.count_nonzero(crossing) / crossing.shape[0])
+    return as_view(graph).edge_cut(assignment).fraction(weighted=weighted)
 
 
-def sample_neighbours(
-    graph: PartitionGraph, nodes: np.ndarray, fanout: int, rng: np.random.Generator
+def sample_positions(
+    degree: np.ndarray, fanout: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform neighbour sampling without replacement, vectorised.
+    """Positions of uniformly sampled neighbours, without replacement, vectorised.
 
-    Nodes of degree at most ``fanout`` keep all their neighbours; the others
-    draw a uniform ``fanout``-subset with Floyd's algorithm run on all rows
-    at once (``fanout`` vector steps).
+    Rows of degree at most ``fanout`` keep every position; the others draw a
+    uniform ``fanout``-subset with Floyd's algorithm run on all rows at once
+    (``fanout`` vector steps). Only the degrees are read, so the draws are the
+    same wherever the graph lives.
 
     Args:
-        graph: the graph.
-        nodes: int64 [M] nodes to sample around (repeats allowed).
-        fanout: neighbours per node, >= 1.
+        degree: int64 [M] degree of each row (of each node to sample around).
+        fanout: neighbours per row, >= 1.
         rng: the random generator.
 
     Returns:
-        ``(origin, neighbour)`` int64 [K]: ``neighbour[i]`` was sampled for
-        ``nodes[origin[i]]``.
+        ``(origin, position)`` int64 [K]: the ``position[i]``-th neighbour
+        (ascending ids) of row ``origin[i]``. Rows taking every neighbour come
+        first, in row order, then the subsampled rows' picks.
     """
     if fanout < 1:
         raise ValueError(f"fanout must be >= 1, got {fanout}")
-    degree = graph.indptr[nodes + 1] - graph.indptr[nodes]
+    degree = np.asarray(degree, dtype=np.int64)
     take_all = np.flatnonzero(degree <= fanout)
-    local_row, entry = entries_of_rows(graph.indptr, nodes[take_all])
-    origin_all, neighbour_all = take_all[local_row], graph.indices[entry]
+    offsets = np.zeros(take_all.shape[0] + 1, dtype=np.int64)
+    np.cumsum(degree[take_all], out=offsets[1:])
+    local_row, entry = entries_of_rows(offsets, np.arange(take_all.shape[0], dtype=np.int64))
+    origin_all, position_all = take_all[local_row], entry - offsets[local_row]
 
     subsample = np.flatnonzero(degree > fanout)
     row_degree = degree[subsample]
@@ -108,9 +171,80 @@ def sample_neighbours(
             repeated = (picks[:, :step] == draw[:, None]).any(axis=1)
             draw = np.where(repeated, upper, draw)
         picks[:, step] = draw
-    neighbour_sub = graph.indices[(graph.indptr[nodes[subsample]][:, None] + picks).ravel()]
     origin_sub = np.repeat(subsample, fanout)
-    return np.concatenate([origin_all, origin_sub]), np.concatenate([neighbour_all, neighbour_sub])
+    return np.concatenate([origin_all, origin_sub]), np.concatenate([position_all, picks.ravel()])
+
+
+def sample_neighbours(
+    graph: PartitionGraph | GraphView,
+    nodes: np.ndarray,
+    fanout: int,
+    rng: np.random.Generator,
+    *,
+    degrees: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform neighbour sampling without replacement (:func:`sample_positions`).
+
+    Args:
+        graph: the graph, or a view of it (e.g. held in Spark).
+        nodes: int64 [M] nodes to sample around (repeats allowed).
+        fanout: neighbours per node, >= 1.
+        rng: the random generator.
+        degrees: int64 [N] degree of every node, when the caller has it.
+
+    Returns:
+        ``(origin, neighbour)`` int64 [K]: ``neighbour[i]`` was sampled for
+        ``nodes[origin[i]]``.
+    """
+    view = as_view(graph)
+    nodes = np.asarray(nodes, dtype=np.int64)
+    degree = (view.degrees() if degrees is None else degrees)[nodes]
+    origin, position = sample_positions(degree, fanout, rng)
+    return origin, view.neighbours_at(nodes[origin], position)
+
+
+@dataclass(frozen=True, eq=False)
+class SampledTrees:
+    """Sampled computation trees of training-event seeds (module docstring).
+
+    Attributes:
+        seeds: int64 [S] seed node of each tree.
+        neighbours: per hop, int64 [L_h] the node of every lookup.
+        roots: per hop, int64 [L_h] index into ``seeds`` of the tree each
+            lookup belongs to.
+    """
+
+    seeds: np.ndarray
+    neighbours: tuple[np.ndarray, ...]
+    roots: tuple[np.ndarray, ...]
+
+
+def sample_trees(
+    graph: PartitionGraph | GraphView, seeds: np.ndarray, fanouts: Sequence[int], rng: np.random.Generator
+) -> SampledTrees:
+    """Samples every seed's tree hop by hop (module docstring).
+
+    Args:
+        graph: the graph, or a view of it (e.g. held in Spark).
+        seeds: int64 [S] seed nodes (:func:`draw_seeds`).
+        fanouts: neighbours sampled per node at each hop, e.g. ``(10, 5)``.
+        rng: the random generator.
+
+    Returns:
+        The trees; lookups per hop.
+    """
+    view = as_view(graph)
+    seeds = np.asarray(seeds, dtype=np.int64)
+    degrees = view.degrees()
+    frontier, roots = seeds, np.arange(seeds.shape[0], dtype=np.int64)
+    hop_neighbours: list[np.ndarray] = []
+    hop_roots: list[np.ndarray] = []
+    for fanout in fanouts:
+        origin, neighbour = sample_neighbours(view, frontier, int(fanout), rng, degrees=degrees)
+        frontier, roots = neighbour, roots[origin]
+        hop_neighbours.append(neighbour)
+        hop_roots.append(roots)
+    return SampledTrees(seeds=seeds, neighbours=tuple(hop_neighbours), roots=tuple(hop_roots))
 
 
 @dataclass(frozen=True)
@@ -129,10 +263,33 @@ class RemoteLookups:
     num_seeds: int
 
 
+def remote_lookups_of(trees: SampledTrees, assignment: np.ndarray) -> RemoteLookups:
+    """Remote share of the lookups of sampled trees under one book.
+
+    Args:
+        trees: from :func:`sample_trees`.
+        assignment: int [N] partition book.
+
+    Returns:
+        Remote fraction and lookup count per hop.
+    """
+    assignment = np.asarray(assignment, dtype=np.int64)
+    owner_part = assignment[trees.seeds]
+    fractions: list[float] = []
+    lookups: list[int] = []
+    for neighbour, root in zip(trees.neighbours, trees.roots, strict=True):
+        remote = np.count_nonzero(assignment[neighbour] != owner_part[root])
+        lookups.append(int(neighbour.shape[0]))
+        fractions.append(float(remote / neighbour.shape[0]) if neighbour.shape[0] else float("nan"))
+    return RemoteLookups(
+        remote_fraction=tuple(fractions), lookups=tuple(lookups), num_seeds=int(trees.seeds.shape[0])
+    )
+
+
 def remote_lookups(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     assignment: np.ndarray,
-    seed_nodes: np.ndarray,
+    events_per_node: np.ndarray,
     fanouts: Sequence[int],
     rng: np.random.Generator,
     *,
@@ -141,9 +298,9 @@ def remote_lookups(
     """Estimates the remote share of neighbour lookups (see the module docstring).
 
     Args:
-        graph: the graph.
+        graph: the graph, or a view of it (e.g. held in Spark).
         assignment: int [N] partition book.
-        seed_nodes: int [num_events] user node of every training event.
+        events_per_node: int [N] training events counted at each node.
         fanouts: neighbours sampled per node at each hop, e.g. ``(10, 5)``.
         rng: the random generator.
         num_seeds: events drawn with replacement; None uses every event once.
@@ -152,54 +309,39 @@ def remote_lookups(
         Remote fraction and lookup count per hop.
     """
     assignment = _check_book(graph, assignment)
-    seed_nodes = np.asarray(seed_nodes, dtype=np.int64)
-    check_node_ids(seed_nodes, graph.num_nodes, "seed_nodes")
-    if seed_nodes.size == 0:
-        raise ValueError("seed_nodes is empty: no training events to sample")
-    if num_seeds is not None:
-        seed_nodes = seed_nodes[rng.integers(0, seed_nodes.shape[0], size=num_seeds)]
-    owner_part = assignment[seed_nodes]
-    frontier, frontier_owner = seed_nodes, owner_part
-    fractions: list[float] = []
-    lookups: list[int] = []
-    for fanout in fanouts:
-        origin, neighbour = sample_neighbours(graph, frontier, int(fanout), rng)
-        neighbour_owner = frontier_owner[origin]
-        remote = np.count_nonzero(assignment[neighbour] != neighbour_owner)
-        lookups.append(int(neighbour.shape[0]))
-        fractions.append(float(remote / neighbour.shape[0]) if neighbour.shape[0] else float("nan"))
-        frontier, frontier_owner = neighbour, neighbour_owner
-    return RemoteLookups(
-        remote_fraction=tuple(fractions), lookups=tuple(lookups), num_seeds=int(seed_nodes.shape[0])
-    )
+    events = check_events_per_node(events_per_node, graph.num_nodes)
+    trees = sample_trees(graph, draw_seeds(events, num_seeds, rng), fanouts, rng)
+    return remote_lookups_of(trees, assignment)
 
 
 def remote_fraction_1hop(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     assignment: np.ndarray,
-    seed_nodes: np.ndarray,
+    events_per_node: np.ndarray,
     rng: np.random.Generator,
     *,
     fanout: int = 10,
     num_seeds: int | None = 10_000,
 ) -> float:
     """Remote share of the first hop's lookups (see the module docstring)."""
-    return remote_lookups(graph, assignment, seed_nodes, (fanout,), rng, num_seeds=num_seeds).remote_fraction[
-        0
-    ]
+    return remote_lookups(
+        graph, assignment, events_per_node, (fanout,), rng, num_seeds=num_seeds
+    ).remote_fraction[0]
 
 
 def remote_fraction_2hop(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     assignment: np.ndarray,
-    seed_nodes: np.ndarray,
+    events_per_node: np.ndarray,
     rng: np.random.Generator,
     *,
     fanouts: tuple[int, int] = (10, 5),
     num_seeds: int | None = 10_000,
 ) -> float:
     """Remote share of the second hop's lookups (see the module docstring)."""
-    return remote_lookups(graph, assignment, seed_nodes, fanouts, rng, num_seeds=num_seeds).remote_fraction[1]
+    return remote_lookups(
+        graph, assignment, events_per_node, fanouts, rng, num_seeds=num_seeds
+    ).remote_fraction[1]
 
 
 def _max_over_mean(per_part: np.ndarray) -> float:
@@ -208,20 +350,20 @@ def _max_over_mean(per_part: np.ndarray) -> float:
 
 
 def balance(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     assignment: np.ndarray,
     num_parts: int,
     *,
-    seed_nodes: np.ndarray | None = None,
+    events_per_node: np.ndarray | None = None,
     type_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """max/mean load over parts for each quantity (see the module docstring).
 
     Args:
-        graph: the graph.
+        graph: the graph, or a view of it (e.g. held in Spark).
         assignment: int [N] partition book.
         num_parts: number of parts.
-        seed_nodes: int [num_events] user node of each training event; adds
+        events_per_node: int [N] training events counted at each node; adds
             ``"training_events"`` when given.
         type_names: names of node types by id, for the ``"nodes/<type>"``
             keys; the numeric id is used otherwise.
@@ -230,6 +372,7 @@ def balance(
         Keys ``"nodes"``, ``"nodes/<type>"`` for every type present,
         ``"edges"``, ``"training_events"``, ``"vertex_weight/<c>"``.
     """
+    graph = as_view(graph)
     assignment = _check_book(graph, assignment)
     result = {"nodes": _max_over_mean(np.bincount(assignment, minlength=num_parts))}
     if graph.node_type is not None:
@@ -238,10 +381,11 @@ def balance(
             counts = np.bincount(assignment[graph.node_type == node_type], minlength=num_parts)
             result[f"nodes/{name}"] = _max_over_mean(counts)
     result["edges"] = _max_over_mean(np.bincount(assignment, weights=graph.degrees(), minlength=num_parts))
-    if seed_nodes is not None:
-        seed_nodes = np.asarray(seed_nodes, dtype=np.int64)
-        check_node_ids(seed_nodes, graph.num_nodes, "seed_nodes")
-        result["training_events"] = _max_over_mean(np.bincount(assignment[seed_nodes], minlength=num_parts))
+    if events_per_node is not None:
+        events = check_events_per_node(events_per_node, graph.num_nodes)
+        result["training_events"] = _max_over_mean(
+            np.bincount(assignment, weights=events, minlength=num_parts)
+        )
     for column in range(graph.num_constraints):
         weights = graph.vertex_weights[:, column]
         result[f"vertex_weight/{column}"] = _max_over_mean(
@@ -251,25 +395,31 @@ def balance(
 
 
 def quality_report(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     result: PartitionResult,
-    seed_nodes: np.ndarray,
-    rng: np.random.Generator,
+    events_per_node: np.ndarray,
+    rng: np.random.Generator | None,
     *,
     fanouts: Sequence[int] = (10, 5),
     num_seeds: int | None = 10_000,
     type_names: Sequence[str] | None = None,
+    trees: SampledTrees | None = None,
 ) -> dict[str, Any]:
     """All quality figures of one partition book, JSON-serialisable.
 
     Args:
-        graph: the graph that was partitioned.
+        graph: the graph that was partitioned, or a view of it (e.g. held in
+            Spark: :class:`partitioning.spark_graph.SparkGraphView`).
         result: the partitioner's result.
-        seed_nodes: int [num_events] user node of each training event.
-        rng: the random generator for the lookup estimate.
+        events_per_node: int [N] training events counted at each node.
+        rng: the random generator for the lookup estimate (None only with ``trees``).
         fanouts: at least two hops, e.g. ``(10, 5)``.
         num_seeds: events sampled for the lookup estimate.
         type_names: node type names by id.
+        trees: trees already sampled for this graph (:func:`sample_trees`),
+            so that several books are measured on the same lookups without
+            sampling again; ``rng``, ``fanouts`` and ``num_seeds`` are then
+            not used for sampling.
 
     Returns:
         ``edge_cut_fraction`` ({"unweighted", "weighted"}),
@@ -278,23 +428,31 @@ def quality_report(
         ``num_parts``, ``peak_rss_delta_bytes``, ``lookups`` and
         ``num_seeds``.
     """
-    if len(fanouts) < 2:
-        raise ValueError(f"fanouts needs at least two hops, got {list(fanouts)}")
-    lookups = remote_lookups(graph, result.assignment, seed_nodes, fanouts, rng, num_seeds=num_seeds)
+    view = as_view(graph)
+    assignment = _check_book(view, result.assignment)
+    events = check_events_per_node(events_per_node, view.num_nodes)
+    if trees is None:
+        if rng is None:
+            raise ValueError("quality_report needs rng unless trees are given")
+        if len(fanouts) < 2:
+            raise ValueError(f"fanouts needs at least two hops, got {list(fanouts)}")
+        trees = sample_trees(view, draw_seeds(events, num_seeds, rng), fanouts, rng)
+    elif len(trees.neighbours) < 2:
+        raise ValueError(f"trees need at least two hops, got {len(trees.neighbours)}")
+    lookups = remote_lookups_of(trees, assignment)
+    cut = view.edge_cut(assignment)
     return {
         "algorithm": result.algorithm,
         "num_parts": result.num_parts,
         "edge_cut_fraction": {
-            "unweighted": edge_cut_fraction(graph, result.assignment),
-            "weighted": edge_cut_fraction(graph, result.assignment, weighted=True),
+            "unweighted": cut.fraction(),
+            "weighted": cut.fraction(weighted=True),
         },
         "remote_fraction_1hop": lookups.remote_fraction[0],
         "remote_fraction_2hop": lookups.remote_fraction[1],
         "lookups": {f"hop{hop + 1}": count for hop, count in enumerate(lookups.lookups)},
         "num_seeds": lookups.num_seeds,
-        "balance": balance(
-            graph, result.assignment, result.num_parts, seed_nodes=seed_nodes, type_names=type_names
-        ),
+        "balance": balance(view, assignment, result.num_parts, events_per_node=events, type_names=type_names),
         "wall_s": result.wall_s,
         "peak_rss_bytes": result.peak_rss_bytes,
         "peak_rss_delta_bytes": result.peak_rss_delta_bytes,

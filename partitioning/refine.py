@@ -19,15 +19,23 @@ All work is done on whole arrays, no Python loop over nodes. Work over CSR
 entries is done in chunks of at most :data:`CHUNK_ENTRIES` entries, so the
 temporaries stay bounded (a few tens of MiB) whatever the graph size and the
 peak memory is dominated by the graph itself.
+
+Both loops read the graph through a :class:`partitioning.graph.GraphView`:
+:class:`CsrGraphView` here for an in-memory graph, or
+:class:`partitioning.spark_graph.SparkGraphView` for an adjacency that stays
+in Spark, whose per-node steps (neighbour part weights, best move and gain,
+afterburner) run as DataFrame operations while the book, the loads and the
+choice of the accepted moves stay on the driver (O(nodes), O(candidates)).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from partitioning.graph import PartitionGraph, aggregate_pairs
+from partitioning.graph import EdgeCut, GraphView, PartitionGraph, aggregate_pairs
 
 _RELATIVE_SLACK = 1e-9
 
@@ -96,15 +104,28 @@ def max_imbalance(vertex_weights: np.ndarray, assignment: np.ndarray, num_parts:
     return [float(loads[:, c].max() / means[c]) if means[c] > 0 else 1.0 for c in range(loads.shape[1])]
 
 
-def cut_weight(graph: PartitionGraph, assignment: np.ndarray) -> float:
-    """Total weight of undirected edges whose ends lie in different parts."""
-    total = 0.0
+def csr_edge_cut(graph: PartitionGraph, assignment: np.ndarray) -> EdgeCut:
+    """Pairs across parts and their weight, over CSR chunks (bounded temporaries)."""
+    assignment = np.asarray(assignment)
+    cut_entries = 0
+    weight = 0.0
     for start, stop in node_ranges(graph.indptr):
         low, high = graph.indptr[start], graph.indptr[stop]
         row_part = np.repeat(assignment[start:stop], np.diff(graph.indptr[start : stop + 1]))
         crossing = row_part != assignment[graph.indices[low:high]]
-        total += float(graph.edge_weight[low:high][crossing].sum())
-    return total / 2.0
+        cut_entries += int(np.count_nonzero(crossing))
+        weight += float(graph.edge_weight[low:high][crossing].sum())
+    return EdgeCut(
+        cut_edges=cut_entries // 2,
+        num_edges=graph.num_edges,
+        cut_weight=weight / 2.0,
+        total_weight=float(graph.edge_weight.sum()) / 2.0,
+    )
+
+
+def cut_weight(graph: PartitionGraph | GraphView, assignment: np.ndarray) -> float:
+    """Total weight of undirected edges whose ends lie in different parts."""
+    return as_view(graph).edge_cut(assignment).cut_weight
 
 
 def boundary_nodes(graph: PartitionGraph, assignment: np.ndarray) -> np.ndarray:
@@ -263,8 +284,77 @@ def _afterburner(
     return keep
 
 
+class CsrGraphView(GraphView):
+    """:class:`partitioning.graph.GraphView` of an in-memory :class:`PartitionGraph`.
+
+    Args:
+        graph: the graph; read, never copied.
+    """
+
+    def __init__(self, graph: PartitionGraph) -> None:
+        self.graph = graph
+
+    @property
+    def num_nodes(self) -> int:
+        return self.graph.num_nodes
+
+    @property
+    def vertex_weights(self) -> np.ndarray:
+        return self.graph.vertex_weights
+
+    @property
+    def node_type(self) -> np.ndarray | None:
+        return self.graph.node_type
+
+    def degrees(self) -> np.ndarray:
+        return self.graph.degrees()
+
+    def edge_cut(self, assignment: np.ndarray) -> EdgeCut:
+        return csr_edge_cut(self.graph, assignment)
+
+    def neighbours_at(self, nodes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return self.graph.indices[self.graph.indptr[nodes] + positions]
+
+    def neighbour_part_weights(
+        self, assignment: np.ndarray, nodes: np.ndarray, num_parts: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return neighbour_part_weights(self.graph, assignment, nodes, num_parts)
+
+    def boundary_moves(
+        self, assignment: np.ndarray, num_parts: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boundary = boundary_nodes(self.graph, assignment)
+        local_row, part, weight = neighbour_part_weights(self.graph, assignment, boundary, num_parts)
+        source = assignment[boundary]
+        internal = np.zeros(boundary.shape[0])
+        is_own = part == source[local_row]
+        internal[local_row[is_own]] = weight[is_own]
+        best_part, best_weight = best_per_row(local_row, part, weight, ~is_own, boundary.shape[0])
+        gain = best_weight - internal
+        candidate = (best_part >= 0) & (gain > 0)
+        return boundary[candidate], best_part[candidate], gain[candidate]
+
+    def still_profitable(
+        self, assignment: np.ndarray, nodes: np.ndarray, dest: np.ndarray, priority: np.ndarray
+    ) -> np.ndarray:
+        return _afterburner(self.graph, assignment, nodes, dest, priority)
+
+    def pairs_touching(self, ranges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        inside = np.zeros(self.num_nodes, dtype=bool)
+        for start, stop in ranges:
+            inside[start:stop] = True
+        src, dst, weight = self.graph.edge_list()
+        touching = inside[src] | inside[dst]
+        return src[touching], dst[touching], weight[touching]
+
+
+def as_view(graph: PartitionGraph | GraphView) -> GraphView:
+    """``graph`` itself when it is a view, else a :class:`CsrGraphView` of it."""
+    return graph if isinstance(graph, GraphView) else CsrGraphView(graph)
+
+
 def refine_boundary(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     assignment: np.ndarray,
     num_parts: int,
     caps: np.ndarray,
@@ -273,7 +363,7 @@ def refine_boundary(
     """Greedy boundary moves that lower the cut without breaking the caps.
 
     Args:
-        graph: the graph.
+        graph: the graph, or a view of it (e.g. one held in Spark).
         assignment: int [N] starting book (not modified).
         num_parts: number of parts.
         caps: float64 [C] per-part load caps (see :func:`balance_caps`).
@@ -283,35 +373,27 @@ def refine_boundary(
     Returns:
         ``(assignment int64 [N], info)`` with the number of passes and moves.
     """
+    view = as_view(graph)
     assignment = np.asarray(assignment, dtype=np.int64).copy()
-    cut = cut_weight(graph, assignment)
+    cut = view.edge_cut(assignment).cut_weight
     moves = 0
     passes = 0
     for _ in range(max_passes):
-        boundary = boundary_nodes(graph, assignment)
-        if boundary.size == 0:
-            break
-        local_row, part, weight = neighbour_part_weights(graph, assignment, boundary, num_parts)
-        source = assignment[boundary]
-        internal = np.zeros(boundary.shape[0])
-        is_own = part == source[local_row]
-        internal[local_row[is_own]] = weight[is_own]
-        best_part, best_weight = best_per_row(local_row, part, weight, ~is_own, boundary.shape[0])
-        gain = best_weight - internal
-        candidate = (best_part >= 0) & (gain > 0)
-        nodes, dest, gain = boundary[candidate], best_part[candidate], gain[candidate]
+        nodes, dest, gain = view.boundary_moves(assignment, num_parts)
         if nodes.size == 0:
             break
-        loads = part_loads(graph.vertex_weights, assignment, num_parts)
-        fits = accept_within_capacity(nodes, dest, gain, graph.vertex_weights[nodes], loads, caps)
+        loads = part_loads(view.vertex_weights, assignment, num_parts)
+        fits = accept_within_capacity(nodes, dest, gain, view.vertex_weights[nodes], loads, caps)
         nodes, dest, gain = nodes[fits], dest[fits], gain[fits]
-        keep = _afterburner(graph, assignment, nodes, dest, gain)
+        if nodes.size == 0:
+            break
+        keep = view.still_profitable(assignment, nodes, dest, gain)
         nodes, dest = nodes[keep], dest[keep]
         if nodes.size == 0:
             break
         previous = assignment[nodes]
         assignment[nodes] = dest
-        new_cut = cut_weight(graph, assignment)
+        new_cut = view.edge_cut(assignment).cut_weight
         passes += 1
         if new_cut >= cut:
             # Simultaneous moves interacted badly: undo this pass and stop.
@@ -374,7 +456,7 @@ def _accept_reducing_excess(
 
 
 def rebalance(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     assignment: np.ndarray,
     num_parts: int,
     caps: np.ndarray,
@@ -391,7 +473,7 @@ def rebalance(
     (:func:`_accept_reducing_excess`), so the total excess falls every round.
 
     Args:
-        graph: the graph.
+        graph: the graph, or a view of it (e.g. one held in Spark).
         assignment: int [N] starting book (not modified).
         num_parts: number of parts.
         caps: float64 [C] per-part caps.
@@ -401,8 +483,9 @@ def rebalance(
         ``(assignment int64 [N], info)``; ``rebalance_feasible`` is False when
         some part is still over a cap after ``max_rounds``.
     """
+    view = as_view(graph)
     assignment = np.asarray(assignment, dtype=np.int64).copy()
-    vertex_weights = graph.vertex_weights
+    vertex_weights = view.vertex_weights
     slack_caps = caps * (1 + _RELATIVE_SLACK)
     moves = 0
     rounds = 0
@@ -418,7 +501,7 @@ def rebalance(
         source = assignment[nodes]
         node_weights = vertex_weights[nodes]
 
-        local_row, part, weight = neighbour_part_weights(graph, assignment, nodes, num_parts)
+        local_row, part, weight = view.neighbour_part_weights(assignment, nodes, num_parts)
         is_own = part == source[local_row]
         internal = np.zeros(nodes.shape[0])
         internal[local_row[is_own]] = weight[is_own]
@@ -462,7 +545,7 @@ def rebalance(
 
 
 def refine(
-    graph: PartitionGraph,
+    graph: PartitionGraph | GraphView,
     assignment: np.ndarray,
     num_parts: int,
     *,
@@ -473,7 +556,8 @@ def refine(
     """Rebalances to ``(1 + imbalance)`` caps in every constraint, then refines the cut.
 
     Args:
-        graph: the graph, with its vertex weights as constraints.
+        graph: the graph, with its vertex weights as constraints, or a view of it
+            (:class:`partitioning.spark_graph.SparkGraphView` for a graph in Spark).
         assignment: int [N] starting book.
         num_parts: number of parts.
         imbalance: allowed excess over the mean load per constraint.
@@ -484,14 +568,15 @@ def refine(
         ``(assignment int64 [N], info)`` with move counts, the cut before and
         after, and the achieved max/mean load per constraint.
     """
-    caps = balance_caps(graph.vertex_weights, num_parts, imbalance)
-    cut_before = cut_weight(graph, np.asarray(assignment))
-    assignment, rebalance_info = rebalance(graph, assignment, num_parts, caps, max_rebalance_rounds)
-    assignment, refine_info = refine_boundary(graph, assignment, num_parts, caps, max_passes)
+    view = as_view(graph)
+    caps = balance_caps(view.vertex_weights, num_parts, imbalance)
+    cut_before = view.edge_cut(np.asarray(assignment)).cut_weight
+    assignment, rebalance_info = rebalance(view, assignment, num_parts, caps, max_rebalance_rounds)
+    assignment, refine_info = refine_boundary(view, assignment, num_parts, caps, max_passes)
     return assignment, {
         **rebalance_info,
         **refine_info,
         "cut_weight_before": cut_before,
-        "cut_weight_after": cut_weight(graph, assignment),
-        "max_imbalance": max_imbalance(graph.vertex_weights, assignment, num_parts),
+        "cut_weight_after": view.edge_cut(assignment).cut_weight,
+        "max_imbalance": max_imbalance(view.vertex_weights, assignment, num_parts),
     }

@@ -25,13 +25,13 @@ class PlantedGraph:
         graph: the graph; vertex weights are [N, 2] = (training events at the
             node, incident edges).
         community: int64 [N] planted community of each node.
-        seed_nodes: int64 [num_events] user node of each training event (a
-            user appears once per event).
+        events_per_node: int64 [N] training events counted at each node (0
+            for items), what the quality report draws seeds from.
     """
 
     graph: PartitionGraph
     community: np.ndarray
-    seed_nodes: np.ndarray
+    events_per_node: np.ndarray
 
 
 def planted_community_graph(
@@ -63,7 +63,7 @@ def planted_community_graph(
             skewed).
 
     Returns:
-        The graph, its communities and its training events' seed nodes.
+        The graph, its communities and its training events per node.
     """
     node_type = rng.choice(len(NODE_TYPES), size=num_nodes, p=_TYPE_SHARES).astype(np.int16)
     node_type[0] = 0  # at least one user and one item
@@ -99,5 +99,4 @@ def planted_community_graph(
         node_type=node_type,
         vertex_weights=np.stack([events, degree], axis=1).astype(np.float64),
     )
-    seed_nodes = np.repeat(np.arange(num_nodes, dtype=np.int64), events)
-    return PlantedGraph(graph=graph, community=community, seed_nodes=seed_nodes)
+    return PlantedGraph(graph=graph, community=community, events_per_node=events.astype(np.int64))

@@ -8,24 +8,38 @@ Run as ``clickgraph partition --num-parts K`` or
    with the store's per-edge weights (relation weights from config) summed per pair.
    Vertex weights balance two things: training events (impressions, counted at their
    user) and incident edges.
-2. At or under ``partition.edge_budget`` pairs the adjacency is collected (Arrow) and
+2. At or under ``partition.edge_budget`` pairs the adjacency is collected and
    partitioned by METIS directly; above it Spark coarsens it first (label propagation,
    ``partitioning.spark_coarsen``) until it fits, METIS partitions the coarse graph and
-   Spark projects the book back. Random (hash) partitioning of the same graph is
-   computed in the same run, and both get the same quality report.
+   Spark projects the book back, and the book is rebalanced and refined with the
+   per-edge steps in Spark (``partitioning.spark_graph``). Random (hash) partitioning of
+   the same graph is computed in the same run, and both get the same quality report
+   (above the budget, too, from Spark). Above the budget the driver holds per-node
+   arrays, the coarse graph and O(seeds x fanouts) sampled lookups, never the fine
+   adjacency.
 3. Spark writes each relation's in-edge CSR per part (forward relations keyed by their
    destination, ``rev_`` relations by their source), one pandas group per part; the
    driver writes the partition book, owned ids and features, then each part's manifest,
    then the shard set's ``_MANIFEST.json`` last. Shard layout: ``trainer/shard.py``.
+   A shard set for an object store (any non-local fsspec URL) is written to a local
+   folder first and then uploaded, manifests last (:func:`publish_shard_set`).
+4. A run that continues the shard set already at the output (``--place-new``, or the
+   same graph lineage) keeps its attribute vocabularies (:func:`vocab_to_keep`), so a
+   model trained on it can be continued.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
+import posixpath
+import shutil
 import sys
+import tempfile
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -90,15 +104,18 @@ def vertex_weights(spark, store, edges, offsets: dict[str, int], num_total: int)
 
 
 def _collect_pairs(adjacency) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whole fine adjacency on the driver (at or under ``partition.edge_budget`` only)."""
     table = adjacency.toPandas()
     return (table["src"].to_numpy(np.int64), table["dst"].to_numpy(np.int64),
             table["weight"].to_numpy(np.float64))
 
 
 def load_partition_graph(spark, cfg: Config, store) -> dict[str, Any]:
-    """The store as one weighted undirected :class:`PartitionGraph` (plus what goes with it)."""
-    from partitioning.graph import PartitionGraph
+    """The store as one weighted undirected graph (plus what goes with it).
 
+    See :func:`prepare_partition_graph` for what is collected to the driver; here the
+    global id space, node types and vertex weights are added.
+    """
     num_nodes = {t: store.num_nodes(t) for t in store.node_types}
     offsets = node_offsets(num_nodes)
     total = sum(num_nodes.values())
@@ -108,29 +125,92 @@ def load_partition_graph(spark, cfg: Config, store) -> dict[str, Any]:
         node_type[offsets[t]:offsets[t] + num_nodes[t]] = index
     edges = global_edges(spark, store, offsets).cache()
     adjacency = weighted_adjacency(edges).cache()
-    num_pairs = adjacency.count()
     vweights = vertex_weights(spark, store, edges, offsets, total)
-    seed_users = (store.read_edges(spark, IMPRESSIONS).select("src").toPandas()["src"]
-                  .to_numpy(np.int64) + offsets["user"])
-    coarse_book = None
-    if num_pairs > cfg.partition.edge_budget:
-        coarse_book = _coarsened_metis(spark, adjacency, vweights, cfg.partition)
-    src, dst, weight = _collect_pairs(adjacency)
     edges.unpersist()
-    adjacency.unpersist()
-    graph = PartitionGraph.from_coo(total, src, dst, weight, node_type=node_type,
-                                    vertex_weights=vweights)
-    return {"graph": graph, "num_nodes": num_nodes, "offsets": offsets, "type_names": type_names,
-            "seed_users": seed_users, "num_pairs": num_pairs, "coarse_book": coarse_book}
+    g = prepare_partition_graph(cfg, adjacency, vweights, node_type, type_names)
+    g.update(num_nodes=num_nodes, offsets=offsets)
+    return g
 
 
-def _report(cfg: Config, g: dict[str, Any], result) -> dict[str, Any]:
+def prepare_partition_graph(cfg: Config, adjacency, vweights: np.ndarray, node_type: np.ndarray | None,
+                            type_names: list[str] | None) -> dict[str, Any]:
+    """The graph as the books, their refinement and their quality report read it.
+
+    At or under ``partition.edge_budget`` pairs the adjacency is collected and becomes
+    an in-memory :class:`partitioning.graph.PartitionGraph`. Above it nothing per edge
+    reaches the driver: the adjacency stays persisted in Spark and is read through a
+    :class:`partitioning.spark_graph.SparkGraphView` (refinement, quality report and
+    ``--place-new`` as DataFrame steps); the driver holds per-node arrays only. Call
+    :func:`release_partition_graph` when done.
+
+    Args:
+        cfg: the config (``partition.edge_budget``).
+        adjacency: persisted DataFrame ``src < dst, weight``, each pair once.
+        vweights: float64 [N, 2] vertex weights (training events, incident edges).
+        node_type: int16 [N] node type index, or None.
+        type_names: node type names by index.
+
+    Returns:
+        ``{"graph": PartitionGraph or None (above the budget), "view": GraphView,
+        "adjacency": the persisted DataFrame or None, "vertex_weights",
+        "events_per_node": int64 [N] training events per node, "num_pairs",
+        "type_names"}``.
+    """
+    from partitioning.graph import PartitionGraph
+    from partitioning.refine import CsrGraphView
+
+    num_pairs = adjacency.count()
+    events_per_node = vweights[:, 0].astype(np.int64)
+    common = {"vertex_weights": vweights, "events_per_node": events_per_node, "num_pairs": num_pairs,
+              "type_names": type_names}
+    if num_pairs <= cfg.partition.edge_budget:
+        src, dst, weight = _collect_pairs(adjacency)
+        adjacency.unpersist()
+        graph = PartitionGraph.from_coo(len(vweights), src, dst, weight, node_type=node_type,
+                                        vertex_weights=vweights)
+        return {"graph": graph, "view": CsrGraphView(graph), "adjacency": None, **common}
+    from partitioning.spark_graph import SparkGraphView
+
+    return {"graph": None, "view": SparkGraphView(adjacency, vweights, node_type), "adjacency": adjacency,
+            **common}
+
+
+def release_partition_graph(g: dict[str, Any]) -> None:
+    """Unpersists what :func:`prepare_partition_graph` left in Spark (above the budget)."""
+    if g.get("adjacency") is not None:
+        g["view"].close()
+        g["adjacency"].unpersist()
+        g["adjacency"] = None
+
+
+def quality_of(cfg: Config, g: dict[str, Any], result) -> dict[str, Any]:
+    """The job's quality report of one book (``partitioning.quality.quality_report``).
+
+    Seeds are drawn from the training events per node and their trees sampled once, with
+    a generator seeded by ``partition.seed`` (kept in ``g["trees"]`` per seed, number of
+    seeds and fanouts), so every book of one run (and of a benchmark using this
+    function) is measured on the same lookups.
+    Above the edge budget the trees are sampled through the Spark view: the driver holds
+    the seeds and the sampled lookups only, and the figures equal the in-memory ones.
+    """
     from partitioning import quality as q
 
     p = cfg.partition
-    return q.quality_report(g["graph"], result, g["seed_users"], np.random.default_rng(p.seed),
-                            fanouts=p.quality_fanouts, num_seeds=p.quality_seeds,
-                            type_names=g["type_names"])
+    key = (p.seed, p.quality_seeds, tuple(p.quality_fanouts))
+    cache = g.setdefault("trees", {})
+    if key not in cache:
+        rng = np.random.default_rng(p.seed)
+        seeds = q.draw_seeds(g["events_per_node"], p.quality_seeds, rng)
+        cache[key] = q.sample_trees(g["view"], seeds, p.quality_fanouts, rng)
+    return q.quality_report(g["view"], result, g["events_per_node"], None, type_names=g["type_names"],
+                            trees=cache[key])
+
+
+def _random_book(cfg: Config, g: dict[str, Any]):
+    """The hash book of the same graph (it reads the node count only)."""
+    from partitioning.baseline import RandomPartitioner
+
+    return RandomPartitioner(seed=cfg.partition.seed).partition(g["view"], cfg.partition.num_parts)
 
 
 def partition_books(cfg: Config, g: dict[str, Any]) -> dict[str, Any]:
@@ -140,11 +220,10 @@ def partition_books(cfg: Config, g: dict[str, Any]) -> dict[str, Any]:
         ``{"book": METIS book [N], "random": book [N], "quality": {...}, "method"}``.
     """
     from partitioning.base import PartitionResult
-    from partitioning.baseline import RandomPartitioner
     from partitioning.metis import MetisPartitioner
 
     p = cfg.partition
-    if g["coarse_book"] is None:
+    if g["graph"] is not None:
         method = "direct"
         metis = MetisPartitioner(ufactor=int(round(p.imbalance * 1000)), seed=p.seed).partition(
             g["graph"], p.num_parts)
@@ -152,17 +231,19 @@ def partition_books(cfg: Config, g: dict[str, Any]) -> dict[str, Any]:
         from partitioning.refine import refine
 
         method = "spark_coarsened"
-        book, wall_s = g["coarse_book"]
+        adjacency = g["adjacency"]
+        book, wall_s = _coarsened_metis(adjacency.sparkSession, adjacency, g["vertex_weights"], p)
         t0 = time.perf_counter()
-        # the projected book is balanced per cluster; rebalance and refine it on the nodes
-        book, refine_info = refine(g["graph"], book, p.num_parts, imbalance=p.imbalance)
+        # the projected book is balanced per cluster; rebalance and refine it on the nodes,
+        # each pass's per-edge work in Spark (partitioning.spark_graph)
+        book, refine_info = refine(g["view"], book, p.num_parts, imbalance=p.imbalance)
         wall_s += time.perf_counter() - t0
         metis = PartitionResult(assignment=book.astype(np.int32), num_parts=p.num_parts,
                                 algorithm="spark_coarsened_metis", wall_s=wall_s, peak_rss_bytes=0,
                                 peak_rss_delta_bytes=0, memory_probe="not measured",
                                 params={"edge_budget": p.edge_budget}, info=refine_info)
-    random = RandomPartitioner(seed=p.seed).partition(g["graph"], p.num_parts)
-    quality = {"metis": _report(cfg, g, metis), "random": _report(cfg, g, random)}
+    random = _random_book(cfg, g)
+    quality = {"metis": quality_of(cfg, g, metis), "random": quality_of(cfg, g, random)}
     return {"book": metis.assignment, "random": random.assignment, "quality": quality,
             "method": method}
 
@@ -176,16 +257,18 @@ def place_new(cfg: Config, g: dict[str, Any], previous: dict[str, Any], previous
     balance within ``partition.placement_tolerance``. The edge cut's drift from the last
     full partitioning is tracked; past ``partition.max_cut_drift`` the job recommends a
     full re-partition, or runs one (``on_drift: repartition``).
+
+    Placement reads the pairs of the new nodes only (``GraphView.pairs_touching``: a
+    Spark filter above the edge budget), the book and the vertex weights.
     """
     from partitioning.base import PartitionResult
-    from partitioning.baseline import RandomPartitioner
     from partitioning.placement import edge_cut_drift, place_new_nodes
     from partitioning.refine import part_loads
 
     p = cfg.partition
-    graph, offsets = g["graph"], g["offsets"]
-    book = np.full(graph.num_nodes, -1, dtype=np.int64)
-    new_ids = []
+    view, offsets, vweights = g["view"], g["offsets"], g["vertex_weights"]
+    book = np.full(view.num_nodes, -1, dtype=np.int64)
+    new_ids, new_ranges = [], []
     for node_type, n in g["num_nodes"].items():
         old = previous_books.get(node_type, np.zeros(0, dtype=np.int64))
         if len(old) > n:
@@ -193,26 +276,25 @@ def place_new(cfg: Config, g: dict[str, Any], previous: dict[str, Any], previous
                              f"shard set ({len(old)}); it is not a continuation of it")
         book[offsets[node_type]:offsets[node_type] + len(old)] = old
         new_ids.append(np.arange(offsets[node_type] + len(old), offsets[node_type] + n))
+        new_ranges.append((offsets[node_type] + len(old), offsets[node_type] + n))
     new_ids = np.concatenate(new_ids)
     t0 = time.perf_counter()
-    src, dst, weight = graph.edge_list()
-    touching = (book[src] < 0) | (book[dst] < 0)
+    touching = view.pairs_touching(new_ranges)
     placed_mask = book >= 0
-    loads = part_loads(graph.vertex_weights[placed_mask], book[placed_mask], p.num_parts)
-    placement = place_new_nodes(book, new_ids, (src[touching], dst[touching], weight[touching]), loads,
-                                new_node_weights=graph.vertex_weights[new_ids],
+    loads = part_loads(vweights[placed_mask], book[placed_mask], p.num_parts)
+    placement = place_new_nodes(book, new_ids, touching, loads, new_node_weights=vweights[new_ids],
                                 tolerance=p.placement_tolerance)
     placed = PartitionResult(assignment=placement.assignment.astype(np.int32), num_parts=p.num_parts,
                              algorithm="placement", wall_s=time.perf_counter() - t0, peak_rss_bytes=0,
                              peak_rss_delta_bytes=0, memory_probe="not measured",
                              params={"tolerance": p.placement_tolerance})
     baseline = previous["baseline_edge_cut"]
-    drift = edge_cut_drift(graph, placed.assignment, baseline)
+    drift = edge_cut_drift(view, placed.assignment, baseline)
     log(f"partition: placed {len(new_ids):,} new nodes; edge cut {drift.current:.4f} vs "
         f"{baseline:.4f} at the last full partitioning ({drift.relative:+.1%})")
-    random = RandomPartitioner(seed=p.seed).partition(graph, p.num_parts)
+    random = _random_book(cfg, g)
     out = {"book": placed.assignment, "random": random.assignment, "method": "placement",
-           "quality": {"metis": _report(cfg, g, placed), "random": _report(cfg, g, random)},
+           "quality": {"metis": quality_of(cfg, g, placed), "random": quality_of(cfg, g, random)},
            "new_nodes": int(len(new_ids)), "num_over_cap": int(placement.num_over_cap),
            "drift": {"baseline_edge_cut": baseline, "current_edge_cut": drift.current,
                      "relative": drift.relative, "threshold": p.max_cut_drift,
@@ -238,6 +320,7 @@ def _coarsened_metis(spark, adjacency, vweights: np.ndarray, p) -> tuple[np.ndar
     from partitioning.graph import PartitionGraph, normalized_vertex_weight
     from partitioning.metis import MetisPartitioner
     from partitioning.spark_coarsen import coarse_vertex_weights_spark, coarsen_spark
+    from partitioning.spark_graph import collect_frame
 
     t0 = time.perf_counter()
     weight = normalized_vertex_weight(vweights)
@@ -247,21 +330,23 @@ def _coarsened_metis(spark, adjacency, vweights: np.ndarray, p) -> tuple[np.ndar
         adjacency, vw_df, edge_budget=p.edge_budget,
         max_cluster_weight=max_cluster_weight_for(float(weight.sum()), p.num_parts, 32))
     mapping = mapping.cache()
-    clusters = mapping.select("cluster").distinct().toPandas()["cluster"].to_numpy(np.int64)
+    clusters = collect_frame(mapping.select("cluster").distinct())["cluster"].to_numpy(np.int64)
     clusters.sort()
-    index = {c: i for i, c in enumerate(clusters)}
-    cw = coarse_vertex_weights_spark(vw_df, mapping).toPandas()
+
+    def index(labels) -> np.ndarray:  # cluster label -> dense coarse id, vectorised
+        return np.searchsorted(clusters, labels.to_numpy(np.int64))
+
+    cw = collect_frame(coarse_vertex_weights_spark(vw_df, mapping))
     coarse_w = np.zeros(len(clusters))
-    coarse_w[[index[c] for c in cw["cluster"]]] = cw["weight"].to_numpy()
-    ce = coarse_edges.toPandas()
-    graph = PartitionGraph.from_coo(len(clusters), np.array([index[c] for c in ce["src"]]),
-                                    np.array([index[c] for c in ce["dst"]]),
+    coarse_w[index(cw["cluster"])] = cw["weight"].to_numpy()
+    ce = collect_frame(coarse_edges)
+    graph = PartitionGraph.from_coo(len(clusters), index(ce["src"]), index(ce["dst"]),
                                     ce["weight"].to_numpy(), vertex_weights=coarse_w)
     coarse = MetisPartitioner(ufactor=int(round(p.imbalance * 1000)), seed=p.seed).partition(
         graph, p.num_parts)
-    m = mapping.toPandas()
+    m = collect_frame(mapping)
     book = np.zeros(len(weight), dtype=np.int32)
-    book[m["node"].to_numpy()] = coarse.assignment[[index[c] for c in m["cluster"]]]
+    book[m["node"].to_numpy()] = coarse.assignment[index(m["cluster"])]
     mapping.unpersist()
     return book, time.perf_counter() - t0
 
@@ -329,9 +414,49 @@ def _write_relation_csr(spark, store, name: str, info, reverse: bool, books: dic
     return per_part, (src_type, relation, dst_type), rel_path
 
 
+def unseen_values(table, vocab: dict[str, list[str]]) -> dict[str, int]:
+    """Distinct non-null values per attribute column that ``vocab`` does not list.
+
+    Args:
+        table: pyarrow node table.
+        vocab: attribute -> values of an earlier run (columns it lacks are skipped).
+
+    Returns:
+        column -> number of distinct values that get code 0 (unknown), for columns with any.
+    """
+    out = {}
+    for column, values in vocab.items():
+        if column in table.column_names:
+            known = set(values)
+            new = {v for v in table.column(column).to_pylist() if v is not None and v not in known}
+            if new:
+                out[column] = len(new)
+    return out
+
+
 def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_dir: str,
-                 config_hash: str) -> list[dict[str, Any]]:
-    """Write every part's shard under ``out_dir/part-XXXXX`` (layout: trainer/shard.py)."""
+                 config_hash: str, previous_vocab: dict[str, dict[str, list[str]]] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Write every part's shard under ``out_dir/part-XXXXX`` (layout: trainer/shard.py).
+
+    Args:
+        spark: the session; its tasks write the relation files, so ``out_dir`` must be
+            a folder the driver and every executor see.
+        cfg: the config.
+        store: the graph store.
+        books: node type -> int [num_nodes] part of every node.
+        out_dir: local folder of the shard set.
+        config_hash: recorded in every part's manifest.
+        previous_vocab: ``vocab.json`` of the shard set this one continues. Its
+            vocabularies are kept as they are: codes and cardinalities stay those the
+            model was trained with, and values it does not list get code 0 (unknown).
+            Node types or columns it lacks are fitted here. ``None`` fits all.
+
+    Returns:
+        ``(per-part summaries, vocab info)``; vocab info holds ``source`` (``"fitted"``
+        or ``"previous"``) and ``unseen`` (node type -> column -> distinct values
+        encoded as unknown).
+    """
     from trainer.data import encode_nodes, read_table
     from trainer.shard import FORMAT_VERSION, SHARD_KIND
 
@@ -339,9 +464,14 @@ def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_di
     node_types = [t for t in GRAPH_NODE_TYPES if t in books]
     node_meta: list[dict[str, Any]] = [{} for _ in range(num_parts)]
     vocab = {}
+    unseen: dict[str, dict[str, int]] = {}
     for node_type in node_types:
         table = read_table(store.node_url(node_type)).sort_by("id")
-        features, vocab[node_type] = encode_nodes(table, node_type)
+        kept = (previous_vocab or {}).get(node_type)
+        features, vocab[node_type] = encode_nodes(table, node_type, kept)
+        new_values = unseen_values(table, kept) if kept else {}
+        if new_values:
+            unseen[node_type] = new_values
         book = books[node_type]
         for part in range(num_parts):
             folder = os.path.join(out_dir, f"part-{part:05d}")
@@ -387,58 +517,192 @@ def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_di
                           "edges": sum(r["num_edges"] for r in relations[part])})
     with open(os.path.join(out_dir, "vocab.json"), "w") as handle:
         json.dump(vocab, handle)
-    return summaries
+    return summaries, {"source": "fitted" if previous_vocab is None else "previous", "unseen": unseen}
 
 
 # --------------------------------------------------------------------------- the job
 
 
+def read_npy(url: str) -> np.ndarray:
+    """One ``.npy`` file from a local path or any fsspec URL, read whole."""
+    filesystem, path = fs.filesystem(url)
+    with filesystem.open(path, "rb") as handle:
+        return np.load(io.BytesIO(handle.read()), allow_pickle=False)
+
+
+def previous_shard_set(out_url: str, required: bool) -> dict[str, Any] | None:
+    """The manifest of the shard set at ``out_url``, or None when there is no usable one.
+
+    Raises:
+        clickgraph.manifest.ManifestError: ``required`` and no complete shard set of a
+            known format version is there.
+    """
+    from clickgraph.manifest import ManifestError, read_manifest
+
+    if not required and not fs.exists(fs.join(out_url, fs.MANIFEST_NAME)):
+        return None
+    try:
+        return read_manifest(out_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
+    except ManifestError:
+        if required:
+            raise
+        return None
+
+
+def vocab_to_keep(previous: dict[str, Any] | None, out_url: str, store, place_new_nodes: bool,
+                  log=print) -> dict[str, dict[str, list[str]]] | None:
+    """The previous shard set's ``vocab.json`` when this run continues that set, else None.
+
+    A model trained on the previous shards has one embedding row per code, so a
+    continued checkpoint stays loadable only if codes and cardinalities stay as they
+    were. The previous vocabularies are kept for ``--place-new`` and for a full run on a
+    graph store of the same lineage (same build config, the previous set's days a
+    prefix of the store's): the graph ``clickgraph train --continue`` accepts.
+    """
+    if previous is None:
+        return None
+    old = previous.get("graph", {})
+    old_days = list(old.get("days") or [])
+    continues = place_new_nodes or (old.get("config_hash") == store.manifest.get("config_hash")
+                                    and store.days[:len(old_days)] == old_days)
+    url = fs.join(out_url, "vocab.json")
+    if not continues:
+        log(f"partition: the shard set at {out_url} was cut from another graph lineage; "
+            "vocabularies fitted again")
+        return None
+    if not fs.exists(url):
+        log(f"partition: {url} not found; vocabularies fitted again")
+        return None
+    return fs.read_json(url)
+
+
+def upload_order(local_dir: str) -> list[str]:
+    """Files under ``local_dir`` (relative, ``/``-separated) in the order they are uploaded.
+
+    Data files first, then every part's ``_MANIFEST.json``, then the shard set's: a
+    manifest is never visible before the files it describes.
+    """
+    files = []
+    for root, _, names in os.walk(local_dir):
+        for name in names:
+            files.append(os.path.relpath(os.path.join(root, name), local_dir).replace(os.sep, "/"))
+
+    def rank(rel: str) -> tuple[int, str]:
+        if rel == fs.MANIFEST_NAME:
+            return 2, rel
+        return (1 if posixpath.basename(rel) == fs.MANIFEST_NAME else 0), rel
+
+    return sorted(files, key=rank)
+
+
+def publish_shard_set(local_dir: str, out_url: str) -> None:
+    """Upload a shard set written under ``local_dir`` to ``out_url`` (any fsspec URL).
+
+    Object stores cannot rename a folder, and ``fsspec``'s ``mv`` copies files in sorted
+    order, ``_MANIFEST.json`` first; so the swap is done file by file in
+    :func:`upload_order`:
+
+    1. upload into ``.<name>.staging-<token>`` beside ``out_url``. A crash here leaves
+       the previous shard set untouched (``--place-new`` can still extend it) and an
+       orphan staging folder that the next run removes;
+    2. delete the previous set's ``_MANIFEST.json`` (from then on readers refuse the
+       folder), then the rest of it; copy the staged files in, the set's manifest last;
+       delete the staging folder. A crash here leaves a folder without manifest, which
+       every reader refuses.
+
+    Args:
+        local_dir: the complete shard set, manifests included.
+        out_url: final folder, e.g. ``s3a://bucket/clickgraph/partitions``.
+    """
+    filesystem, final = fs.filesystem(out_url)
+    final = final.rstrip("/")
+    parent, name = posixpath.split(final)
+    if not parent or not name:
+        raise ValueError(f"partition: {out_url} must be a folder below a bucket or root")
+    for stale in filesystem.glob(posixpath.join(parent, f".{name}.staging-*")):
+        filesystem.rm(stale, recursive=True)
+    staging = posixpath.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
+    files = upload_order(local_dir)
+    for folder in sorted({posixpath.dirname(f"{staging}/{rel}") for rel in files}):
+        filesystem.makedirs(folder, exist_ok=True)
+    for rel in files:
+        filesystem.put_file(os.path.join(local_dir, *rel.split("/")), f"{staging}/{rel}")
+    if filesystem.exists(f"{final}/{fs.MANIFEST_NAME}"):
+        filesystem.rm_file(f"{final}/{fs.MANIFEST_NAME}")
+    if filesystem.exists(final):
+        filesystem.rm(final, recursive=True)
+    for folder in sorted({posixpath.dirname(f"{final}/{rel}") for rel in files}):
+        filesystem.makedirs(folder, exist_ok=True)
+    for rel in files:
+        filesystem.cp_file(f"{staging}/{rel}", f"{final}/{rel}")
+    filesystem.rm(staging, recursive=True)
+
+
 def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = None,
-        place_new_nodes: bool = False, log=print) -> dict[str, Any]:
+        place_new_nodes: bool = False, refit_vocab: bool = False, staging_dir: str | None = None,
+        log=print) -> dict[str, Any]:
     """Partition the graph store and write the shard set; returns its manifest.
 
     With ``place_new_nodes`` the previous shard set's book is kept and only nodes the
     graph store gained since (an incremental build) are placed; the shards are then
     written again from the store, so they hold the new edges too.
+
+    ``out_url`` is a local path or any fsspec URL (``s3a://`` is read as ``s3://``). A
+    local shard set is staged beside its folder and renamed into place
+    (``fs.staged_output``). Any other is written to a local folder under ``staging_dir``
+    (default: the system's temporary folder; Spark tasks write there, so on a cluster
+    it must be a folder the driver and every executor share) and then uploaded by
+    :func:`publish_shard_set`, manifests last.
+
+    Vocabularies: a run that continues the shard set at ``out_url`` (see
+    :func:`vocab_to_keep`) keeps its ``vocab.json``, so a continued model's embedding
+    tables still fit; attribute values it does not list are encoded as unknown (0) and
+    counted in the manifest's ``vocab.unseen``. ``refit_vocab`` fits them again (the
+    model must then be trained from scratch).
     """
-    from clickgraph.manifest import read_manifest
     from spark_jobs.graph_store import open_graph_store
 
     graph_url = graph_url or cfg.paths.stage("graph")
     out_url = out_url or cfg.paths.stage("partitions")
-    if "://" in out_url and not out_url.startswith("file://"):
-        raise ValueError(f"partition: shards are written to a local or mounted path for now; "
-                         f"got {out_url} (copy them to object storage afterwards)")
-    store = open_graph_store(graph_url)
-    t0 = time.perf_counter()
-    g = load_partition_graph(spark, cfg, store)
     if place_new_nodes and cfg.partition.shard_book != "metis":
         raise ValueError("partition: --place-new extends a METIS shard set; partition.shard_book "
                          f"is {cfg.partition.shard_book!r}")
-    if place_new_nodes:
-        previous = read_manifest(out_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
-        if previous["num_parts"] != cfg.partition.num_parts:
-            raise ValueError(f"partition: the shard set at {out_url} has {previous['num_parts']} parts, "
-                             f"partition.num_parts is {cfg.partition.num_parts}")
-        first = fs.join(out_url, previous["parts"][0]["path"]).removeprefix("file://")
-        previous_books = {t: np.load(os.path.join(first, "partition_book", f"{t}.npy"))
-                          for t in previous["num_nodes"]}
-        result = place_new(cfg, g, previous, previous_books, log)
-    else:
-        result = partition_books(cfg, g)
+    store = open_graph_store(graph_url)
+    previous = previous_shard_set(out_url, required=place_new_nodes)
+    if place_new_nodes and previous["num_parts"] != cfg.partition.num_parts:
+        raise ValueError(f"partition: the shard set at {out_url} has {previous['num_parts']} parts, "
+                         f"partition.num_parts is {cfg.partition.num_parts}")
+    t0 = time.perf_counter()
+    g = load_partition_graph(spark, cfg, store)
+    try:
+        if place_new_nodes:
+            first = fs.join(out_url, previous["parts"][0]["path"])
+            previous_books = {t: read_npy(fs.join(first, "partition_book", f"{t}.npy"))
+                              for t in previous["num_nodes"]}
+            result = place_new(cfg, g, previous, previous_books, log)
+        else:
+            result = partition_books(cfg, g)
+    finally:
+        release_partition_graph(g)
+    previous_vocab = None if refit_vocab else vocab_to_keep(previous, out_url, store,
+                                                            place_new_nodes, log)
     offsets, num_nodes = g["offsets"], g["num_nodes"]
     chosen = result["book"] if cfg.partition.shard_book == "metis" else result["random"]
     books = {t: chosen[offsets[t]:offsets[t] + n] for t, n in num_nodes.items()}
     _print_quality(result["quality"], log)
     baseline = (result["drift"]["baseline_edge_cut"] if result["method"] == "placement"
                 else result["quality"]["metis"]["edge_cut_fraction"]["unweighted"])
-    with fs.staged_output(out_url) as stage:
-        local = stage.removeprefix("file://")
+
+    def write_set(local: str) -> dict[str, Any]:
         os.makedirs(local, exist_ok=True)
-        parts = write_shards(spark, cfg, store, books, local, cfg.section_hash("partition", "graph"))
+        parts, vocab = write_shards(spark, cfg, store, books, local,
+                                    cfg.section_hash("partition", "graph"), previous_vocab)
+        for node_type, columns in vocab["unseen"].items():
+            log(f"partition: kept the previous vocabularies; new {node_type} values encoded as "
+                f"unknown (0): {columns} (refit them and retrain from scratch to learn them)")
         np.save(os.path.join(local, "book.npy"), result["book"].astype(np.int32))
         np.save(os.path.join(local, "book_random.npy"), result["random"].astype(np.int32))
-        fs.write_text(fs.join(stage, "_config.yaml"), cfg.to_yaml())
+        fs.write_text(os.path.join(local, "_config.yaml"), cfg.to_yaml())
         manifest = new_manifest(
             PARTITIONS_KIND, PARTITIONS_FORMAT_VERSION, cfg, ("partition", "graph"),
             num_parts=cfg.partition.num_parts, method=result["method"],
@@ -448,9 +712,21 @@ def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = 
             num_nodes=num_nodes, global_offsets=offsets, num_pairs=g["num_pairs"],
             parts=parts, quality=result["quality"], baseline_edge_cut=baseline,
             placement={k: result[k] for k in ("new_nodes", "num_over_cap", "drift") if k in result},
-            wall_s=round(time.perf_counter() - t0, 2),
+            vocab=vocab, wall_s=round(time.perf_counter() - t0, 2),
             shard_format="trainer/shard.py format_version 1")
-        write_manifest(stage, manifest)
+        write_manifest(local, manifest)
+        return manifest
+
+    if fs.is_local(out_url):
+        with fs.staged_output(out_url) as stage:
+            return write_set(stage.removeprefix("file://"))
+    local = tempfile.mkdtemp(prefix="clickgraph-partitions-", dir=staging_dir)
+    try:
+        manifest = write_set(local)
+        publish_shard_set(local, out_url)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    log(f"partition: shard set uploaded to {out_url}")
     return manifest
 
 
@@ -481,6 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-parts", type=int)
     parser.add_argument("--place-new", action="store_true",
                         help="keep the existing book, place only new nodes (after build-graph --day)")
+    parser.add_argument("--refit-vocab", action="store_true",
+                        help="fit the attribute vocabularies again instead of keeping the previous "
+                             "shard set's (a continued model no longer fits; retrain from scratch)")
+    parser.add_argument("--staging-dir", help="local folder, seen by the driver and every executor, "
+                                              "where a shard set for a remote paths.partitions is "
+                                              "written before the upload (default: the temp folder)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -489,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
-    run(get_spark(cfg.spark, "partition"), cfg, place_new_nodes=args.place_new)
+    run(get_spark(cfg.spark, "partition"), cfg, place_new_nodes=args.place_new,
+        refit_vocab=args.refit_vocab, staging_dir=args.staging_dir)
     return 0
 
 

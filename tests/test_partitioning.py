@@ -28,7 +28,7 @@ from partitioning.coarsen import max_cluster_weight_for
 from partitioning.graph import normalized_vertex_weight
 from partitioning.memory import PeakRssMonitor
 from partitioning.metis import integer_edge_weights, integer_vertex_weights
-from partitioning.quality import sample_neighbours
+from partitioning.quality import draw_seeds, sample_neighbours, sample_trees
 from partitioning.refine import balance_caps, cut_weight, max_imbalance, part_loads, rebalance, refine
 from partitioning.synthetic import planted_community_graph
 
@@ -178,6 +178,46 @@ def test_peak_rss_monitor_sees_memory_allocated_and_freed_inside_the_block():
     assert monitor.peak_rss_bytes >= monitor.start_rss_bytes > 0
 
 
+def _small_block_peak(conn) -> None:
+    with PeakRssMonitor() as monitor:
+        small = np.ones(2**20 // 8)
+        del small
+    conn.send((monitor.probe, monitor.peak_delta_bytes))
+    conn.close()
+
+
+def test_peak_rss_of_a_spawned_process_is_its_own_not_its_parents():
+    """getrusage's ru_maxrss of a fork+exec'd process keeps the parent's size at the fork
+    (the pre-exec image), which clear_refs does not reset; VmHWM is the resettable peak."""
+    import multiprocessing
+
+    parent_block = np.ones(160 * 2**20 // 8)  # the parent is large when it spawns
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe(duplex=False)
+    process = context.Process(target=_small_block_peak, args=(child_end,))
+    process.start()
+    child_end.close()
+    probe, peak_delta = parent_end.recv()
+    process.join()
+    del parent_block
+    if probe == "hwm_reset":
+        assert peak_delta < 64 * 2**20, peak_delta
+
+
+def test_nested_peak_rss_monitors_keep_the_outer_peak():
+    """A partitioner's own monitor resets the kernel's high-water mark; the enclosing
+    monitor (a benchmark around a whole job step) must still see the earlier peak."""
+    with PeakRssMonitor() as outer:
+        block = np.ones(96 * 2**20 // 8)
+        del block
+        with PeakRssMonitor() as inner:
+            small = np.ones(2**20 // 8)
+            del small
+    if outer.probe == "hwm_reset":
+        assert inner.peak_delta_bytes < 48 * 2**20
+        assert outer.peak_delta_bytes >= 90 * 2**20
+
+
 # --------------------------------------------------------------------------- METIS and random
 
 
@@ -247,7 +287,7 @@ def test_random_partitioner_is_a_pure_hash_of_the_global_id():
 
 
 def test_metis_needs_at_most_half_the_remote_lookups_of_random(planted):
-    graph, seeds = planted.graph, planted.seed_nodes
+    graph, seeds = planted.graph, planted.events_per_node
     metis = MetisPartitioner().partition(graph, 4)
     random = RandomPartitioner().partition(graph, 4)
     metis_remote = remote_lookups(graph, metis.assignment, seeds, (10, 5), np.random.default_rng(0))
@@ -283,7 +323,7 @@ def test_coarsening_preserves_weights_and_respects_the_cluster_cap(planted):
 
 
 def test_coarsened_metis_is_close_to_direct_metis(planted):
-    graph, seeds = planted.graph, planted.seed_nodes
+    graph, seeds = planted.graph, planted.events_per_node
     direct = MetisPartitioner().partition(graph, 4)
     coarsened = CoarsenedMetisPartitioner(edge_budget=10_000).partition(graph, 4)
     assert len(coarsened.info["levels"]) >= 3 and coarsened.info["reached_budget"]
@@ -368,7 +408,8 @@ def test_edge_cut_fraction_on_a_hand_computed_example():
 def test_remote_lookups_on_a_hand_computed_example():
     graph, book = hand_graph()
     # Fanouts above every degree take all neighbours: deterministic.
-    lookups = remote_lookups(graph, book, np.array([1]), (10, 10), np.random.default_rng(0), num_seeds=None)
+    events = np.array([0, 1, 0, 0])  # one training event, at node 1
+    lookups = remote_lookups(graph, book, events, (10, 10), np.random.default_rng(0), num_seeds=None)
     # hop 1 from seed 1 (part 0): {0: local, 2: remote}
     # hop 2: from 0 -> {1: local}; from 2 -> {1: local, 3: remote}; remote w.r.t. the seed's part
     assert lookups.lookups == (2, 3)
@@ -377,7 +418,8 @@ def test_remote_lookups_on_a_hand_computed_example():
 
 def test_balance_on_a_hand_computed_example():
     graph, book = hand_graph()
-    result = balance(graph, book, 2, seed_nodes=np.array([1, 1, 2]), type_names=["user", "content"])
+    events = np.array([0, 2, 1, 0])  # events at nodes 1, 1, 2
+    result = balance(graph, book, 2, events_per_node=events, type_names=["user", "content"])
     assert result["nodes"] == 1.0
     assert result["nodes/user"] == 2.0 and result["nodes/content"] == 2.0
     assert result["edges"] == 1.0  # degree sums 1 + 2 and 2 + 1
@@ -400,15 +442,51 @@ def test_sampling_without_replacement_is_uniform_over_neighbours():
 def test_quality_report_has_the_agreed_keys(planted):
     result = MetisPartitioner().partition(planted.graph, 4)
     report = quality_report(
-        planted.graph, result, planted.seed_nodes, np.random.default_rng(0), num_seeds=500
+        planted.graph, result, planted.events_per_node, np.random.default_rng(0), num_seeds=500
     )
     for key in ("edge_cut_fraction", "remote_fraction_1hop", "remote_fraction_2hop", "balance", "wall_s"):
         assert key in report
     assert report["peak_rss_bytes"] == result.peak_rss_bytes
     assert set(report["edge_cut_fraction"]) == {"unweighted", "weighted"}
     assert report["balance"]["training_events"] <= 1.1
-    with pytest.raises(ValueError, match="seed_nodes contains node id"):
-        quality_report(planted.graph, result, np.array([planted.graph.num_nodes]), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="events_per_node has shape"):
+        quality_report(planted.graph, result, np.array([3]), np.random.default_rng(0))
+    half = planted.events_per_node / 2.0
+    with pytest.raises(ValueError, match="non-negative integer event counts"):
+        quality_report(planted.graph, result, half, np.random.default_rng(0))
+
+
+def test_seeds_drawn_from_event_counts_equal_draws_from_the_list_of_events():
+    """The report's estimator is unchanged: drawing an event uniformly from the list of
+    every event's node (8 B per event) is drawing a node in proportion to its events;
+    with the list in ascending node order even the draws are identical."""
+    events = np.array([0, 3, 0, 1, 5, 0, 2])
+    per_event = np.repeat(np.arange(events.shape[0]), events)
+    from_list = per_event[np.random.default_rng(4).integers(0, per_event.shape[0], size=1_000)]
+    assert np.array_equal(draw_seeds(events, 1_000, np.random.default_rng(4)), from_list)
+    frequency = np.bincount(draw_seeds(events, 200_000, np.random.default_rng(5)), minlength=7) / 200_000
+    assert np.allclose(frequency, events / events.sum(), atol=0.005)
+    assert np.array_equal(draw_seeds(events, None, np.random.default_rng(0)), per_event)
+    with pytest.raises(ValueError, match="no training events"):
+        draw_seeds(np.zeros(4), 10, np.random.default_rng(0))
+
+
+def test_the_report_measures_every_book_on_the_same_sampled_trees(planted):
+    graph, events = planted.graph, planted.events_per_node
+    book = MetisPartitioner().partition(graph, 4)
+    rng = np.random.default_rng(2)
+    trees = sample_trees(graph, draw_seeds(events, 300, rng), (10, 5), rng)
+    assert [len(n) for n in trees.neighbours] == [len(r) for r in trees.roots]
+    # every lookup of hop 1 is a neighbour of its tree's seed
+    src, dst, _ = graph.edge_list()
+    pairs = set(zip(src.tolist(), dst.tolist(), strict=True))
+    seeds = trees.seeds[trees.roots[0]]
+    assert all((min(u, v), max(u, v)) in pairs for u, v in zip(seeds.tolist(), trees.neighbours[0].tolist(),
+                                                                  strict=True))
+    with_trees = quality_report(graph, book, events, None, trees=trees)
+    fresh = quality_report(graph, book, events, np.random.default_rng(2), num_seeds=300)
+    assert with_trees["remote_fraction_1hop"] == fresh["remote_fraction_1hop"]
+    assert with_trees["remote_fraction_2hop"] == fresh["remote_fraction_2hop"]
 
 
 # --------------------------------------------------------------------------- incremental placement
@@ -604,3 +682,68 @@ def test_spark_coarsening_equals_the_numpy_reference(spark, tmp_path):
         row.cluster: row.weight for row in coarse_vertex_weights_spark(vweights_df, mapping_df).collect()
     }
     assert sizes == {int(k): float(c) for k, c in zip(*np.unique(spark_key, return_counts=True), strict=True)}
+
+
+@pytest.mark.spark
+def test_spark_graph_view_equals_the_in_memory_view(spark):
+    """Every per-edge step of refinement, placement and the quality report gives, from
+    Spark, what the in-memory CSR gives (integer weights: no rounding differences)."""
+    import pandas as pd
+
+    from partitioning.refine import CsrGraphView
+    from partitioning.spark_graph import SparkGraphView
+
+    num_nodes, src, dst, weight = small_community_graph()
+    rng = np.random.default_rng(8)
+    events = rng.integers(0, 4, num_nodes)
+    degree = np.bincount(src, minlength=num_nodes) + np.bincount(dst, minlength=num_nodes)
+    graph = PartitionGraph.from_coo(
+        num_nodes, src, dst, weight, vertex_weights=np.stack([events, degree], axis=1).astype(float)
+    )
+    lo, hi, pair_weight = graph.edge_list()
+    pairs = spark.createDataFrame(pd.DataFrame({"src": lo, "dst": hi, "weight": pair_weight})).cache()
+    memory, remote = CsrGraphView(graph), SparkGraphView(pairs, graph.vertex_weights)
+    book = hash_part(np.arange(num_nodes), 3)
+    try:
+        assert np.array_equal(remote.degrees(), memory.degrees())
+        assert remote.edge_cut(book) == memory.edge_cut(book)
+
+        nodes = np.array([5, 0, 17, 5, 59])
+        positions = np.array([0, 1, 2, 0, 0]) % memory.degrees()[nodes]
+        assert np.array_equal(remote.neighbours_at(nodes, positions), memory.neighbours_at(nodes, positions))
+
+        asked = np.array([31, 2, 40, 7])
+        expected_weights = memory.neighbour_part_weights(book, asked, 3)
+        got_weights = remote.neighbour_part_weights(book, asked, 3)
+        for got, expected in zip(got_weights, expected_weights, strict=True):
+            assert np.array_equal(got, expected)
+
+        moves = memory.boundary_moves(book, 3)
+        assert moves[0].size > 0
+        for got, expected in zip(remote.boundary_moves(book, 3), moves, strict=True):
+            assert np.array_equal(got, expected)
+        nodes, dest, gain = moves
+        assert np.array_equal(
+            remote.still_profitable(book, nodes, dest, gain), memory.still_profitable(book, nodes, dest, gain)
+        )
+
+        ranges = [(10, 15), (50, 52)]
+        got = sorted(zip(*(a.tolist() for a in remote.pairs_touching(ranges)), strict=True))
+        assert got == sorted(zip(*(a.tolist() for a in memory.pairs_touching(ranges)), strict=True))
+
+        seeds = draw_seeds(events, 50, np.random.default_rng(1))
+        remote_trees = sample_trees(remote, seeds, (4, 3), np.random.default_rng(2))
+        memory_trees = sample_trees(memory, seeds, (4, 3), np.random.default_rng(2))
+        for got, expected in zip(remote_trees.neighbours, memory_trees.neighbours, strict=True):
+            assert np.array_equal(got, expected)
+
+        skewed = book.copy()
+        skewed[:20] = 0  # part 0 over its caps: rebalancing has work to do
+        refined_remote, info_remote = refine(remote, skewed, 3, imbalance=0.2)
+        refined_memory, info_memory = refine(graph, skewed, 3, imbalance=0.2)
+        assert info_memory["rebalance_moves"] > 0 and info_memory["refine_moves"] > 0
+        assert np.array_equal(refined_remote, refined_memory)
+        assert info_remote == info_memory
+    finally:
+        remote.close()
+        pairs.unpersist()

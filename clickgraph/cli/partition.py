@@ -17,6 +17,7 @@ examples:
   clickgraph partition --num-parts 2
   clickgraph partition --num-parts 8 --set partition.edge_budget=2000000
   clickgraph build-graph --day 2026-03-23 && clickgraph partition --place-new
+  clickgraph partition --out s3a://bucket/clickgraph/partitions --staging-dir /mnt/shared/tmp
 """
 
 
@@ -24,10 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-parts", type=int, metavar="K",
                         help="parts (= training workers); same as --set partition.num_parts=K")
     parser.add_argument("--graph", metavar="URL", help="graph store (default: paths.graph)")
-    parser.add_argument("--out", metavar="PATH", help="shard set folder (default: paths.partitions)")
+    parser.add_argument("--out", metavar="URL",
+                        help="shard set folder: a local path or any fsspec/Hadoop URL, e.g. "
+                             "s3a://bucket/partitions (default: paths.partitions)")
     parser.add_argument("--place-new", action="store_true",
                         help="after an incremental build-graph --day: keep the existing book and place "
                              "only the new nodes (no METIS run); the edge-cut drift is reported")
+    parser.add_argument("--refit-vocab", action="store_true",
+                        help="fit the attribute vocabularies again instead of keeping the previous "
+                             "shard set's (a continued model no longer fits; retrain from scratch)")
+    parser.add_argument("--staging-dir", metavar="DIR",
+                        help="local folder, seen by the driver and every executor, where a shard set "
+                             "for a remote --out is written before the upload (default: the temp folder)")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -37,7 +46,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.num_parts is not None:
         cfg = replace(cfg, "partition", num_parts=args.num_parts)
     manifest = partition(get_spark(cfg.spark, "partition"), cfg, args.graph, args.out,
-                         place_new_nodes=args.place_new)
+                         place_new_nodes=args.place_new, refit_vocab=args.refit_vocab,
+                         staging_dir=args.staging_dir)
     out = args.out or cfg.paths.stage("partitions")
     q = manifest["quality"]
     print(f"{manifest['num_parts']} shards written to {out} (manifest: {out}/_MANIFEST.json); "
