@@ -128,15 +128,22 @@ def run_partitioner(
     """Runs one partitioner, in a forked child when ``fork`` (clean peak-memory baseline)."""
     if not fork:
         return partitioner.partition(graph, num_parts)
-    context = multiprocessing.get_context("fork")
+    return _call_in_child("fork", _run_in_child, (partitioner, graph, num_parts),
+                          f"{partitioner.algorithm} in the child process")
+
+
+def _call_in_child(method: str, target, args: tuple, what: str):
+    """Run ``target(*args, conn)`` in a child process (``fork`` or ``spawn``); returns what
+    it sends as ``("ok", payload)``, raises on ``("error", message)``."""
+    context = multiprocessing.get_context(method)
     parent_end, child_end = context.Pipe(duplex=False)
-    process = context.Process(target=_run_in_child, args=(partitioner, graph, num_parts, child_end))
+    process = context.Process(target=target, args=(*args, child_end))
     process.start()
     child_end.close()
     status, payload = parent_end.recv()
     process.join()
     if status != "ok":
-        raise RuntimeError(f"{partitioner.algorithm} failed in the child process: {payload}")
+        raise RuntimeError(f"{what} failed: {payload}")
     return payload
 
 
@@ -219,7 +226,6 @@ def run_job_paths(args: argparse.Namespace, graph: PartitionGraph, edge_budget: 
     import pyarrow.parquet as pq
 
     src, dst, weight = graph.edge_list()
-    context = multiprocessing.get_context("spawn")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench_partition-") as folder:
         os.makedirs(os.path.join(folder, "pairs"))
@@ -230,14 +236,8 @@ def run_job_paths(args: argparse.Namespace, graph: PartitionGraph, edge_budget: 
         np.save(os.path.join(folder, "vertex_weights.npy"), graph.vertex_weights)
         np.save(os.path.join(folder, "node_type.npy"), graph.node_type)
         for budget in (graph.num_edges, edge_budget):
-            parent_end, child_end = context.Pipe(duplex=False)
-            process = context.Process(target=_job_child, args=(args, folder, budget, child_end))
-            process.start()
-            child_end.close()
-            status, payload = parent_end.recv()
-            process.join()
-            if status != "ok":
-                raise RuntimeError(f"the job path with edge budget {budget} failed: {payload}")
+            payload = _call_in_child("spawn", _job_child, (args, folder, budget),
+                                     f"the job path with edge budget {budget}")
             payload["driver_peak_rss_delta_bytes_per_edge"] = payload["driver_peak_rss_delta_bytes"] / max(
                 graph.num_edges, 1
             )
