@@ -586,13 +586,7 @@ def upload_order(local_dir: str) -> list[str]:
     for root, _, names in os.walk(local_dir):
         for name in names:
             files.append(os.path.relpath(os.path.join(root, name), local_dir).replace(os.sep, "/"))
-
-    def rank(rel: str) -> tuple[int, str]:
-        if rel == fs.MANIFEST_NAME:
-            return 2, rel
-        return (1 if posixpath.basename(rel) == fs.MANIFEST_NAME else 0), rel
-
-    return sorted(files, key=rank)
+    return fs.manifests_last(files)
 
 
 def publish_shard_set(local_dir: str, out_url: str) -> None:
