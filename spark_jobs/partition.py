@@ -39,7 +39,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -592,44 +591,25 @@ def upload_order(local_dir: str) -> list[str]:
 def publish_shard_set(local_dir: str, out_url: str) -> None:
     """Upload a shard set written under ``local_dir`` to ``out_url`` (any fsspec URL).
 
-    Object stores cannot rename a folder, and ``fsspec``'s ``mv`` copies files in sorted
-    order, ``_MANIFEST.json`` first; so the swap is done file by file in
-    :func:`upload_order`:
-
-    1. upload into ``.<name>.staging-<token>`` beside ``out_url``. A crash here leaves
-       the previous shard set untouched (``--place-new`` can still extend it) and an
-       orphan staging folder that the next run removes;
-    2. delete the previous set's ``_MANIFEST.json`` (from then on readers refuse the
-       folder), then the rest of it; copy the staged files in, the set's manifest last;
-       delete the staging folder. A crash here leaves a folder without manifest, which
-       every reader refuses.
+    The files go into ``fs.staged_output``'s staging folder beside ``out_url`` in
+    :func:`upload_order` (data, then each part's manifest, then the set's), and the stage
+    is swapped into place with manifests last. A crash during the upload leaves the
+    previous shard set untouched (``--place-new`` can still extend it); a crash during
+    the swap leaves a folder without manifest, which every reader refuses.
 
     Args:
         local_dir: the complete shard set, manifests included.
         out_url: final folder, e.g. ``s3a://bucket/clickgraph/partitions``.
     """
-    filesystem, final = fs.filesystem(out_url)
-    final = final.rstrip("/")
-    parent, name = posixpath.split(final)
+    parent, name = posixpath.split(fs.filesystem(out_url)[1].rstrip("/"))
     if not parent or not name:
         raise ValueError(f"partition: {out_url} must be a folder below a bucket or root")
-    for stale in filesystem.glob(posixpath.join(parent, f".{name}.staging-*")):
-        filesystem.rm(stale, recursive=True)
-    staging = posixpath.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
-    files = upload_order(local_dir)
-    for folder in sorted({posixpath.dirname(f"{staging}/{rel}") for rel in files}):
-        filesystem.makedirs(folder, exist_ok=True)
-    for rel in files:
-        filesystem.put_file(os.path.join(local_dir, *rel.split("/")), f"{staging}/{rel}")
-    if filesystem.exists(f"{final}/{fs.MANIFEST_NAME}"):
-        filesystem.rm_file(f"{final}/{fs.MANIFEST_NAME}")
-    if filesystem.exists(final):
-        filesystem.rm(final, recursive=True)
-    for folder in sorted({posixpath.dirname(f"{final}/{rel}") for rel in files}):
-        filesystem.makedirs(folder, exist_ok=True)
-    for rel in files:
-        filesystem.cp_file(f"{staging}/{rel}", f"{final}/{rel}")
-    filesystem.rm(staging, recursive=True)
+    with fs.staged_output(out_url) as stage:
+        filesystem, stage_path = fs.filesystem(stage)
+        for rel in upload_order(local_dir):
+            target = f"{stage_path}/{rel}"
+            filesystem.makedirs(posixpath.dirname(target), exist_ok=True)
+            filesystem.put_file(os.path.join(local_dir, *rel.split("/")), target)
 
 
 def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = None,
