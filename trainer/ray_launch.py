@@ -661,7 +661,7 @@ def train_distributed(cfg: Config, graph_url: str | None = None, out_url: str | 
 
     ``hot_cache``: node type -> fraction of its nodes whose static features every worker
     replicates (:func:`trainer.dist_sampler.build_hot_cache`); ``None``: the config's
-    ``train.hot_cache`` when it has one, else no cache.
+    ``train.hot_cache`` (``{}`` by default: no cache).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
