@@ -795,7 +795,8 @@ def run(spark: SparkSession, cfg: Config, days: list[str] | None = None,
     # Staged once as parquet, one folder per event type and one for quarantined rows:
     # every later pass reads only the columns and the slice it needs (a cache of these
     # wide string rows cost ~17 s per scan at 10M rows, a pruned parquet scan ~2 s).
-    staged_url = fs.spark_url(fs.join(out_url, "_staging", f"run={run_id}", "events"))
+    staging_url = fs.join(out_url, "_staging", f"run={run_id}")
+    staged_url = fs.spark_url(fs.join(staging_url, "events"))
     checked.drop("row_hash").withColumn(
         "slice", F.when(F.col("reason").isNull(), F.col("etype")).otherwise(F.lit(QUARANTINED))) \
         .write.partitionBy("slice").parquet(staged_url)
@@ -938,8 +939,7 @@ def run(spark: SparkSession, cfg: Config, days: list[str] | None = None,
     config_fs.makedirs(config_dir, exist_ok=True)
     fs.write_text(fs.join(out_url, "_configs", f"{run_id}.yaml"), cfg.to_yaml())
     write_manifest(out_url, manifest)
-    staging_fs, staging_dir = fs.filesystem(fs.join(out_url, "_staging", f"run={run_id}"))
-    staging_fs.rm(staging_dir, recursive=True)
+    fs.remove(staging_url)
     removed = collect_garbage(out_url, manifest)
     for df in (links, dangling, new_ids, nodes, entities):
         df.unpersist()
