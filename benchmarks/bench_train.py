@@ -15,6 +15,16 @@ settings, and reports per run:
 Then the ratios the issue asks for: events/s of 2 workers over 1 worker (target >= 1.6 on
 2 cores) and bytes per event of METIS shards over random ones (target <= 0.6).
 
+Two workers against one is measured twice: with ``train.batch_scope=global`` (the
+default: the 2 workers split the 1-worker run's batch, so each rank's steps are half as
+large and the optimisation is the same) and with ``worker`` (each rank takes the whole
+batch, DDP's usual weak scaling). Beside them, in the same run, the **no-exchange
+ceiling**: independent single-rank trainings over the 1-part shard set, one alone and
+then two at once with the per-rank batch of each 2-worker run (no sampling requests, no
+feature or gradient exchange, no waiting). What two at once reach over one alone is what
+this machine allows two workers before any distribution cost: read the 2-vs-1 ratios
+against it.
+
 ``--hot-cache content=0.1,brand=1.0`` adds the two 2-worker runs again with the hot-node
 cache (``trainer.dist_sampler.build_hot_cache``: every worker replicates the static
 features of that fraction of each type's highest-degree nodes) and reports bytes per
@@ -78,14 +88,62 @@ def parse_fractions(text: str) -> dict[str, float]:
     return out
 
 
-def _config(work: str, graph: str, name: str, parts: int, workers: int, args, book: str = "metis"):
+def _config(work: str, graph: str, name: str, parts: int, workers: int, args, book: str = "metis",
+            scope: str = "global"):
     return load_config(None, [
         f"paths.root={work}/{name}", f"paths.graph={os.path.abspath(graph)}",
         f"paths.partitions={work}/shards-{parts}-{book}",
         f"partition.num_parts={parts}", f"partition.shard_book={book}",
         f"train.workers={workers}", "train.threads_per_worker=1", f"train.epochs={args.epochs}",
         f"train.max_train_events={args.events}", "train.max_eval_events=2000",
-        f"ray.num_cpus={max(2, workers)}"])
+        f"train.batch_scope={scope}", f"ray.num_cpus={max(2, workers)}"])
+
+
+def _solo(cfg, batch_size: int, events: int, barrier) -> dict[str, float]:
+    """One single-rank training over the 1-part shard set, in its own process group.
+
+    Runs in a child process; ``barrier`` makes concurrent ones start training together.
+    """
+    import dataclasses
+
+    from spark_jobs.graph_store import open_graph_store
+    from trainer.data import split_windows
+    from trainer.dist_train import train_worker
+    from trainer.distributed import find_free_port
+    from trainer.ray_launch import content_created_times, owned_window_impressions
+    from trainer.shard import load_shard
+
+    t = dataclasses.replace(cfg.train, batch_size=batch_size, max_train_events=events)
+    shard = load_shard(os.path.join(cfg.paths.stage("partitions"), "part-00000"), mmap=True)
+    store = open_graph_store(cfg.paths.stage("graph"))
+    days = sorted(store.days)
+    windows = split_windows(len(days), t.val_days, t.test_days)
+    impressions = owned_window_impressions(store, [days[i] for i in windows.train], days, shard)
+    content_created = content_created_times(store)
+    barrier.wait()
+    result = train_worker(0, 1, shard, t, impressions, content_created,
+                          master_addr="127.0.0.1", master_port=find_free_port())
+    return {"events": result.events_trained, "seconds": result.time_split["total"]}
+
+
+def no_exchange_ceiling(cfg, processes: int, batch_size: int, events: int) -> float:
+    """Events/s of ``processes`` independent single-rank trainings running at once.
+
+    Nothing crosses between them: no sampling requests, no feature or gradient exchange,
+    no waiting for another rank. Each trains ``events`` impressions in batches of
+    ``batch_size`` on the whole graph. With ``processes=2`` and the 1-worker run's
+    per-rank work split in two, this is what two workers on this machine could reach if
+    distribution cost nothing: the ceiling to read the 2-vs-1 ratio against.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(processes)
+    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+        runs = list(pool.map(_solo, [cfg] * processes, [batch_size] * processes,
+                             [events] * processes, [barrier] * processes))
+    return sum(r["events"] for r in runs) / max(r["seconds"] for r in runs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,18 +155,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     work = args.workdir or tempfile.mkdtemp(prefix="bench-train-")
-    runs = {"1 worker (1 part)": (1, 1, "metis", None),
-            "2 workers, METIS shards": (2, 2, "metis", None),
-            "2 workers, random shards": (2, 2, "random", None)}
+    # name -> (parts, workers, shard book, hot cache, train.batch_scope)
+    runs = {"1 worker (1 part)": (1, 1, "metis", None, "global"),
+            "2 workers, METIS shards": (2, 2, "metis", None, "global"),
+            "2 workers, random shards": (2, 2, "random", None, "global"),
+            "2 workers, METIS shards, batch per worker": (2, 2, "metis", None, "worker")}
     if args.no_single:
         del runs["1 worker (1 part)"]
+        del runs["2 workers, METIS shards, batch per worker"]
     if args.hot_cache:
-        runs["2 workers, METIS shards, hot cache"] = (2, 2, "metis", args.hot_cache)
-        runs["2 workers, random shards, hot cache"] = (2, 2, "random", args.hot_cache)
+        runs["2 workers, METIS shards, hot cache"] = (2, 2, "metis", args.hot_cache, "global")
+        runs["2 workers, random shards, hot cache"] = (2, 2, "random", args.hot_cache, "global")
     load_before = os.getloadavg()
     spark = get_spark(_config(work, args.graph, "spark", 1, 1, args).spark, "bench-train")
     try:
-        for name, (parts, workers, book, _) in runs.items():
+        for name, (parts, workers, book, _, _) in runs.items():
             cfg = _config(work, args.graph, name.split(",")[0].replace(" ", "_"), parts, workers, args, book)
             if not os.path.exists(os.path.join(cfg.paths.stage("partitions"), "_MANIFEST.json")):
                 partition.run(spark, cfg, log=lambda *_: None)
@@ -116,12 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark.stop()
 
     results: dict[str, Any] = {}
-    for name, (parts, workers, book, hot_cache) in runs.items():
+    for name, (parts, workers, book, hot_cache, scope) in runs.items():
         samples = []
         for repeat in range(args.repeats):
-            tag = "-cache" if hot_cache else ""
+            tag = ("-cache" if hot_cache else "") + ("-per-worker" if scope == "worker" else "")
             cfg = _config(work, args.graph, f"run-{parts}-{workers}-{book}{tag}-{repeat}", parts,
-                          workers, args, book)
+                          workers, args, book, scope)
             try:
                 metrics = train_distributed(cfg, log=lambda *_: None, hot_cache=hot_cache or {})
             finally:
@@ -147,8 +208,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": samples}
     metis, rand = results["2 workers, METIS shards"], results["2 workers, random shards"]
     one = results.get("1 worker (1 part)")
+    ceiling = {}
+    if one:
+        # The same training without any distribution cost, in the same run: one process,
+        # then two at once with the 2-worker runs' per-rank batch (half of it with a global
+        # batch, all of it per worker) and half the events each.
+        cfg = _config(work, args.graph, "ceiling", 1, 1, args)
+        batch, half = cfg.train.batch_size, args.events // 2
+        solo = statistics.median(no_exchange_ceiling(cfg, 1, batch, args.events)
+                                 for _ in range(args.repeats))
+        ceiling = {
+            "solo_events_per_s": solo,
+            "two_at_once_half_batch_over_solo": statistics.median(
+                no_exchange_ceiling(cfg, 2, -(-batch // 2), half)
+                for _ in range(args.repeats)) / solo,
+            "two_at_once_full_batch_over_solo": statistics.median(
+                no_exchange_ceiling(cfg, 2, batch, half) for _ in range(args.repeats)) / solo}
+        print(f"no-exchange ceiling: {ceiling}", file=sys.stderr)
+    per_worker = results.get("2 workers, METIS shards, batch per worker")
     summary = {
         "speedup_2_vs_1_workers": (metis["events_per_s"] / one["events_per_s"]) if one else None,
+        "speedup_2_vs_1_workers_batch_per_worker": (
+            per_worker["events_per_s"] / one["events_per_s"]) if one and per_worker else None,
+        "no_exchange_ceiling": ceiling,
         "bytes_per_event_metis_over_random": (metis["bytes_exchanged_per_event"]
                                               / max(rand["bytes_exchanged_per_event"], 1e-9)),
         "hot_cache": args.hot_cache,
@@ -171,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<28} {r['events_per_s']:>10,.0f} events/s  "
                   f"{r['bytes_exchanged_per_event']:>10,.0f} bytes/event")
         if one:
-            print(f"2 vs 1 worker: {summary['speedup_2_vs_1_workers']:.2f}x events/s")
+            print(f"2 vs 1 worker: {summary['speedup_2_vs_1_workers']:.2f}x events/s "
+                  f"(no-exchange ceiling {ceiling['two_at_once_half_batch_over_solo']:.2f}x); "
+                  f"batch per worker {summary['speedup_2_vs_1_workers_batch_per_worker']:.2f}x "
+                  f"(ceiling {ceiling['two_at_once_full_batch_over_solo']:.2f}x)")
         print(f"METIS / random bytes per event: {summary['bytes_per_event_metis_over_random']:.2f}")
         for book in ("metis", "random"):
             ratio = summary.get(f"bytes_per_event_cache_over_none_{book}")

@@ -280,6 +280,10 @@ class TrainConfig:
     threads_per_worker: int = 1
     epochs: int = 2
     batch_size: int = 512
+    # global: batch_size impressions per step over all workers (each takes its share; the
+    # optimisation is the same whatever the worker count); worker: batch_size per worker
+    # (a step sees workers x batch_size; DDP's usual weak scaling, BENCHMARKS.md)
+    batch_scope: Literal["global", "worker"] = "global"
     max_train_events: int = 150_000
     max_eval_events: int = 40_000
     eval_batch_size: int = 512

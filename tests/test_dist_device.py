@@ -85,3 +85,16 @@ def test_moving_a_batch_moves_every_tensor():
     assert moved.num_sampled_nodes == batch.num_sampled_nodes
     assert moved.num_sampled_edges == batch.num_sampled_edges
     assert all(value.device.type == "cpu" for value in batch.node.values())  # a copy
+
+
+def test_batch_scope_decides_each_ranks_share_of_the_batch():
+    from clickgraph.config import ConfigError, load_config
+    from trainer.ray_launch import rank_batch_size
+
+    shared = load_config(None, ["train.batch_size=513"]).train
+    assert shared.batch_scope == "global"
+    assert [rank_batch_size(shared, w) for w in (1, 2, 4)] == [513, 257, 129]
+    own = load_config(None, ["train.batch_size=513", "train.batch_scope=worker"]).train
+    assert [rank_batch_size(own, w) for w in (1, 2, 4)] == [513, 513, 513]
+    with pytest.raises(ConfigError, match="train.batch_scope"):
+        load_config(None, ["train.batch_scope=node"])

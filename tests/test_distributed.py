@@ -227,6 +227,10 @@ def sampling_scenarios(rank: int) -> dict:
             random_cases[-1]["counts"] = {
                 node_type: sampler.activity_counts(node_type, *case.seeds[rank].get(node_type, empty))
                 for node_type in sorted(case.graph.num_nodes)}
+            # All types in one pair of exchanges (what a training step does).
+            random_cases[-1]["counts_together"] = sampler.activity_counts_of(
+                {node_type: case.seeds[rank].get(node_type, empty)
+                 for node_type in sorted(case.graph.num_nodes)})
 
     star = star_case()
     shard = split_graph(star.graph, star.features, star.book)[rank]
@@ -625,7 +629,9 @@ def test_activity_counts_are_the_single_process_counts(sampled):
     for case, *per_rank in _random_results(sampled, "most_recent", False):
         single = TemporalNeighborSampler(case.graph, case.fanouts)
         for rank, entry in enumerate(per_rank):
+            assert entry["counts_together"].keys() == entry["counts"].keys()
             for node_type, counts in entry["counts"].items():
+                assert torch.equal(entry["counts_together"][node_type], counts)
                 node, at = case.seeds[rank].get(node_type, (torch.empty(0, dtype=torch.int64),) * 2)
                 assert torch.equal(counts, single.activity_counts(node_type, node, at))
                 for column, edge_type in enumerate(count_relations(case.graph.edge_types, node_type)):

@@ -746,24 +746,54 @@ class DistTemporalSampler:
         Returns:
             int64 ``[len(node), 2 * relations]``, in the single-process sampler's columns.
         """
-        world = self.world_size
-        relations = count_relations(self.edge_types, node_type)
-        routes = _route(self.shard.owner(node_type, node), world)
-        requests = [_pack([_take(node, route), _take(time, route)]) for route in routes]
+        return self.activity_counts_of({node_type: (node, time)})[node_type]
+
+    def activity_counts_of(self, queries: dict[str, tuple[Tensor, Tensor]]
+                           ) -> dict[str, Tensor]:
+        """:meth:`activity_counts` of several node types in one pair of exchanges.
+
+        Collective: every rank passes the same node types, in the same order (empty
+        tensors when it has no rows of a type). A training step asks for its user and
+        content seeds together: two exchanges instead of four, and so two fewer points
+        where the ranks wait for each other.
+
+        Args:
+            queries: Node type -> ``(node, time)``, int64 ``[n]`` global ids and seconds.
+
+        Returns:
+            Node type -> int64 ``[n, 2 * relations of that type]``.
+        """
+        world, types = self.world_size, list(queries)
+        relations = {t: count_relations(self.edge_types, t) for t in types}
+        routes = {t: _route(self.shard.owner(t, node), world) for t, (node, _) in queries.items()}
+        requests = []
+        for destination in range(world):
+            picked = [(_take(node, routes[t][destination]), _take(time, routes[t][destination]))
+                      for t, (node, time) in queries.items()]
+            counts = torch.tensor([ids.numel() for ids, _ in picked], dtype=torch.int64)
+            requests.append(_pack([counts, *(column for pair in picked for column in pair)]))
         received = exchange(requests, self.counter, "count_request", self.group)
         responses = []
         for message in received:
             reader = _Reader(message)
-            rows = message.numel() // 16
-            ids, times = reader.take(torch.int64, (rows,)), reader.take(torch.int64, (rows,))
+            sizes = reader.take(torch.int64, (len(types),)).tolist()
+            columns = []
+            for node_type, rows in zip(types, sizes, strict=True):
+                ids, times = reader.take(torch.int64, (rows,)), reader.take(torch.int64, (rows,))
+                local = self.shard.local_row(node_type, ids)
+                columns.append(activity_counts(self._count_local, relations[node_type], local,
+                                               times))
             reader.finish()
-            local = self.shard.local_row(node_type, ids)
-            responses.append(_pack([activity_counts(self._count_local, relations, local, times)]))
+            responses.append(_pack(columns))
         answers = exchange(responses, self.counter, "count_response", self.group)
-        out = torch.zeros((node.numel(), 2 * len(relations)), dtype=torch.int64)
-        for route, message in zip(routes, answers, strict=True):
+        out = {t: torch.zeros((node.numel(), 2 * len(relations[t])), dtype=torch.int64)
+               for t, (node, _) in queries.items()}
+        for owner, message in enumerate(answers):
             reader = _Reader(message)
-            out.index_copy_(0, route, reader.take(torch.int64, (route.numel(), 2 * len(relations))))
+            for node_type in types:
+                route = routes[node_type][owner]
+                out[node_type].index_copy_(0, route, reader.take(
+                    torch.int64, (route.numel(), 2 * len(relations[node_type]))))
             reader.finish()
         return out
 

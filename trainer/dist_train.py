@@ -434,8 +434,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                                    generator=generator)
             t2 = time.perf_counter()
             rows = sampler.fetch_features(batch)
-            counts = ({t: sampler.activity_counts(t, node, seed_time)
-                       for t, node in (("user", user), ("content", content))}
+            counts = (sampler.activity_counts_of({"user": (user, seed_time),
+                                                  "content": (content, seed_time)})
                       if model.count_relations else None)
             model_batch, features = model_inputs(batch, rows, shard.num_nodes)
             model_batch = batch_to(with_edge_weights(model_batch), device)

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from clickgraph import fs
-from clickgraph.config import Config
+from clickgraph.config import Config, TrainConfig
 from trainer import checkpoint as ckpt
 from trainer.data import IMPRESSIONS, Impressions, split_windows
 from trainer.dist_train import ResumeState, StepContext, TrainHooks
@@ -468,6 +468,11 @@ def worker_loop(config: dict[str, Any]) -> None:
         dist.destroy_process_group()
 
 
+def rank_batch_size(t: TrainConfig, world_size: int) -> int:
+    """Impressions each rank takes per step under ``train.batch_scope``."""
+    return t.batch_size if t.batch_scope == "worker" else math.ceil(t.batch_size / world_size)
+
+
 def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> None:
     import ray.train
     import torch.distributed as dist
@@ -528,13 +533,13 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
 
     hooks = RayHooks(plan, rank, world_size, last_event_time, history,
                      _make_validator(plan) if rank == 0 else None, log or (lambda _: None))
-    # train.batch_size is the GLOBAL batch, as in --workers 1: each rank takes its share,
-    # so a step sees as many impressions, and an epoch has as many steps, as there.
+    # With train.batch_scope=global, train.batch_size is the GLOBAL batch, as in
+    # --workers 1: each rank takes its share, so a step sees as many impressions, and an
+    # epoch has as many steps, as there. With "worker" each rank takes batch_size.
     # A continuation passes train.continue_epochs times over the new window (one new day
     # needs fewer passes than a full history; BENCHMARKS.md, continue vs retrain).
     epochs = (t.continue_epochs or t.epochs) if plan.since_time is not None else t.epochs
-    rank_cfg = dataclasses.replace(t, batch_size=math.ceil(t.batch_size / world_size),
-                                   epochs=epochs)
+    rank_cfg = dataclasses.replace(t, batch_size=rank_batch_size(t, world_size), epochs=epochs)
     result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
                           log=None, hooks=hooks, resume=resume, device=device,
                           hot_cache=plan.hot_cache)
