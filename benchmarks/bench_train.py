@@ -68,6 +68,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (median)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", default=None,
+                        help="also write the JSON result to this file (the workers' progress "
+                             "lines share stdout)")
     parser.add_argument("--hot-cache", type=parse_fractions, default=None, metavar="TYPE=F,...",
                         help="also run the 2-worker configurations with this hot-node cache, "
                              "e.g. content=0.1,brand=1.0 (fractions of each type's nodes)")
@@ -246,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary[f"bytes_per_event_cache_over_none_{book.lower()}"] = cached / max(plain, 1e-9)
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=2)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
