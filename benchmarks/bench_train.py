@@ -218,15 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # batch, all of it per worker) and half the events each.
         cfg = _config(work, args.graph, "ceiling", 1, 1, args)
         batch, half = cfg.train.batch_size, args.events // 2
-        solo = statistics.median(no_exchange_ceiling(cfg, 1, batch, args.events)
-                                 for _ in range(args.repeats))
+        repeats = range(args.repeats)
+        runs_of = {"solo": [no_exchange_ceiling(cfg, 1, batch, args.events) for _ in repeats],
+                   "half_batch": [no_exchange_ceiling(cfg, 2, -(-batch // 2), half)
+                                  for _ in repeats],
+                   "full_batch": [no_exchange_ceiling(cfg, 2, batch, half) for _ in repeats]}
+        solo = statistics.median(runs_of["solo"])
         ceiling = {
             "solo_events_per_s": solo,
-            "two_at_once_half_batch_over_solo": statistics.median(
-                no_exchange_ceiling(cfg, 2, -(-batch // 2), half)
-                for _ in range(args.repeats)) / solo,
-            "two_at_once_full_batch_over_solo": statistics.median(
-                no_exchange_ceiling(cfg, 2, batch, half) for _ in range(args.repeats)) / solo}
+            "two_at_once_half_batch_over_solo": statistics.median(runs_of["half_batch"]) / solo,
+            "two_at_once_full_batch_over_solo": statistics.median(runs_of["full_batch"]) / solo,
+            "events_per_s_runs": runs_of}
         print(f"no-exchange ceiling: {ceiling}", file=sys.stderr)
     per_worker = results.get("2 workers, METIS shards, batch per worker")
     summary = {
