@@ -310,12 +310,12 @@ class SparkGraphView(GraphView):
         rank[order] = np.arange(nodes.shape[0])
         by_id = np.argsort(nodes)
         moves = self._spark.sparkContext.broadcast(
-            (nodes[by_id], rank[by_id], np.asarray(dest, dtype=np.int64)[by_id], by_id)
+            (nodes[by_id], rank[by_id], np.asarray(dest, dtype=np.int64)[by_id])
         )
 
         def rows(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             part = book.value
-            moving, moving_rank, moving_dest, _ = moves.value
+            moving, moving_rank, moving_dest = moves.value
             for frame in batches:
                 node, neighbour, weight = _both_directions(frame)
                 row = _sorted_lookup(moving, node)

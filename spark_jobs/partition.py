@@ -103,8 +103,11 @@ def vertex_weights(spark, store, edges, offsets: dict[str, int], num_total: int)
 
 
 def _collect_pairs(adjacency) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The whole fine adjacency on the driver (at or under ``partition.edge_budget`` only)."""
-    table = adjacency.toPandas()
+    """The whole fine adjacency on the driver (at or under ``partition.edge_budget`` only),
+    through Arrow (``collect_frame``), not one Python ``Row`` per pair."""
+    from partitioning.spark_graph import collect_frame
+
+    table = collect_frame(adjacency)
     return (table["src"].to_numpy(np.int64), table["dst"].to_numpy(np.int64),
             table["weight"].to_numpy(np.float64))
 
@@ -722,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     """``spark-submit spark_jobs/partition.py --config FILE --num-parts K``."""
     import argparse
 
+    from clickgraph.cli.partition import add_run_options
     from clickgraph.config import ConfigError, load_config, replace
     from spark_jobs.session import get_spark
 
@@ -729,14 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--num-parts", type=int)
-    parser.add_argument("--place-new", action="store_true",
-                        help="keep the existing book, place only new nodes (after build-graph --day)")
-    parser.add_argument("--refit-vocab", action="store_true",
-                        help="fit the attribute vocabularies again instead of keeping the previous "
-                             "shard set's (a continued model no longer fits; retrain from scratch)")
-    parser.add_argument("--staging-dir", help="local folder, seen by the driver and every executor, "
-                                              "where a shard set for a remote paths.partitions is "
-                                              "written before the upload (default: the temp folder)")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
