@@ -725,7 +725,6 @@ def main(argv: list[str] | None = None) -> int:
     """``spark-submit spark_jobs/partition.py --config FILE --num-parts K``."""
     import argparse
 
-    from clickgraph.cli.partition import add_run_options
     from clickgraph.config import ConfigError, load_config, replace
     from spark_jobs.session import get_spark
 
@@ -733,7 +732,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--num-parts", type=int)
-    add_run_options(parser)
+    parser.add_argument("--place-new", action="store_true",
+                        help="keep the existing book, place only new nodes (after build-graph --day)")
+    parser.add_argument("--refit-vocab", action="store_true",
+                        help="fit the attribute vocabularies again instead of keeping the previous "
+                             "shard set's (a continued model no longer fits; retrain from scratch)")
+    parser.add_argument("--staging-dir", help="local folder, seen by the driver and every executor, "
+                                              "where a shard set for a remote paths.partitions is "
+                                              "written before the upload (default: the temp folder)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

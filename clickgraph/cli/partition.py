@@ -28,12 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="URL",
                         help="shard set folder: a local path or any fsspec/Hadoop URL, e.g. "
                              "s3a://bucket/partitions (default: paths.partitions)")
-    add_run_options(parser)
-
-
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """``--place-new``, ``--refit-vocab`` and ``--staging-dir``: also the options of
-    ``spark-submit spark_jobs/partition.py``."""
     parser.add_argument("--place-new", action="store_true",
                         help="after an incremental build-graph --day: keep the existing book and place "
                              "only the new nodes (no METIS run); the edge-cut drift is reported")
@@ -42,8 +36,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                              "shard set's (a continued model no longer fits; retrain from scratch)")
     parser.add_argument("--staging-dir", metavar="DIR",
                         help="local folder, seen by the driver and every executor, where a shard set "
-                             "for a remote output folder is written before the upload (default: the "
-                             "temp folder)")
+                             "for a remote --out is written before the upload (default: the temp folder)")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
