@@ -119,9 +119,9 @@ def _solo(cfg, batch_size: int, events: int, barrier) -> dict[str, float]:
     t = dataclasses.replace(cfg.train, batch_size=batch_size, max_train_events=events)
     shard = load_shard(os.path.join(cfg.paths.stage("partitions"), "part-00000"), mmap=True)
     store = open_graph_store(cfg.paths.stage("graph"))
-    days = sorted(store.days)
-    windows = split_windows(len(days), t.val_days, t.test_days)
-    impressions = owned_window_impressions(store, [days[i] for i in windows.train], days, shard)
+    windows = split_windows(store.days, t.val_days, t.test_days)
+    impressions = owned_window_impressions(store, windows, "train", shard,
+                                           cfg.graph.log_day_slack_s)
     content_created = content_created_times(store)
     barrier.wait()
     result = train_worker(0, 1, shard, t, impressions, content_created,

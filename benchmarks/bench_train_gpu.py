@@ -79,11 +79,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             batch_size=args.batch_size or cfg.train.batch_size,
                             model=dataclasses.replace(cfg.train.model, dropout=0.0))
     started = time.perf_counter()
-    data = load_graph_data(args.graph)
-    windows = split_windows(len(data.days), t.val_days, t.test_days)
+    from spark_jobs.graph_store import open_graph_store
+
+    windows = split_windows(open_graph_store(args.graph).days, t.val_days, t.test_days)
+    data = load_graph_data(args.graph, fit_before=windows.val_start)
     book = {n: torch.zeros(count, dtype=torch.int32) for n, count in data.graph.num_nodes.items()}
     shard = split_graph(data.graph, data.features, book, num_parts=1)[0]
-    impressions = data.impressions.take(window_events(data, windows.train))
+    impressions = data.impressions.take(window_events(data.impressions, windows, "train"))
     impressions = owned_impressions(impressions, shard)
     load_seconds = time.perf_counter() - started
 

@@ -452,14 +452,25 @@ def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_di
         previous_vocab: ``vocab.json`` of the shard set this one continues. Its
             vocabularies are kept as they are: codes and cardinalities stay those the
             model was trained with, and values it does not list get code 0 (unknown).
-            Node types or columns it lacks are fitted here. ``None`` fits all.
+            Node types or columns it lacks are fitted here, on the nodes known before
+            the training window ends (``train.val_days``/``train.test_days`` of ``cfg``:
+            nothing first seen in the validation or test window gets a code). ``None``
+            fits all that way.
 
     Returns:
         ``(per-part summaries, vocab info)``; vocab info holds ``source`` (``"fitted"``
-        or ``"previous"``) and ``unseen`` (node type -> column -> distinct values
-        encoded as unknown).
+        or ``"previous"``), ``fit_before`` (seconds) and ``unseen`` (node type ->
+        column -> distinct values encoded as unknown).
     """
-    from trainer.data import encode_nodes, read_table
+    from trainer.data import (
+        created_seconds,
+        encode_nodes,
+        first_seen_in_store,
+        known_from,
+        read_table,
+        split_windows,
+        vocab_rows,
+    )
     from trainer.shard import FORMAT_VERSION, SHARD_KIND
 
     num_parts = cfg.partition.num_parts
@@ -467,11 +478,16 @@ def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_di
     node_meta: list[dict[str, Any]] = [{} for _ in range(num_parts)]
     vocab = {}
     unseen: dict[str, dict[str, int]] = {}
+    fit_before = split_windows(store.days, cfg.train.val_days, cfg.train.test_days).val_start
+    to_fit = [t for t in node_types if (previous_vocab or {}).get(t) is None]
+    first_seen = first_seen_in_store(store, to_fit) if to_fit else {}
     for node_type in node_types:
         table = read_table(store.node_url(node_type)).sort_by("id")
         kept = (previous_vocab or {}).get(node_type)
-        features, vocab[node_type] = encode_nodes(table, node_type, kept)
-        new_values = unseen_values(table, kept) if kept else {}
+        fit_rows = None if kept is not None else vocab_rows(
+            known_from(created_seconds(table), first_seen[node_type]), fit_before)
+        features, vocab[node_type] = encode_nodes(table, node_type, kept, fit_rows)
+        new_values = unseen_values(table, vocab[node_type])
         if new_values:
             unseen[node_type] = new_values
         book = books[node_type]
@@ -519,7 +535,8 @@ def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_di
                           "edges": sum(r["num_edges"] for r in relations[part])})
     with open(os.path.join(out_dir, "vocab.json"), "w") as handle:
         json.dump(vocab, handle)
-    return summaries, {"source": "fitted" if previous_vocab is None else "previous", "unseen": unseen}
+    return summaries, {"source": "fitted" if previous_vocab is None else "previous",
+                       "fit_before": fit_before, "unseen": unseen}
 
 
 # --------------------------------------------------------------------------- the job
@@ -675,8 +692,12 @@ def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = 
         parts, vocab = write_shards(spark, cfg, store, books, local,
                                     cfg.section_hash("partition", "graph"), previous_vocab)
         for node_type, columns in vocab["unseen"].items():
-            log(f"partition: kept the previous vocabularies; new {node_type} values encoded as "
-                f"unknown (0): {columns} (refit them and retrain from scratch to learn them)")
+            if vocab["source"] == "previous":
+                log(f"partition: kept the previous vocabularies; new {node_type} values encoded "
+                    f"as unknown (0): {columns} (refit them and retrain from scratch to learn them)")
+            else:
+                log(f"partition: {node_type} values first seen after the training window encoded "
+                    f"as unknown (0): {columns}")
         np.save(os.path.join(local, "book.npy"), result["book"].astype(np.int32))
         np.save(os.path.join(local, "book_random.npy"), result["random"].astype(np.int32))
         fs.write_text(os.path.join(local, "_config.yaml"), cfg.to_yaml())

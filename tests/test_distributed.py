@@ -329,8 +329,7 @@ def training_inputs():
         content=torch.randint(9, (num_events,), generator=gen),
         time=t0 + 500 + torch.randint(400, (num_events,), generator=gen),
         position=torch.arange(num_events) % 5,
-        clicked=(torch.arange(num_events) % 3 == 0).float(),
-        day=torch.zeros(num_events, dtype=torch.int64))
+        clicked=(torch.arange(num_events) % 3 == 0).float())
     content_created = torch.full((9,), t0 - 10)
     unequal = {"user": (torch.arange(12) >= 9).to(torch.int32),
                "content": (torch.arange(9) % 2).to(torch.int32),

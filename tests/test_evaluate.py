@@ -13,6 +13,8 @@ from sklearn.metrics import roc_auc_score
 from clickgraph.cli import main
 from tests.conftest import TINY_TRAIN, tiny_overrides
 
+pytestmark = pytest.mark.spark
+
 
 @pytest.fixture(scope="module")
 def evaluation(trained_run, tmp_path_factory):
@@ -70,13 +72,13 @@ def _edges(cfg, relation):
 def test_as_of_counts_only_see_edges_strictly_before_the_impression(trained_run, model):
     """Brute force from the store's edge lists: an edge at the impression's own second
     or later never counts (the counts would otherwise carry the future, or the click)."""
-    from trainer.evaluate import AsOfCounts, baseline_features
+    from trainer.evaluate import baseline_features, model_counts
 
     cfg, _ = trained_run
     data = model.data
     imp = data.impressions
     events = torch.arange(0, len(imp), max(1, len(imp) // 300))
-    x, names, _ = baseline_features(data, AsOfCounts(model), events)
+    x, names, _ = baseline_features(data, model_counts(model), events)
     user, content, at = imp.user[events].numpy(), imp.content[events].numpy(), imp.time[events].numpy()
     checked = 0
     for relation, column, key, node in (("user__clicked__content", "user_clicked", 0, user),
@@ -96,12 +98,12 @@ def test_as_of_counts_only_see_edges_strictly_before_the_impression(trained_run,
 
 
 def test_cold_start_counts_interactions_strictly_before(trained_run, model):
-    from trainer.evaluate import AsOfCounts
+    from trainer.evaluate import model_counts
 
     cfg, _ = trained_run
     imp = model.data.impressions
     events = torch.arange(0, len(imp), max(1, len(imp) // 200))
-    got = AsOfCounts(model).interactions(imp.user[events], imp.time[events]).numpy()
+    got = model_counts(model).interactions(imp.user[events], imp.time[events]).numpy()
     expected = np.zeros(events.numel(), dtype=np.int64)
     for relation in ("user__impressed__content", "user__clicked__content", "user__viewed__content",
                      "user__likes__brand"):
@@ -113,16 +115,16 @@ def test_cold_start_counts_interactions_strictly_before(trained_run, model):
 
 
 def test_embedding_features_are_those_of_the_day_start_and_missing_for_new_nodes(model):
-    from trainer.evaluate import day_start, day_start_embeddings
+    from trainer.data import day_start
+    from trainer.evaluate import day_start_embeddings
     from trainer.inference import embed
 
     data = model.data
     imp = data.impressions
-    last_day = len(data.days) - 1
-    events = torch.nonzero(imp.day == last_day).view(-1)[:200]
+    cutoff = day_start(data.days[-1])
+    events = torch.nonzero(imp.time >= cutoff).view(-1)[:200]
     feats = day_start_embeddings(model, events, batch_size=64, seed=0)
     dim = model.engine.model.cfg.hidden_dim
-    cutoff = day_start(data.days[last_day])
     users = imp.user[events]
     expected = embed(model, "user", torch.unique(users), cutoff, 64, 0).numpy()
     index = {int(u): i for i, u in enumerate(torch.unique(users))}
@@ -137,28 +139,45 @@ def test_embedding_features_are_those_of_the_day_start_and_missing_for_new_nodes
                                (feats[both, :dim] * feats[both, dim:2 * dim]).sum(1), rtol=1e-4, atol=1e-5)
 
 
-def test_day_start_embeddings_ignore_everything_from_the_day_on(trained_run, model):
-    """A user's embedding as of day d's start is the same on a store cut before day d."""
+def _cut_before(data, cutoff: int):
+    """``data`` with every edge at or after ``cutoff`` (seconds) removed."""
     import dataclasses
 
-    from trainer.data import load_graph_data
+    from trainer.graph import TemporalCSR, TemporalHeteroGraph
+
+    csr = {}
+    for edge_type, full in data.graph.csr.items():
+        keep = full.edge_time < cutoff
+        csr[edge_type] = TemporalCSR.from_edges(
+            full.neighbor[keep], full.edge_dst()[keep], full.edge_time[keep], full.num_dst,
+            weight=full.weight, edge_attr={k: v[keep] for k, v in full.edge_attr.items()})
+    graph = TemporalHeteroGraph(num_nodes=dict(data.graph.num_nodes), csr=csr)
+    return dataclasses.replace(data, graph=graph)
+
+
+def test_embeddings_as_of_a_second_ignore_edges_at_that_second(model):
+    """A user's embedding as of ``t`` is the same on a graph cut just before ``t``, for a
+    ``t`` mid-day that many edges share (the tie case a day-boundary cut never meets)."""
     from trainer.engine import ClickEngine
-    from trainer.evaluate import day_start
     from trainer.inference import TrainedModel, embed
 
-    cfg, _ = trained_run
     data = model.data
-    cut = load_graph_data(cfg.paths.stage("graph"), vocab=model.meta["vocab"], days=data.days[:-1])
-    engine = ClickEngine(cut, model.engine.cfg)
+    times = torch.cat([csr.edge_time for csr in data.graph.csr.values()])
+    values, counts = torch.unique(times[times > data.impressions.time.median()], return_counts=True)
+    cutoff = int(values[counts.argmax()])
+    assert int(counts.max()) >= 2, "no second is shared by several edges"
+    engine = ClickEngine(_cut_before(data, cutoff), model.engine.cfg)
     engine.model.load_state_dict(model.engine.model.state_dict())
-    past_only = TrainedModel(engine=engine, meta=model.meta, checkpoint=model.checkpoint)
-    cutoff = day_start(data.days[-1])
-    users = torch.arange(data.graph.num_nodes["user"])
-    full = embed(model, "user", users, cutoff, 128, 3)
-    past = embed(dataclasses.replace(past_only), "user", users, cutoff, 128, 3)
-    assert torch.allclose(full, past, atol=1e-5)
-    later = embed(model, "user", users, cutoff + 86_400, 128, 3)
-    assert not torch.allclose(full, later, atol=1e-5)  # the day's edges do matter after it
+    cut = TrainedModel(engine=engine, meta=model.meta, checkpoint=model.checkpoint)
+    touched = torch.cat([csr.edge_dst()[csr.edge_time == cutoff]
+                         for (_, _, dst), csr in data.graph.csr.items() if dst == "user"])
+    users = torch.unique(touched)
+    assert users.numel() > 0
+    assert torch.allclose(embed(model, "user", users, cutoff, 128, 3),
+                          embed(cut, "user", users, cutoff, 128, 3), atol=1e-6)
+    # one second later the shared second's edges are visible, and they do matter
+    assert not torch.allclose(embed(model, "user", users, cutoff + 1, 128, 3),
+                              embed(cut, "user", users, cutoff + 1, 128, 3), atol=1e-6)
 
 
 def test_cli_json_and_a_missing_checkpoint(trained_run, tmp_path, capsys):

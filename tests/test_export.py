@@ -72,7 +72,8 @@ def test_export_writes_every_existing_node_once_with_store_raw_ids(trained_run, 
     exported = read_export(folder)
     assert exported["manifest"] == json.loads(json.dumps(manifest, default=str))
     store = open_graph_store(cfg.paths.stage("graph"))
-    data = load_graph_data(cfg.paths.stage("graph"))
+    data = load_graph_data(cfg.paths.stage("graph"),
+                           vocab=ckpt.read_meta(resolve_checkpoint(cfg))["vocab"])
     for node_type in ("user", "content"):
         table = exported[node_type]
         ids = table.column("id").to_numpy()

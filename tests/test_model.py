@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from clickgraph.config import load_config
-from trainer.data import GraphData, Impressions, NegativeSampler, split_windows
+from trainer.data import (
+    NEVER,
+    GraphData,
+    Impressions,
+    NegativeSampler,
+    day_start,
+    split_windows,
+    window_events,
+)
 from trainer.engine import ClickEngine
 from trainer.graph import TemporalCSR, TemporalHeteroGraph, add_reverse
 from trainer.model import NodeFeatures, TimeEncoder
@@ -20,7 +28,8 @@ T0 = 1_700_000_000
 
 def _graph(extra_after: int | None = None, seed: int = 0) -> TemporalHeteroGraph:
     """Random user->content and content->brand edges; ``extra_after`` adds edges at or
-    after that time to every relation."""
+    after that time to every relation, the first 20 of each exactly at ``extra_after``
+    (the tie case: an edge at the seed's own second is not visible)."""
     g = torch.Generator().manual_seed(seed)
 
     def rel(n_src, n_dst, n_edges, t_lo, t_hi, gen):
@@ -39,6 +48,7 @@ def _graph(extra_after: int | None = None, seed: int = 0) -> TemporalHeteroGraph
         for et, (src, dst, time) in list(edges.items()):
             n_src, n_dst = NUM[et[0]], NUM[et[2]]
             s2, d2, t2 = rel(n_src, n_dst, 50, extra_after, extra_after + 500, g2)
+            t2[:20] = extra_after
             edges[et] = (torch.cat([src, s2]), torch.cat([dst, d2]), torch.cat([time, t2]))
     csr = {et: TemporalCSR.from_edges(s, d, t, NUM[et[2]], edge_attr={"weight": torch.ones(len(s))})
            for et, (s, d, t) in edges.items()}
@@ -60,10 +70,10 @@ def _data(graph: TemporalHeteroGraph, seed_time: int) -> GraphData:
         user=torch.randint(NUM["user"], (n,), generator=g),
         content=torch.randint(NUM["content"], (n,), generator=g),
         time=torch.full((n,), seed_time), position=torch.arange(n) % 5,
-        clicked=(torch.arange(n) % 3 == 0).float(), day=torch.zeros(n, dtype=torch.int64))
-    return GraphData(graph=graph, features=features, vocab={}, impressions=impressions, days=["d"],
-                     user_first_day=torch.zeros(NUM["user"], dtype=torch.int64),
-                     content_created=torch.full((NUM["content"],), T0 - 10), store_version={})
+        clicked=(torch.arange(n) % 3 == 0).float())
+    known = {t: torch.full((n_nodes,), T0 - 10) for t, n_nodes in NUM.items()}
+    return GraphData(graph=graph, features=features, vocab={}, impressions=impressions,
+                     days=["2023-11-14"], known_from=known, store_version={})
 
 
 def _train_cfg(**changes):
@@ -86,7 +96,9 @@ def test_time_encoding_has_the_tgat_form():
 @pytest.mark.parametrize("conv", ["sage", "attention"])
 def test_scores_do_not_change_when_the_future_changes(strategy, conv):
     """No information from the future, end to end: adding edges at or after the seed
-    time, in every relation and its reverse, changes no score (dropout off, same draws)."""
+    time, in every relation and its reverse, changes no score (dropout off, same draws).
+    Twenty of each relation's added edges lie exactly at the seed's second: making the
+    sampler's rule ``<=`` (``visible_range`` searching with ``right=True``) fails here."""
     seed_time = T0 + 600
     cfg = _train_cfg(strategy=strategy, model=dataclasses.replace(_train_cfg().model, conv=conv))
     past = ClickEngine(_data(_graph(), seed_time), cfg)
@@ -149,8 +161,51 @@ def test_examples_add_negatives_with_the_host_time():
     assert torch.all(data.content_created[content[8:]] < seed_time[8:])
 
 
+DAYS = [f"2026-03-{d:02d}" for d in range(2, 12)]  # 10 days
+
+
 def test_temporal_split_is_ordered_and_disjoint():
-    w = split_windows(10, val_days=2, test_days=3)
-    assert w.train == list(range(5)) and w.val == [5, 6] and w.test == [7, 8, 9]
+    w = split_windows(DAYS, val_days=2, test_days=3)
+    assert w.days == {"train": DAYS[:5], "val": DAYS[5:7], "test": DAYS[7:]}
+    assert w.val_start == day_start("2026-03-07") and w.test_start == day_start("2026-03-09")
     with pytest.raises(ValueError, match="need more than"):
-        split_windows(5, val_days=2, test_days=3)
+        split_windows(DAYS[:5], val_days=2, test_days=3)
+
+
+def test_windows_are_cut_by_event_time_with_the_boundary_second_in_the_later_window():
+    """An event belongs to the window of its own time, wherever it was filed: the last
+    second before the validation window trains, the boundary second validates. Putting
+    ``val_start`` in the training window (``time <= hi``) fails here, and so does any
+    split that reads a day folder (a late event at 23:59:59 filed under the next day)."""
+    w = split_windows(DAYS, val_days=2, test_days=3)
+    time = torch.tensor([w.val_start - 1, w.val_start, w.test_start - 1, w.test_start,
+                         w.test_start + 10 * 86_400, 0])
+    assert w.mask("train", time).tolist() == [True, False, False, False, False, True]
+    assert w.mask("val", time).tolist() == [False, True, True, False, False, False]
+    assert w.mask("test", time).tolist() == [False, False, False, True, True, False]
+    imp = Impressions(user=torch.zeros(6, dtype=torch.int64), content=torch.zeros(6, dtype=torch.int64),
+                      time=time, position=torch.zeros(6, dtype=torch.int64), clicked=torch.zeros(6))
+    assert window_events(imp, w, "val").tolist() == [1, 2]
+    # the folders that may hold a window's events, one day of slack each way
+    assert w.folders("train", DAYS, 86_400) == DAYS[:6]
+    assert w.folders("val", DAYS, 86_400) == DAYS[4:8]
+    assert w.folders("test", DAYS, 0) == DAYS[7:]
+
+
+def test_the_vocabulary_is_fitted_on_what_the_training_window_can_see():
+    """Values only nodes first known at or after the training window's end hold get code
+    0 (unknown); a node known from its first edge when it has no creation time."""
+    import pyarrow as pa
+
+    from trainer.data import encode_nodes, known_from, vocab_rows
+
+    cutoff = 1_000
+    created = torch.tensor([0, 500, 999, 1_000, 0, 0])  # 0: no creation time
+    first_seen = torch.tensor([10, 600, NEVER, 1_000, 999, 1_000])
+    known = known_from(created, first_seen)
+    assert known.tolist() == [10, 500, 999, 1_000, 999, 1_000]
+    table = pa.table({"id": list(range(6)), "created_ts_ms": (created * 1000).tolist(),
+                      "country": ["de", "fr", "it", "nl", "es", "pt"]})
+    features, vocab = encode_nodes(table, "user", None, vocab_rows(known, cutoff))
+    assert vocab == {"country": ["de", "es", "fr", "it"]}
+    assert features.categorical[:, 0].tolist() == [1, 3, 4, 0, 2, 0]

@@ -14,7 +14,7 @@ from clickgraph.config import load_config
 from clickgraph.manifest import ManifestError
 from spark_jobs import build_graph, generate_logs, partition
 from tests.conftest import tiny_overrides
-from trainer.data import load_graph_data
+from trainer.data import load_graph_data, split_windows
 from trainer.shard import load_shard
 
 pytestmark = pytest.mark.spark
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.spark
 @pytest.fixture(scope="module")
 def store_cfg(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("partition")
-    cfg = load_config(None, tiny_overrides(root) + ["generate.num_users=400", "generate.num_days=4"])
+    cfg = load_config(None, tiny_overrides(root) + ["generate.num_users=400", "generate.num_days=4",
+                                                    "train.val_days=1", "train.test_days=1"])
     logs = generate_logs.run(spark, cfg, log=lambda *_: None)
     build_graph.run(spark, cfg, days=logs["days"][:3], log=lambda *_: None)  # day 4 comes later
     return cfg
@@ -50,7 +51,13 @@ def test_manifest_has_quality_for_metis_and_random(shard_set):
 
 def test_book_covers_every_node_once_and_every_edge_lands_at_its_destination(shard_set, store_cfg):
     manifest, out = shard_set
-    data = load_graph_data(store_cfg.paths.stage("graph"))
+    windows = split_windows(manifest["graph"]["days"], store_cfg.train.val_days,
+                            store_cfg.train.test_days)
+    data = load_graph_data(store_cfg.paths.stage("graph"), fit_before=windows.val_start)
+    # the shard set and a single-process run fit the vocabularies by one rule: on the
+    # nodes known before the training window ends
+    assert data.vocab == json.loads((out / "vocab.json").read_text())
+    assert manifest["vocab"]["fit_before"] == windows.val_start
     shards = [load_shard(str(out / part["path"])) for part in manifest["parts"]]
     for node_type, count in data.graph.num_nodes.items():
         owned = np.concatenate([s.owned[node_type].numpy() for s in shards])
@@ -133,7 +140,7 @@ def test_placement_of_new_nodes_keeps_the_book_and_the_balance(spark, store_cfg,
     drift = placed["placement"]["drift"]
     assert drift["baseline_edge_cut"] == manifest["baseline_edge_cut"]
     assert isinstance(drift["repartition_recommended"], bool)
-    data = load_graph_data(store_cfg.paths.stage("graph"))
+    data = load_graph_data(store_cfg.paths.stage("graph"), vocab=json.loads((out / "vocab.json").read_text()))
     total = sum(p["edges"] for p in placed["parts"])
     assert total == sum(csr.num_edges for csr in data.graph.csr.values())
 
@@ -368,7 +375,7 @@ def test_shard_set_at_a_remote_url_is_uploaded_extended_and_loads(remote_runs, s
     for node_type, count in full["num_nodes"].items():  # the previous book, read from the URL, is kept
         was = old[full["global_offsets"][node_type]:][:count]
         assert np.array_equal(book[placed["global_offsets"][node_type]:][:count], was), node_type
-    data = load_graph_data(store_cfg.paths.stage("graph"))
+    data = load_graph_data(store_cfg.paths.stage("graph"), fit_before=0)
     shards = [load_shard(local_shard_folder(url, p["path"], cache_root=str(tmp_path),
                                             version=placed["created_at"]))
               for p in placed["parts"]]
@@ -390,7 +397,8 @@ def test_place_new_keeps_the_previous_vocabulary_and_encodes_new_values_as_unkno
 
     url, vocab, dropped, placed = (remote_runs[k] for k in ("url", "vocab", "dropped", "placed"))
     assert fs.read_json(fs.join(url, "vocab.json")) == vocab  # what --continue compares
-    assert placed["vocab"] == {"source": "previous", "unseen": {"user": {"country": 1}}}
+    assert placed["vocab"]["source"] == "previous"
+    assert placed["vocab"]["unseen"] == {"user": {"country": 1}}
     store = open_graph_store(store_cfg.paths.stage("graph"))
     country = read_table(store.node_url("user")).sort_by("id").column("country").to_pylist()
     column = list(vocab["user"]).index("country")

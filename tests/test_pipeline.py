@@ -173,8 +173,15 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
         assert (tmp_path / "eval" / folder / "evaluation.json").exists()
         scores = pq.read_table(tmp_path / "eval" / folder / "scores.parquet")
         assert scores.num_rows == evaluation["events"] > 0
-        for model in ("gnn", "baseline", "baseline_plus_embeddings"):
-            assert 0.0 <= evaluation["auc"][model] <= 1.0
+        # labels aligned with scores: the trees find the data's signal (0.58-0.67 on this
+        # data); a model whose output ignores its input scores 0.5 exactly
+        assert evaluation["auc"]["baseline"] >= 0.55, evaluation["auc"]
+        assert evaluation["auc"]["baseline_plus_embeddings"] >= 0.55, evaluation["auc"]
+        assert abs(evaluation["auc"]["gnn"] - 0.5) >= 0.02, evaluation["auc"]
+        assert scores.column("gnn").to_numpy().std() > 0
+    for run in ("day1", "retrain"):  # the GNN's training loss falls over its two epochs
+        losses = [epoch["loss"] for epoch in results["train"][run]["epochs"]]
+        assert len(losses) == 2 and losses[1] < losses[0], losses
     assert results["evaluate"]["continue"]["test_days"] == [added]
     assert results["export"]["day1"]["drift"] is None
     assert set(results["export"]["continue"]["drift"]) >= {"user", "content"}

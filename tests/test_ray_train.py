@@ -130,7 +130,7 @@ def test_continue_window_keeps_new_events_and_a_replay_sample_of_old_ones():
     times = torch.arange(100, 120)  # 20 events, 100..119 s
     impressions = Impressions(user=torch.arange(20), content=torch.zeros(20, dtype=torch.int64),
                               time=times, position=torch.zeros(20, dtype=torch.int64),
-                              clicked=torch.zeros(20), day=torch.zeros(20, dtype=torch.int64))
+                              clicked=torch.zeros(20))
     kept, new, replay = continue_window(impressions, since_time=109, replay_fraction=0.5,
                                         generator=torch.Generator().manual_seed(0))
     assert new == 10 and replay == 5 and len(kept) == 15

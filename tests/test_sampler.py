@@ -199,9 +199,21 @@ def test_from_edges_sorts_rows_by_destination_then_time():
     csr = TemporalCSR.from_edges(_tensor([7, 8, 9, 6]), _tensor([1, 0, 1, 1]),
                                  _tensor([30, 5, 10, 10]), num_dst=3)
     assert csr.indptr.tolist() == [0, 1, 4, 4]
-    assert csr.neighbor.tolist() == [8, 9, 6, 7]  # equal times keep input order (9, 6)
+    assert csr.neighbor.tolist() == [8, 6, 9, 7]  # equal times by source id (6, 9)
     assert csr.edge_time.tolist() == [5, 10, 10, 30]
     csr.validate()
+
+
+def test_from_edges_gives_one_csr_whatever_the_input_order():
+    """Edges read from other day folders or files, in another order, give the same CSR,
+    so sampling does not depend on how the store was laid out."""
+    gen = torch.Generator().manual_seed(0)
+    src, dst = torch.randint(5, (60,), generator=gen), torch.randint(4, (60,), generator=gen)
+    time = torch.randint(3, (60,), generator=gen)  # many ties
+    a = TemporalCSR.from_edges(src, dst, time, num_dst=4)
+    perm = torch.randperm(60, generator=gen)
+    b = TemporalCSR.from_edges(src[perm], dst[perm], time[perm], num_dst=4)
+    assert torch.equal(a.neighbor, b.neighbor) and torch.equal(a.edge_time, b.edge_time)
 
 
 def test_validate_rejects_a_row_out_of_time_order():
@@ -558,3 +570,22 @@ def test_activity_count_columns_do_not_depend_on_the_graph_order():
                   ("user", "impressed", "content"), ("content", "rev_clicked", "user")]
     assert count_relations(edge_types, "content") == count_relations(edge_types[::-1], "content")
     assert count_relations(edge_types, "user") == [("content", "rev_clicked", "user")]
+
+
+def test_activity_counts_exclude_the_seed_second_and_include_the_window_start():
+    """All-time and 24-hour counts see edges strictly before the seed: an edge at the
+    seed's own second counts in neither, an edge exactly 24 hours earlier is in the
+    24-hour column, one second more is not. Counting the seed's second in the 24-hour
+    column (``count_before(time + 1) - count_before(time - window)``) fails here."""
+    from trainer.sampler import ACTIVITY_WINDOW_S, count_relations
+
+    t = 1_700_000_000
+    times = [t - ACTIVITY_WINDOW_S - 1, t - ACTIVITY_WINDOW_S, t - 1, t, t, t + 5]
+    csr = TemporalCSR.from_edges(_tensor([0, 1, 2, 3, 4, 0]), _tensor([0] * 6), _tensor(times),
+                                 num_dst=2)
+    graph = TemporalHeteroGraph(num_nodes={"content": 5, "user": 2},
+                                csr={("content", "rev_clicked", "user"): csr})
+    sampler = TemporalNeighborSampler(graph, [2])
+    assert count_relations(graph.edge_types, "user") == [("content", "rev_clicked", "user")]
+    counts = sampler.activity_counts("user", _tensor([0, 0, 1]), _tensor([t, t + 1, t]))
+    assert counts.tolist() == [[3, 2], [5, 3], [0, 0]]

@@ -10,16 +10,20 @@ Three models score the test window's impressions (the last ``train.test_days`` d
   in the last 24 hours) strictly before the impression, plus user and content age.
 * ``baseline_plus_embeddings``: the same trees with the GNN's user and content
   embeddings added, as a platform would join them from yesterday's export: for an
-  impression on day ``d``, the embeddings as of ``d`` 00:00 UTC (nodes created on ``d``
-  have none: missing values, as in production), plus their dot product.
+  impression at time ``t``, the embeddings as of 00:00 UTC of ``t``'s own UTC day
+  (:func:`export_cutoff`; nodes created on that day have none: missing values, as in
+  production), plus their dot product. The day folder the impression was filed under
+  plays no part (docs/architecture.md, "Event time").
 
 Both tree models are fitted on the validation window's impressions, which the GNN never
 trained on (embeddings of rows the GNN fitted would look better than they are), and scored
-on the test window. Every count, embedding and neighbour used for an impression at time
-``t`` comes from strictly before ``t`` (day-start embeddings: before ``d`` 00:00).
+on the test window. Windows are cut by event time (:func:`trainer.data.split_windows`).
+Every count, embedding and neighbour used for an impression at time ``t`` comes from
+strictly before ``t`` (day-start embeddings: before ``t``'s day's 00:00).
 
 Cold start: impressions whose user had at most ``evaluate.cold_start_max_interactions``
-interactions (impressions, clicks, views, brand likes) strictly before the impression.
+interactions (impressions, clicks, views, brand likes) strictly before the impression
+(:mod:`trainer.asof`, the same meaning as training's ``val_auc_cold``).
 """
 
 from __future__ import annotations
@@ -33,38 +37,28 @@ from torch import Tensor
 
 from clickgraph import fs
 from clickgraph.config import Config
-from trainer.data import GraphData, split_windows, window_events
-from trainer.inference import TrainedModel, day_start, embed, existing_nodes, load_trained
+from trainer.asof import AsOfCounts
+from trainer.data import SECONDS_PER_DAY as DAY
+from trainer.data import GraphData, split_windows, utc_day, window_events
+from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.local import roc_auc, subsample
 
 MODELS = ("gnn", "baseline", "baseline_plus_embeddings")
 USER_COUNTS = ("impressed", "clicked", "viewed", "likes")
 CONTENT_COUNTS = ("impressed", "clicked", "viewed")
 PAST_BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, None))
-DAY = 86_400
 FORMAT_VERSION = 1
 
 
-class AsOfCounts:
-    """Per-(node, time) counts of a node's edges strictly before the time."""
+def model_counts(model: TrainedModel) -> AsOfCounts:
+    """As-of counts on the model's whole graph."""
+    return AsOfCounts(model.engine.sampler, model.engine.graph.edge_types)
 
-    def __init__(self, model: TrainedModel):
-        self.sampler = model.engine.sampler
-        self.edge_types = model.engine.graph.edge_types
 
-    def _edge_type(self, relation: str, node_type: str):
-        """The relation (or its reverse) whose destination is ``node_type``."""
-        for et in self.edge_types:
-            if et[1].removeprefix("rev_") == relation and et[2] == node_type:
-                return et
-        raise KeyError(f"the graph has no relation {relation!r} into {node_type!r}")
-
-    def count(self, relation: str, node_type: str, node: Tensor, at: Tensor) -> Tensor:
-        return self.sampler.count_before(self._edge_type(relation, node_type), node, at)
-
-    def interactions(self, user: Tensor, at: Tensor) -> Tensor:
-        """Each user's impressions, clicks, views and likes strictly before ``at``."""
-        return sum(self.count(r, "user", user, at) for r in USER_COUNTS)
+def export_cutoff(time: Tensor) -> Tensor:
+    """The export an impression at ``time`` (seconds) joins: the one as of 00:00 UTC of
+    the impression's own UTC day, always at or before ``time``."""
+    return time - time % DAY
 
 
 def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
@@ -98,30 +92,34 @@ def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
     add("hour", torch.div(at % DAY, 3600, rounding_mode="floor"), True)
     add("weekday", (torch.div(at, DAY, rounding_mode="floor") + 3) % 7, True)  # 0 = Monday
     for relation in USER_COUNTS:
-        add(f"user_{relation}", counts.count(relation, "user", user, at))
+        if counts.edge_type(relation, "user") is not None:
+            add(f"user_{relation}", counts.count(relation, "user", user, at))
     for relation in CONTENT_COUNTS:
+        if counts.edge_type(relation, "content") is None:
+            continue
         total = counts.count(relation, "content", content, at)
         recent = total - counts.count(relation, "content", content, at - DAY)
         add(f"content_{relation}", total)
         add(f"content_{relation}_24h", recent)
     for node_type in ("user", "content"):  # click rates smoothed towards ~5%
-        clicks, shown = (columns[names.index(f"{node_type}_{r}")] for r in ("clicked", "impressed"))
-        add(f"{node_type}_ctr", (clicks + 1) / (shown + 20))
+        if {f"{node_type}_clicked", f"{node_type}_impressed"} <= set(names):
+            clicks, shown = (columns[names.index(f"{node_type}_{r}")] for r in ("clicked", "impressed"))
+            add(f"{node_type}_ctr", (clicks + 1) / (shown + 20))
     return torch.stack(columns, dim=1).numpy(), names, categorical
 
 
 def day_start_embeddings(model: TrainedModel, events: Tensor, batch_size: int, seed: int
                          ) -> np.ndarray:
-    """User and content embeddings of each impression as of its day's 00:00 UTC (NaN for
-    nodes created on or after it), plus their dot product: ``[N, 2 * dim + 1]``."""
+    """User and content embeddings of each impression as of :func:`export_cutoff` of its
+    own time (NaN for nodes not known before that cutoff), plus their dot product:
+    ``[N, 2 * dim + 1]``."""
     data = model.data
     imp = data.impressions
     dim = model.engine.model.cfg.hidden_dim
     out = np.full((events.numel(), 2 * dim + 1), np.nan, dtype=np.float32)
-    day = imp.day[events]
-    for day_index in torch.unique(day).tolist():
-        rows = torch.nonzero(day == day_index).view(-1)
-        cutoff = day_start(data.days[day_index])
+    cutoffs = export_cutoff(imp.time[events])
+    for cutoff in torch.unique(cutoffs).tolist():
+        rows = torch.nonzero(cutoffs == cutoff).view(-1)
         states = []
         for offset, (node_type, node) in enumerate((("user", imp.user[events[rows]]),
                                                    ("content", imp.content[events[rows]]))):
@@ -173,26 +171,26 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     seconds: dict[str, float] = {}
     model = load_trained(cfg, graph_url, checkpoint)
     data = model.data
-    windows = split_windows(len(data.days), t.val_days, t.test_days)
+    windows = split_windows(data.days, t.val_days, t.test_days)
     trained_until = model.meta.get("last_event_time")
-    test_events = subsample(window_events(data, windows.test), e.max_test_events,
+    test_events = subsample(window_events(data.impressions, windows, "test"), e.max_test_events,
                              torch.Generator().manual_seed(e.seed))
-    fit_events = subsample(window_events(data, windows.val), e.max_fit_events,
+    fit_events = subsample(window_events(data.impressions, windows, "val"), e.max_fit_events,
                             torch.Generator().manual_seed(e.seed + 1))
     if trained_until is not None and fit_events.numel() and \
             int(data.impressions.time[fit_events].min()) <= int(trained_until):
         log(f"evaluate: note: the model trained on events up to {trained_until}, inside the "
             "validation window the trees are fitted on")
     if test_events.numel() == 0 or fit_events.numel() == 0:
-        raise ValueError(f"the graph's test window {[data.days[i] for i in windows.test]} or "
-                         f"validation window {[data.days[i] for i in windows.val]} has no impressions")
+        raise ValueError(f"the graph's test window {windows.days['test']} or validation "
+                         f"window {windows.days['val']} has no impressions")
     seconds["load"] = time.perf_counter() - started
     log(f"evaluate: {model.checkpoint}; fitting the baseline on {fit_events.numel():,} "
         f"validation impressions, scoring {test_events.numel():,} test impressions "
-        f"({', '.join(data.days[i] for i in windows.test)})")
+        f"({', '.join(windows.days['test'])})")
 
     mark = time.perf_counter()
-    counts = AsOfCounts(model)
+    counts = model_counts(model)
     x_fit, names, categorical = baseline_features(data, counts, fit_events)
     x_test, _, _ = baseline_features(data, counts, test_events)
     seconds["features"] = time.perf_counter() - mark
@@ -219,17 +217,19 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     imp = data.impressions
     past = counts.interactions(imp.user[test_events], imp.time[test_events]).numpy()
     cold = past <= e.cold_start_max_interactions
-    day = imp.day[test_events].numpy()
+    day_number = torch.div(imp.time[test_events], DAY, rounding_mode="floor").numpy()
+    day_names = {n: utc_day(n * DAY) for n in np.unique(day_number).tolist()}
+    day = np.array([day_names[n] for n in day_number.tolist()], dtype=object)
     result: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "auc": aucs(labels, scores), "auc_cold": aucs(labels, scores, cold),
         "auc_warm": aucs(labels, scores, ~cold),
     }
     result["warm_minus_cold"] = _gap(result["auc_warm"], result["auc_cold"])
-    result["per_day"] = [
-        {"day": data.days[d], "events": int((day == d).sum()),
+    result["per_day"] = [  # by the impression's own UTC day
+        {"day": d, "events": int((day == d).sum()),
          "auc": aucs(labels, scores, day == d), "auc_cold": aucs(labels, scores, (day == d) & cold),
-         "auc_warm": aucs(labels, scores, (day == d) & ~cold)} for d in windows.test]
+         "auc_warm": aucs(labels, scores, (day == d) & ~cold)} for d in sorted(set(day.tolist()))]
     result["auc_by_past_interactions"] = [
         {"bucket": f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi is not None else f">={lo}"),
          "lo": lo, "hi": hi,
@@ -240,8 +240,9 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
         "events": int(test_events.numel()), "cold_events": int(cold.sum()),
         "click_rate": float(labels.mean()),
         "cold_start_max_interactions": e.cold_start_max_interactions,
-        "test_days": [data.days[i] for i in windows.test],
-        "fit_days": [data.days[i] for i in windows.val], "fit_events": int(fit_events.numel()),
+        "test_days": windows.days["test"], "test_start": windows.test_start,
+        "fit_days": windows.days["val"], "fit_start": windows.val_start,
+        "fit_events": int(fit_events.numel()),
         "baseline_features": names, "embedding_dim": int(model.engine.model.cfg.hidden_dim),
         "model": model.version, "graph": data.store_version,
         "trees": {"baseline_iterations": int(trees.n_iter_),
@@ -252,7 +253,7 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
 
     out_url = out_url or fs.join(cfg.paths.stage("eval"), data.days[-1])
     _write(out_url, result, {
-        "day": [data.days[d] for d in day], "user": imp.user[test_events].numpy(),
+        "day": day, "time": imp.time[test_events].numpy(), "user": imp.user[test_events].numpy(),
         "content": imp.content[test_events].numpy(), "label": labels, "past_interactions": past,
         "cold": cold, **scores})
     result["out"] = out_url

@@ -32,8 +32,8 @@ import torch
 from clickgraph import fs
 from clickgraph.config import Config
 from clickgraph.manifest import ManifestError, new_manifest, read_manifest, write_manifest
-from trainer.data import read_table
-from trainer.inference import TrainedModel, day_start, embed, existing_nodes, load_trained
+from trainer.data import day_start, read_table
+from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.recommend import content_categories, control_metrics, recommend
 
 EMBEDDINGS_KIND = "embeddings"

@@ -53,7 +53,7 @@ class TemporalCSR:
         neighbor: int64 ``[num_edges]``; source node id of each edge, in the source
             type's id space.
         edge_time: int64 ``[num_edges]``; event time in seconds since epoch, ascending
-            within each row (ties keep their input order).
+            within each row (equal times by source id, :meth:`from_edges`).
         weight: Per-relation weight from the training config, broadcast to every
             sampled edge of this relation.
         edge_attr: Optional per-edge features, name -> tensor ``[num_edges, ...]``, in
@@ -137,16 +137,20 @@ class TemporalCSR:
             edge_attr: Optional per-edge features, each ``[num_edges, ...]``.
 
         Returns:
-            The CSR, rows ordered by ``(dst, time)``; equal times keep input order.
+            The CSR, rows ordered by ``(dst, time, src)``: the same edges give the same CSR
+            whatever order they arrive in (day folders, files, Spark tasks), so sampling
+            and training do not depend on how a store was laid out. Edges equal in
+            ``(dst, time, src)`` keep their input order.
         """
         src, dst, time = (torch.as_tensor(x, dtype=torch.int64) for x in (src, dst, time))
         if not (src.shape == dst.shape == time.shape) or src.dim() != 1:
             raise ValueError("src, dst and time must be 1-D tensors of the same length")
         if dst.numel() and (int(dst.min()) < 0 or int(dst.max()) >= num_dst):
             raise ValueError(f"dst ids must lie in [0, {num_dst})")
-        # Two stable sorts (time, then dst) give (dst, time) order without building a
-        # composite key that could overflow int64 for wide time ranges.
-        order = torch.sort(time, stable=True).indices
+        # Three stable sorts (src, time, then dst) give (dst, time, src) order without
+        # building a composite key that could overflow int64 for wide time ranges.
+        order = torch.sort(src, stable=True).indices
+        order = order[torch.sort(time[order], stable=True).indices]
         order = order[torch.sort(dst[order], stable=True).indices]
         degree = torch.bincount(dst, minlength=num_dst)
         indptr = torch.zeros(num_dst + 1, dtype=torch.int64, device=dst.device)

@@ -12,11 +12,9 @@ at ``t``, so nothing from ``t`` on can reach it (the sampler's rule, docs/traini
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,11 +50,6 @@ class TrainedModel:
                 "global_step": m.get("global_step"),
                 "last_event_time": m.get("last_event_time"),
                 "graph_version": m.get("graph_version")}
-
-
-def day_start(day: str) -> int:
-    """``YYYY-MM-DD`` 00:00 UTC in seconds since epoch (a store day's first second)."""
-    return int(dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp())
 
 
 def resolve_checkpoint(cfg: Config, checkpoint: str | None = None) -> str:
@@ -158,27 +151,9 @@ def score_pairs(model: TrainedModel, user_state: Tensor, content_state: Tensor,
 
 
 def existing_nodes(data: GraphData, node_type: str, cutoff: int) -> Tensor:
-    """Nodes of ``node_type`` known before ``cutoff`` (seconds): created strictly before it.
-
-    Users count from their creation (signup) time, or from their first interaction
-    when the store has no signup time; content from its creation time.
+    """Nodes of ``node_type`` known strictly before ``cutoff`` (seconds): created before it,
+    or, without a creation time, with an edge before it (:func:`trainer.data.known_from`).
     """
-    if node_type == "content":
-        return torch.nonzero(data.content_created < cutoff).view(-1)
-    if node_type != "user":
+    if node_type not in ("user", "content"):
         raise ValueError(f"embeddings are exported for user and content, not {node_type!r}")
-    created = data.features["user"].created_time
-    if created is not None:
-        return torch.nonzero(created < cutoff).view(-1)
-    first = first_interaction_time(data)
-    return torch.nonzero(first < cutoff).view(-1)
-
-
-def first_interaction_time(data: GraphData) -> Tensor:
-    """Per user, the time of the earliest stored edge out of it (int64 max when none)."""
-    num_users = data.graph.num_nodes["user"]
-    first = torch.full((num_users,), np.iinfo(np.int64).max, dtype=torch.int64)
-    for (_, _, dst_type), csr in data.graph.csr.items():
-        if dst_type == "user" and csr.num_edges:
-            first = first.scatter_reduce(0, csr.edge_dst, csr.edge_time, reduce="amin")
-    return first
+    return torch.nonzero(data.known_from[node_type] < cutoff).view(-1)

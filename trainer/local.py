@@ -21,7 +21,8 @@ from clickgraph import fs
 from clickgraph.config import Config
 from spark_jobs.graph_store import open_graph_store
 from trainer import checkpoint as ckpt
-from trainer.data import GraphData, cold_start_mask, load_graph_data, split_windows, window_events
+from trainer.asof import AsOfCounts
+from trainer.data import GraphData, load_graph_data, split_windows, window_events
 from trainer.engine import ClickEngine
 
 
@@ -62,16 +63,20 @@ def subsample(events: Tensor, limit: int, generator: torch.Generator) -> Tensor:
     return events[torch.randperm(events.numel(), generator=generator)[:limit]].sort().values
 
 
-def evaluate_window(engine: ClickEngine, events: Tensor, window_start: int,
+def evaluate_window(engine: ClickEngine, events: Tensor, cold_start_max_interactions: int,
                     generator: torch.Generator) -> dict[str, Any]:
-    """AUC on a window's impressions, overall and split by cold-start users."""
+    """AUC on a window's impressions, overall, for cold-start users (at most
+    ``cold_start_max_interactions`` interactions strictly before the impression,
+    :mod:`trainer.asof`) and for the others."""
     data = engine.data
     scores = engine.score(events, generator)
     labels = data.impressions.clicked[events].numpy()
-    cold = cold_start_mask(data, events, window_start).numpy()
+    counts = AsOfCounts(engine.sampler, engine.graph.edge_types)
+    cold = counts.cold(data.impressions.user[events], data.impressions.time[events],
+                       cold_start_max_interactions).numpy()
     return {"auc": roc_auc(labels, scores), "auc_cold": roc_auc(labels[cold], scores[cold]),
             "auc_warm": roc_auc(labels[~cold], scores[~cold]), "events": int(events.numel()),
-            "cold_events": int(cold.sum())}
+            "cold_events": int(cold.sum()), "cold_start_max_interactions": cold_start_max_interactions}
 
 
 def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
@@ -86,12 +91,12 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
     out_url = out_url or fs.join(cfg.paths.stage("train"), run_id)
 
     t0 = time.perf_counter()
-    data = load_graph_data(graph_url)
+    windows = split_windows(open_graph_store(graph_url).days, t.val_days, t.test_days)
+    data = load_graph_data(graph_url, fit_before=windows.val_start)
     load_s = time.perf_counter() - t0
-    windows = split_windows(len(data.days), t.val_days, t.test_days)
     generator = torch.Generator().manual_seed(t.seed)
-    train_events = window_events(data, windows.train)
-    val_events = subsample(window_events(data, windows.val), t.max_eval_events,
+    train_events = window_events(data.impressions, windows, "train")
+    val_events = subsample(window_events(data.impressions, windows, "val"), t.max_eval_events,
                             torch.Generator().manual_seed(t.seed + 1))
     log(f"train: {len(data.impressions):,} impressions over {len(data.days)} days; "
         f"train {train_events.numel():,}, validation {val_events.numel():,} (loaded in {load_s:.1f} s)")
@@ -116,7 +121,8 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
         elapsed = time.perf_counter() - start
         train_time += elapsed
         trained_events += epoch_events.numel()
-        val = evaluate_window(engine, val_events, windows.val[0], torch.Generator().manual_seed(t.seed))
+        val = evaluate_window(engine, val_events, cfg.evaluate.cold_start_max_interactions,
+                              torch.Generator().manual_seed(t.seed))
         epochs.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val": val,
                        "val_auc": val["auc"], "events": int(epoch_events.numel()),
                        "events_per_s": epoch_events.numel() / elapsed})
@@ -130,7 +136,8 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
         "val_auc_warm": epochs[-1]["val"]["auc_warm"],
         "events_per_s": trained_events / train_time, "train_seconds": train_time,
         "time_split": engine.times.as_dict(), "epochs": epochs,
-        "windows": {k: [data.days[i] for i in getattr(windows, k)] for k in ("train", "val", "test")},
+        "windows": windows.days, "window_starts": {"val": windows.val_start,
+                                                   "test": windows.test_start},
         "graph": data.store_version,
         "last_event_time": int(data.impressions.time[train_events].max()),
     }

@@ -67,7 +67,7 @@ import torch
 from clickgraph import fs
 from clickgraph.config import Config, TrainConfig
 from trainer import checkpoint as ckpt
-from trainer.data import IMPRESSIONS, Impressions, split_windows
+from trainer.data import IMPRESSIONS, Impressions, Windows, split_windows
 from trainer.dist_train import ResumeState, StepContext, TrainHooks
 from trainer.distributed import all_gather_tensor, find_free_port, is_loopback
 
@@ -121,33 +121,25 @@ def local_shard_folder(partitions_url: str, part_path: str, cache_root: str | No
     return final
 
 
-def owned_window_impressions(store, days: list[str], all_days: list[str], shard
+def owned_window_impressions(store, windows: Windows, window: str, shard, slack_s: int
                              ) -> Impressions:
-    """Impressions on ``days`` whose user ``shard`` owns, sorted by time.
+    """Impressions whose own time falls in ``window`` and whose user ``shard`` owns, in
+    :func:`trainer.data.canonical_order`.
 
     Args:
         store: The graph store (:func:`spark_jobs.graph_store.open_graph_store`).
-        days: Days to read.
-        all_days: The store's days; ``Impressions.day`` indexes them.
+        windows: The event-time split.
+        window: ``"train"``, ``"val"`` or ``"test"``.
         shard: This worker's :class:`~trainer.shard.PartitionShard`.
+        slack_s: How far an event may lie outside its day folder
+            (``graph.log_day_slack_s``): the folders read are those that may hold the
+            window's events; the rows kept are decided by their time alone.
     """
-    imp = store.read_edges_arrow(IMPRESSIONS, days,
+    imp = store.read_edges_arrow(IMPRESSIONS, windows.folders(window, store.days, slack_s),
                                  columns=["src", "dst", "ts_ms", "position", "clicked"])
-    user = torch.tensor(imp.column("src").to_numpy(), dtype=torch.int64)
-    keep = torch.nonzero(shard.owner("user", user) == shard.part).view(-1)
-    day_index = {d: i for i, d in enumerate(all_days)}
-    position = imp.column("position").to_numpy(zero_copy_only=False).astype(np.float64)
-    out = Impressions(
-        user=user,
-        content=torch.tensor(imp.column("dst").to_numpy(), dtype=torch.int64),
-        time=torch.tensor(imp.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000,
-        position=torch.as_tensor(np.nan_to_num(position, nan=-1), dtype=torch.int64),
-        clicked=torch.as_tensor(
-            imp.column("clicked").to_numpy(zero_copy_only=False).astype(np.float32)),
-        day=torch.as_tensor([day_index[d] for d in imp.column("day").to_pylist()],
-                            dtype=torch.int64),
-    ).take(keep)
-    return out.take(torch.argsort(out.time, stable=True))
+    out = Impressions.from_arrow(imp)
+    keep = windows.mask(window, out.time) & (shard.owner("user", out.user) == shard.part)
+    return out.take(torch.nonzero(keep).view(-1))
 
 
 def continue_window(impressions: Impressions, since_time: int, replay_fraction: float,
@@ -173,11 +165,16 @@ def continue_window(impressions: Impressions, since_time: int, replay_fraction: 
 
 
 def content_created_times(store) -> torch.Tensor:
-    """int64 ``[num_content]`` creation time of every content, seconds (0 unknown)."""
-    from trainer.data import read_table
+    """int64 ``[num_content]``: when each content is known to exist, seconds
+    (:func:`trainer.data.known_from`; random negatives are drawn from content known
+    before the event). Edges are read only when some content has no creation time."""
+    from trainer.data import NEVER, created_seconds, first_seen_in_store, known_from, read_table
 
-    table = read_table(store.node_url("content")).sort_by("id")
-    return torch.tensor(table.column("created_ts_ms").to_numpy(), dtype=torch.int64) // 1000
+    created = created_seconds(read_table(store.node_url("content")).sort_by("id"))
+    if bool((created > 0).all()):
+        return created
+    return known_from(created, first_seen_in_store(store, ["content"])["content"]) \
+        if created.numel() else torch.full((0,), NEVER, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------- run plan
@@ -411,14 +408,14 @@ def _make_validator(plan: RunPlan):
     def validate(model: torch.nn.Module) -> dict[str, Any]:
         if not cache:
             data = load_graph_data(plan.graph_url, vocab=plan.vocab)
-            windows = split_windows(len(data.days), t.val_days, t.test_days)
+            windows = split_windows(data.days, t.val_days, t.test_days)
             cache["engine"] = ClickEngine(data, t, "cpu")
-            cache["events"] = subsample(window_events(data, windows.val), t.max_eval_events,
-                                         torch.Generator().manual_seed(t.seed + 1))
-            cache["start"] = windows.val[0]
+            cache["events"] = subsample(window_events(data.impressions, windows, "val"),
+                                        t.max_eval_events, torch.Generator().manual_seed(t.seed + 1))
         engine = cache["engine"]
         engine.model.load_state_dict(model.state_dict())
-        return evaluate_window(engine, cache["events"], cache["start"],
+        return evaluate_window(engine, cache["events"],
+                               plan.cfg.evaluate.cold_start_max_interactions,
                                torch.Generator().manual_seed(t.seed))
 
     return validate
@@ -492,9 +489,9 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     if shard.part != rank or shard.num_parts != world_size:
         raise ValueError(f"rank {rank} of {world_size} got shard {shard.part} of {shard.num_parts}")
     store = open_graph_store(plan.graph_url)
-    days = sorted(store.days)
-    windows = split_windows(len(days), t.val_days, t.test_days)
-    impressions = owned_window_impressions(store, [days[i] for i in windows.train], days, shard)
+    windows = split_windows(store.days, t.val_days, t.test_days)
+    impressions = owned_window_impressions(store, windows, "train", shard,
+                                           plan.cfg.graph.log_day_slack_s)
     new_events, replay_events = len(impressions), 0
     if plan.since_time is not None:
         impressions, new_events, replay_events = continue_window(
