@@ -148,7 +148,7 @@ def _call_in_child(method: str, target, args: tuple, what: str):
 
 
 def _job_config(args: argparse.Namespace, edge_budget: int):
-    from clickgraph.config import load_config
+    from clickgraph.core.config import load_config
 
     fanouts = ", ".join(str(f) for f in args.fanouts)
     return load_config(

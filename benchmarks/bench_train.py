@@ -56,7 +56,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from clickgraph.config import load_config
+from clickgraph.core.config import load_config
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -97,7 +97,7 @@ def _config(work: str, graph: str, name: str, parts: int, workers: int, args, bo
         f"paths.root={work}/{name}", f"paths.graph={os.path.abspath(graph)}",
         f"paths.partitions={work}/shards-{parts}-{book}",
         f"partition.num_parts={parts}", f"partition.shard_book={book}",
-        f"train.workers={workers}", "train.threads_per_worker=1", f"train.epochs={args.epochs}",
+        f"resources.workers={workers}", "resources.threads_per_worker=1", f"train.epochs={args.epochs}",
         f"train.max_train_events={args.events}", "train.max_eval_events=2000",
         f"train.batch_scope={scope}", f"ray.num_cpus={max(2, workers)}"])
 
@@ -109,8 +109,8 @@ def _solo(cfg, batch_size: int, events: int, barrier) -> dict[str, float]:
     """
     import dataclasses
 
-    from spark_jobs.graph_store import open_graph_store
-    from trainer.data import split_windows
+    from clickgraph.core.graph_store import open_graph_store
+    from clickgraph.core.timeline import split_windows
     from trainer.dist_train import train_worker
     from trainer.distributed import find_free_port
     from trainer.ray_launch import content_created_times, owned_window_impressions

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clickgraph.config import load_config  # noqa: E402
+from clickgraph.core.config import load_config  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,14 +49,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(backend: str, device: str, shard, cfg, impressions, content_created) -> dict:
+def run(backend: str, device: str, shard, cfg, impressions, content_created,
+        threads: int = 1) -> dict:
     from trainer.dist_train import train_worker
     from trainer.distributed import find_free_port
 
     started = time.perf_counter()
     result = train_worker(0, 1, shard, cfg, impressions, content_created,
                           master_addr="127.0.0.1", master_port=find_free_port(),
-                          backend=backend, device=device)
+                          backend=backend, device=device, threads=threads)
     wall = time.perf_counter() - started
     split = result.time_split
     return {"device": result.device, "backend": result.backend,
@@ -69,17 +70,17 @@ def run(backend: str, device: str, shard, cfg, impressions, content_created) -> 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    from trainer.data import load_graph_data, split_windows, window_events
+    from clickgraph.core.timeline import split_windows
+    from trainer.data import load_graph_data, window_events
     from trainer.dist_train import owned_impressions
     from trainer.shard import split_graph
 
     cfg = load_config(args.config)
     t = dataclasses.replace(cfg.train, max_train_events=args.events, epochs=1,
-                            threads_per_worker=args.cpu_threads,
                             batch_size=args.batch_size or cfg.train.batch_size,
                             model=dataclasses.replace(cfg.train.model, dropout=0.0))
     started = time.perf_counter()
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     windows = split_windows(open_graph_store(args.graph).days, t.val_days, t.test_days)
     data = load_graph_data(args.graph, fit_before=windows.val_start)
@@ -89,9 +90,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     impressions = owned_impressions(impressions, shard)
     load_seconds = time.perf_counter() - started
 
-    runs = {"cpu": run("gloo", "cpu", shard, t, impressions, data.content_created)}
+    runs = {"cpu": run("gloo", "cpu", shard, t, impressions, data.content_created, args.cpu_threads)}
     if torch.cuda.is_available():
-        runs["cuda"] = run("nccl", "cuda:0", shard, t, impressions, data.content_created)
+        runs["cuda"] = run("nccl", "cuda:0", shard, t, impressions, data.content_created,
+                           args.cpu_threads)
     out = {"graph": args.graph, "events": args.events, "batch_size": t.batch_size,
            "cpu_threads": args.cpu_threads, "load_seconds": round(load_seconds, 2),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -19,7 +19,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from clickgraph.config import load_config
+from clickgraph.core.config import load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,10 +60,11 @@ from typing import Any
 
 import numpy as np
 
-from clickgraph.config import Config, load_config, replace
+from clickgraph.core.config import Config, load_config, replace
 from partitioning.base import PartitionResult
 from partitioning.graph import PartitionGraph
 from partitioning.refine import entries_of_rows
+from spark_jobs import store_io
 
 #: generator id formats and latent functions per node type of the graph store
 _RAW_ID = {"user": "USER_ID", "content": "CONTENT_ID", "article": "ARTICLE_ID",
@@ -119,7 +120,7 @@ def latent_communities(spark, cfg: Config, store) -> dict[str, np.ndarray]:
             prefix, width = getattr(gen, _RAW_ID[node_type])
             latent = spark.range(count).select(gen._fmt(prefix, width, ident).alias("raw_id"),
                                                expression.cast("long").alias("community"))
-            joined = (store.read_id_map(spark, node_type).join(latent, "raw_id")
+            joined = (store_io.read_id_map(spark, store, node_type).join(latent, "raw_id")
                       .select("id", "community").toPandas())
             community[joined["id"].to_numpy()] = joined["community"].to_numpy()
         out[node_type] = community
@@ -307,7 +308,7 @@ def _as_result(book: np.ndarray, num_parts: int, name: str, wall_s: float,
 
 def check_generator_config(cfg: Config) -> None:
     """Refuse logs generated with another ``generate`` section: the oracle would be wrong."""
-    from clickgraph import fs
+    from clickgraph.core import fs
 
     url = fs.join(cfg.paths.stage("logs"), fs.MANIFEST_NAME)
     if not fs.exists(url):
@@ -323,9 +324,9 @@ def check_generator_config(cfg: Config) -> None:
 def run(cfg: Config, graph_url: str | None = None, check_generator: bool = True,
         log=print) -> dict[str, Any]:
     """Partition the store every way listed in the module docstring; every figure as JSON."""
+    from clickgraph.core.graph_store import open_graph_store
     from partitioning.metis import MetisPartitioner
     from spark_jobs import partition
-    from spark_jobs.graph_store import open_graph_store
     from spark_jobs.session import get_spark
 
     load_before = os.getloadavg()

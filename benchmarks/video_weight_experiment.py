@@ -38,14 +38,14 @@ DATASET = [
     "generate.num_brands=60", "generate.num_categories=12", "generate.num_days=8",
     "generate.formats=[parquet]", "generate.num_output_files=2",
     "train.val_days=2", "train.test_days=2", "train.epochs=2", "train.batch_size=512",
-    "train.max_train_events=12000", "train.max_eval_events=10000", "train.threads_per_worker=2",
-    "train.device=cpu", "evaluate.recommend_users=500", "evaluate.top_k=20",
+    "train.max_train_events=12000", "train.max_eval_events=10000", "resources.threads_per_worker=2",
+    "resources.device=cpu", "evaluate.recommend_users=500", "evaluate.top_k=20",
     "spark.master=local[2]", "spark.shuffle_partitions=4", "spark.driver_memory=3g",
 ]
 
 
 def arm_config(workdir: Path, arm: str, weight: dict[str, float], extra: list[str]):
-    from clickgraph.config import load_config
+    from clickgraph.core.config import load_config
 
     overrides = [f"paths.root={workdir}", f"paths.logs={workdir}/logs",
                  f"paths.graph={workdir}/{arm}/graph", f"paths.train={workdir}/{arm}/train",
@@ -67,9 +67,9 @@ def baseline_model_on_store(baseline_cfg, weighted_cfg):
     """The baseline checkpoint's parameters on the weighted store (bypassing the lineage
     check on purpose: the stores differ only in the weight column), or ``None`` with a
     reason when the two stores number their nodes differently."""
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store, read_table
     from trainer import checkpoint as ckpt
-    from trainer.data import load_graph_data, read_table
+    from trainer.data import load_graph_data
     from trainer.engine import ClickEngine
     from trainer.inference import TrainedModel, resolve_checkpoint, train_config_of
 
@@ -90,8 +90,7 @@ def baseline_model_on_store(baseline_cfg, weighted_cfg):
 
 def cross_controls(model, cfg) -> dict[str, Any]:
     """Recommendation controls of ``model`` at the end of its store's last day."""
-    from spark_jobs.graph_store import open_graph_store
-    from trainer.data import read_table
+    from clickgraph.core.graph_store import open_graph_store, read_table
     from trainer.export import day_end
     from trainer.inference import embed, existing_nodes
     from trainer.recommend import content_categories, control_metrics, recommend
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra config overrides, applied to both arms")
     args = parser.parse_args(argv)
 
-    from clickgraph import fs
+    from clickgraph.core import fs
     from spark_jobs import build_graph, generate_logs
     from spark_jobs.session import get_spark
     from trainer.export import run_export

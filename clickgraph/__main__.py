@@ -1,5 +1,5 @@
 """``python -m clickgraph`` is the ``clickgraph`` command."""
 
-from clickgraph.cli import main
+from clickgraph.app.cli import main
 
 raise SystemExit(main())

@@ -22,7 +22,7 @@ import time
 
 import psutil
 
-from clickgraph.config import load_config
+from clickgraph.core.config import load_config
 from spark_jobs import generate_logs
 from spark_jobs.session import get_spark
 

@@ -39,8 +39,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from clickgraph import fs
-from clickgraph.config import (
+from clickgraph.core import fs
+from clickgraph.core.config import (
     GRAPH_NODE_ATTRIBUTES,
     GRAPH_NODE_TYPES,
     Config,
@@ -49,14 +49,15 @@ from clickgraph.config import (
     GraphEventsInput,
     parse_time_ms,
 )
-from clickgraph.manifest import new_manifest, write_manifest
-from spark_jobs.graph_store import (
+from clickgraph.core.graph_store import (
     GRAPH_FORMAT_VERSION,
     GRAPH_KIND,
     GraphStore,
     GraphStoreError,
     open_graph_store,
 )
+from clickgraph.core.manifest import new_manifest, write_manifest
+from spark_jobs import store_io
 from spark_jobs.schemas import (
     EVENT_RELATIONS,
     ID_MAP_SCHEMA,
@@ -775,7 +776,7 @@ def run(spark: SparkSession, cfg: Config, days: list[str] | None = None,
                    for t in GRAPH_NODE_TYPES}
     prev_maps = None
     if previous:
-        prev_maps = _union([previous.read_id_map(spark, t).select(F.lit(t).alias("t"), "raw_id")
+        prev_maps = _union([store_io.read_id_map(spark, previous, t).select(F.lit(t).alias("t"), "raw_id")
                             for t in GRAPH_NODE_TYPES if t in prev_manifest["node_types"]])
     known = pool.select("t", "raw_id")
     if prev_maps is not None:
@@ -847,7 +848,7 @@ def run(spark: SparkSession, cfg: Config, days: list[str] | None = None,
     node_cols = ["t", "id", "raw_id", "first_day", "created_ts_ms", "attrs"]
     nodes = new_nodes.select(*node_cols)
     if previous:
-        old = [previous.read_nodes(spark, t).select(
+        old = [store_io.read_nodes(spark, previous, t).select(
             F.lit(t).alias("t"), "id", "raw_id", "first_day", "created_ts_ms",
             F.create_map(*[x for a in GRAPH_NODE_ATTRIBUTES[t] for x in (F.lit(a), F.col(a))])
             .alias("attrs")) for t in GRAPH_NODE_TYPES if prev_counts[t]]
@@ -1161,7 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
     """``spark-submit spark_jobs/build_graph.py --config FILE [--day D | --days A..B]``."""
     import argparse
 
-    from clickgraph.config import load_config
+    from clickgraph.core.config import load_config
     from spark_jobs.session import get_spark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

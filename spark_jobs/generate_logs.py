@@ -26,7 +26,7 @@ import math
 import sys
 from dataclasses import dataclass
 
-from clickgraph.config import Config, GenerateConfig
+from clickgraph.core.config import Config, GenerateConfig
 
 LOGS_FORMAT_VERSION = 1
 CONTENT_TYPES = ["video", "editorial", "product_teaser", "brand_campaign", "collection"]
@@ -557,8 +557,8 @@ def run(spark, cfg: Config, out_url: str | None = None, log=print) -> dict:
     """Generate logs into ``out_url`` (default ``paths.logs``); returns the manifest."""
     from pyspark.sql import functions as F
 
-    from clickgraph import fs
-    from clickgraph.manifest import new_manifest, write_manifest
+    from clickgraph.core import fs
+    from clickgraph.core.manifest import new_manifest, write_manifest
     from spark_jobs import log_schema
 
     g = cfg.generate
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     """``spark-submit spark_jobs/generate_logs.py --config FILE [--set k=v ...]``."""
     import argparse
 
-    from clickgraph.config import ConfigError, load_config
+    from clickgraph.core.config import ConfigError, load_config
     from spark_jobs.session import get_spark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

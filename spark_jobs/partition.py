@@ -20,7 +20,7 @@ Run as ``clickgraph partition --num-parts K`` or
 3. Spark writes each relation's in-edge CSR per part (forward relations keyed by their
    destination, ``rev_`` relations by their source), one pandas group per part; the
    driver writes the partition book, owned ids and features, then each part's manifest,
-   then the shard set's ``_MANIFEST.json`` last. Shard layout: ``trainer/shard.py``.
+   then the shard set's ``_MANIFEST.json`` last. Shard layout: ``clickgraph/core/shards.py``.
    A shard set for an object store (any non-local fsspec URL) is written to a local
    folder first and then uploaded, manifests last (:func:`publish_shard_set`).
 4. A run that continues the shard set already at the output (``--place-new``, or the
@@ -30,7 +30,6 @@ Run as ``clickgraph partition --num-parts K`` or
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import os
@@ -43,13 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from clickgraph import __version__, fs
-from clickgraph.config import GRAPH_NODE_TYPES, Config
-from clickgraph.manifest import new_manifest, write_manifest
-
-PARTITIONS_KIND = "partitions"
-PARTITIONS_FORMAT_VERSION = 1
-IMPRESSIONS = "user__impressed__content"
+from clickgraph.core import fs
+from clickgraph.core import shards as fmt
+from clickgraph.core.config import GRAPH_NODE_TYPES, Config
+from clickgraph.core.errors import InputError
+from clickgraph.core.graph_store import IMPRESSIONS
+from clickgraph.core.manifest import new_manifest, write_manifest
+from clickgraph.core.shards import PARTITIONS_FORMAT_VERSION, PARTITIONS_KIND
+from spark_jobs import store_io
 
 
 def node_offsets(num_nodes: dict[str, int]) -> dict[str, int]:
@@ -68,7 +68,7 @@ def global_edges(spark, store, offsets: dict[str, int]):
 
     parts = []
     for name, info in store.relations.items():
-        edges = store.read_edges(spark, name)
+        edges = store_io.read_edges(spark, store, name)
         parts.append(edges.select(
             (F.col("src") + F.lit(offsets[info.src_type])).alias("src"),
             (F.col("dst") + F.lit(offsets[info.dst_type])).alias("dst"),
@@ -93,7 +93,7 @@ def vertex_weights(spark, store, edges, offsets: dict[str, int], num_total: int)
     from pyspark.sql import functions as F
 
     weights = np.zeros((num_total, 2), dtype=np.float64)
-    events = (store.read_edges(spark, IMPRESSIONS).groupBy("src").count()
+    events = (store_io.read_edges(spark, store, IMPRESSIONS).groupBy("src").count()
               .select((F.col("src") + F.lit(offsets["user"])).alias("node"), "count").toPandas())
     weights[events["node"].to_numpy(), 0] = events["count"].to_numpy()
     degree = (edges.select(F.explode(F.array("src", "dst")).alias("node")).groupBy("node").count()
@@ -274,7 +274,7 @@ def place_new(cfg: Config, g: dict[str, Any], previous: dict[str, Any], previous
     for node_type, n in g["num_nodes"].items():
         old = previous_books.get(node_type, np.zeros(0, dtype=np.int64))
         if len(old) > n:
-            raise ValueError(f"partition: the graph store has fewer {node_type} nodes ({n}) than the "
+            raise InputError(f"partition: the graph store has fewer {node_type} nodes ({n}) than the "
                              f"shard set ({len(old)}); it is not a continuation of it")
         book[offsets[node_type]:offsets[node_type] + len(old)] = old
         new_ids.append(np.arange(offsets[node_type] + len(old), offsets[node_type] + n))
@@ -356,6 +356,15 @@ def _coarsened_metis(spark, adjacency, vweights: np.ndarray, p) -> tuple[np.ndar
 # --------------------------------------------------------------------------- shards
 
 
+def _save_csr(folder: str, rel_path: str, indptr: np.ndarray, neighbor: np.ndarray,
+              edge_time: np.ndarray, edge_id: np.ndarray, weight: np.ndarray) -> None:
+    """One relation's CSR arrays of one part (:mod:`clickgraph.core.shards`)."""
+    for array, value in (("indptr", indptr), ("neighbor", neighbor), ("edge_time", edge_time),
+                         ("edge_id", edge_id)):
+        fmt.save_array(folder, fmt.csr_file(rel_path, array), value)
+    fmt.save_array(folder, fmt.attr_file(rel_path, "weight"), weight)
+
+
 def _write_relation_csr(spark, store, name: str, info, reverse: bool, books: dict[str, np.ndarray],
                         out_dir: str, num_parts: int) -> tuple[dict[int, int], tuple[str, str, str], str]:
     """One relation's in-edge CSR per part, written by Spark tasks.
@@ -369,7 +378,7 @@ def _write_relation_csr(spark, store, name: str, info, reverse: bool, books: dic
     key_type = info.src_type if reverse else info.dst_type
     relation = ("rev_" + info.relation) if reverse else info.relation
     src_type, dst_type = (info.dst_type, info.src_type) if reverse else (info.src_type, info.dst_type)
-    rel_path = f"relations/{src_type}__{relation}__{dst_type}"
+    rel_path = fmt.relation_dir((src_type, relation, dst_type))
     book = books[key_type]
     local = np.zeros(len(book), dtype=np.int64)
     owned_count = np.bincount(book, minlength=num_parts)
@@ -378,7 +387,7 @@ def _write_relation_csr(spark, store, name: str, info, reverse: bool, books: dic
         local[members] = np.arange(len(members))
     nodes = spark.createDataFrame(pd.DataFrame({"key": np.arange(len(book), dtype=np.int64),
                                                 "part": book.astype(np.int32), "local": local}))
-    edges = store.read_edges(spark, name)
+    edges = store_io.read_edges(spark, store, name)
     key, other = ("src", "dst") if reverse else ("dst", "src")
     df = (edges.select(F.col(key).alias("key"), F.col(other).alias("neighbor"),
                        F.floor(F.col("ts_ms") / 1000).cast("long").alias("edge_time"),
@@ -390,56 +399,31 @@ def _write_relation_csr(spark, store, name: str, info, reverse: bool, books: dic
     def write_part(frame: pd.DataFrame) -> pd.DataFrame:
         part = int(frame["part"].iloc[0])
         frame = frame.sort_values(["local", "edge_time", "neighbor", "edge_id"], kind="stable")
-        folder = os.path.join(out_dir, f"part-{part:05d}", rel_path)
-        os.makedirs(os.path.join(folder, "attr"), exist_ok=True)
+        folder = os.path.join(out_dir, fmt.part_folder(part))
         degree = np.bincount(frame["local"].to_numpy(), minlength=counts[part])
         indptr = np.zeros(counts[part] + 1, dtype=np.int64)
         np.cumsum(degree, out=indptr[1:])
-        np.save(os.path.join(folder, "indptr.npy"), indptr)
-        np.save(os.path.join(folder, "neighbor.npy"), frame["neighbor"].to_numpy(np.int64))
-        np.save(os.path.join(folder, "edge_time.npy"), frame["edge_time"].to_numpy(np.int64))
-        np.save(os.path.join(folder, "edge_id.npy"), frame["edge_id"].to_numpy(np.int64))
-        np.save(os.path.join(folder, "attr", "weight.npy"), frame["weight"].to_numpy(np.float32))
+        _save_csr(folder, rel_path, indptr, frame["neighbor"].to_numpy(np.int64),
+                  frame["edge_time"].to_numpy(np.int64), frame["edge_id"].to_numpy(np.int64),
+                  frame["weight"].to_numpy(np.float32))
         return pd.DataFrame({"part": [part], "edges": [len(frame)]})
 
     written = df.groupBy("part").applyInPandas(write_part, "part int, edges long").toPandas()
     per_part = {int(r.part): int(r.edges) for r in written.itertuples()}
     for part in range(num_parts):  # parts without any edge of this relation
         if part not in per_part:
-            folder = os.path.join(out_dir, f"part-{part:05d}", rel_path)
-            os.makedirs(os.path.join(folder, "attr"), exist_ok=True)
-            np.save(os.path.join(folder, "indptr.npy"), np.zeros(counts[part] + 1, dtype=np.int64))
-            for file, dtype in (("neighbor", np.int64), ("edge_time", np.int64), ("edge_id", np.int64),
-                                ("attr/weight", np.float32)):
-                np.save(os.path.join(folder, f"{file}.npy"), np.zeros(0, dtype=dtype))
+            empty = np.zeros(0, dtype=np.int64)
+            _save_csr(os.path.join(out_dir, fmt.part_folder(part)), rel_path,
+                      np.zeros(counts[part] + 1, dtype=np.int64), empty, empty, empty,
+                      np.zeros(0, dtype=np.float32))
             per_part[part] = 0
     return per_part, (src_type, relation, dst_type), rel_path
-
-
-def unseen_values(table, vocab: dict[str, list[str]]) -> dict[str, int]:
-    """Distinct non-null values per attribute column that ``vocab`` does not list.
-
-    Args:
-        table: pyarrow node table.
-        vocab: attribute -> values of an earlier run (columns it lacks are skipped).
-
-    Returns:
-        column -> number of distinct values that get code 0 (unknown), for columns with any.
-    """
-    out = {}
-    for column, values in vocab.items():
-        if column in table.column_names:
-            known = set(values)
-            new = {v for v in table.column(column).to_pylist() if v is not None and v not in known}
-            if new:
-                out[column] = len(new)
-    return out
 
 
 def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_dir: str,
                  config_hash: str, previous_vocab: dict[str, dict[str, list[str]]] | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Write every part's shard under ``out_dir/part-XXXXX`` (layout: trainer/shard.py).
+    """Write every part's shard under ``out_dir/part-XXXXX`` (layout: clickgraph/core/shards.py).
 
     Args:
         spark: the session; its tasks write the relation files, so ``out_dir`` must be
@@ -462,16 +446,16 @@ def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_di
         or ``"previous"``), ``fit_before`` (seconds) and ``unseen`` (node type ->
         column -> distinct values encoded as unknown).
     """
-    from trainer.data import (
+    from clickgraph.core.timeline import split_windows
+    from clickgraph.core.vocab import (
+        ID_EMBEDDING_TYPES,
         created_seconds,
-        encode_nodes,
+        encode_attributes,
         first_seen_in_store,
         known_from,
-        read_table,
-        split_windows,
+        unseen_values,
         vocab_rows,
     )
-    from trainer.shard import FORMAT_VERSION, SHARD_KIND
 
     num_parts = cfg.partition.num_parts
     node_types = [t for t in GRAPH_NODE_TYPES if t in books]
@@ -482,58 +466,46 @@ def write_shards(spark, cfg: Config, store, books: dict[str, np.ndarray], out_di
     to_fit = [t for t in node_types if (previous_vocab or {}).get(t) is None]
     first_seen = first_seen_in_store(store, to_fit) if to_fit else {}
     for node_type in node_types:
-        table = read_table(store.node_url(node_type)).sort_by("id")
+        table = store.read_nodes_arrow(node_type)
         kept = (previous_vocab or {}).get(node_type)
+        created = created_seconds(table)
         fit_rows = None if kept is not None else vocab_rows(
-            known_from(created_seconds(table), first_seen[node_type]), fit_before)
-        features, vocab[node_type] = encode_nodes(table, node_type, kept, fit_rows)
+            known_from(created, first_seen[node_type]), fit_before)
+        encoded = encode_attributes(table, kept, fit_rows)
+        vocab[node_type] = encoded.vocab
         new_values = unseen_values(table, vocab[node_type])
         if new_values:
             unseen[node_type] = new_values
+        has_created = bool((created > 0).any())
         book = books[node_type]
         for part in range(num_parts):
-            folder = os.path.join(out_dir, f"part-{part:05d}")
+            folder = os.path.join(out_dir, fmt.part_folder(part))
             owned = np.nonzero(book == part)[0].astype(np.int64)
-            for rel, array in ((f"partition_book/{node_type}.npy", book.astype(np.int32)),
-                               (f"owned/{node_type}.npy", owned),
-                               (f"features/{node_type}/categorical.npy",
-                                features.categorical.numpy()[owned])):
-                os.makedirs(os.path.dirname(os.path.join(folder, rel)), exist_ok=True)
-                np.save(os.path.join(folder, rel), array)
-            if features.created_time is not None:
-                np.save(os.path.join(folder, f"features/{node_type}/created_time.npy"),
-                        features.created_time.numpy()[owned])
-            node_meta[part][node_type] = {
-                "num_owned": int(len(owned)), "num_columns": int(features.categorical.shape[1]),
-                "cardinalities": [int(c) for c in features.cardinalities],
-                "has_created_time": features.created_time is not None,
-                "learn_id_embedding": bool(features.learn_id_embedding)}
+            fmt.save_array(folder, fmt.book_file(node_type), book.astype(np.int32))
+            fmt.save_array(folder, fmt.owned_file(node_type), owned)
+            fmt.save_array(folder, fmt.categorical_file(node_type), encoded.codes[owned])
+            if has_created:
+                fmt.save_array(folder, fmt.created_time_file(node_type), created[owned])
+            node_meta[part][node_type] = fmt.node_type_entry(
+                len(owned), encoded.codes.shape[1], encoded.cardinalities, has_created,
+                node_type in ID_EMBEDDING_TYPES)
     relations: list[list[dict[str, Any]]] = [[] for _ in range(num_parts)]
     for name, info in store.relations.items():
         for reverse in (False, True):
-            per_part, edge_type, rel_path = _write_relation_csr(
+            per_part, edge_type, _ = _write_relation_csr(
                 spark, store, name, info, reverse, books, out_dir, num_parts)
             for part, count in per_part.items():
-                relations[part].append({
-                    "src_type": edge_type[0], "relation": edge_type[1], "dst_type": edge_type[2],
-                    "path": rel_path, "num_edges": count, "weight": 1.0,
-                    "edge_attr": {"weight": {"dtype": "float32", "shape": [count]}}})
+                relations[part].append(fmt.relation_entry(
+                    edge_type, count, 1.0, {"weight": ("float32", [count])}))
     summaries = []
     for part in range(num_parts):
-        folder = os.path.join(out_dir, f"part-{part:05d}")
-        manifest = {
-            "kind": SHARD_KIND, "format_version": FORMAT_VERSION, "producer": "clickgraph",
-            "producer_version": __version__,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "config_hash": config_hash, "part": part, "num_parts": num_parts,
-            "node_type_order": node_types,
-            "num_nodes": {t: int(len(books[t])) for t in node_types},
-            "node_types": node_meta[part], "relations": relations[part], "time_range": None}
-        fs.write_json(os.path.join(folder, fs.MANIFEST_NAME), manifest)
-        summaries.append({"part": part, "path": f"part-{part:05d}",
+        fmt.write_part_manifest(os.path.join(out_dir, fmt.part_folder(part)), fmt.part_manifest(
+            part, num_parts, node_types, {t: len(books[t]) for t in node_types},
+            node_meta[part], relations[part], None, config_hash))
+        summaries.append({"part": part, "path": fmt.part_folder(part),
                           "owned": {t: m["num_owned"] for t, m in node_meta[part].items()},
                           "edges": sum(r["num_edges"] for r in relations[part])})
-    with open(os.path.join(out_dir, "vocab.json"), "w") as handle:
+    with open(os.path.join(out_dir, fmt.VOCAB_FILE), "w") as handle:
         json.dump(vocab, handle)
     return summaries, {"source": "fitted" if previous_vocab is None else "previous",
                        "fit_before": fit_before, "unseen": unseen}
@@ -553,10 +525,10 @@ def previous_shard_set(out_url: str, required: bool) -> dict[str, Any] | None:
     """The manifest of the shard set at ``out_url``, or None when there is no usable one.
 
     Raises:
-        clickgraph.manifest.ManifestError: ``required`` and no complete shard set of a
+        clickgraph.core.manifest.ManifestError: ``required`` and no complete shard set of a
             known format version is there.
     """
-    from clickgraph.manifest import ManifestError, read_manifest
+    from clickgraph.core.manifest import ManifestError, read_manifest
 
     if not required and not fs.exists(fs.join(out_url, fs.MANIFEST_NAME)):
         return None
@@ -584,7 +556,7 @@ def vocab_to_keep(previous: dict[str, Any] | None, out_url: str, store, place_ne
     old_days = list(old.get("days") or [])
     continues = place_new_nodes or (old.get("config_hash") == store.manifest.get("config_hash")
                                     and store.days[:len(old_days)] == old_days)
-    url = fs.join(out_url, "vocab.json")
+    url = fs.join(out_url, fmt.VOCAB_FILE)
     if not continues:
         log(f"partition: the shard set at {out_url} was cut from another graph lineage; "
             "vocabularies fitted again")
@@ -623,7 +595,7 @@ def publish_shard_set(local_dir: str, out_url: str) -> None:
     """
     parent, name = posixpath.split(fs.filesystem(out_url)[1].rstrip("/"))
     if not parent or not name:
-        raise ValueError(f"partition: {out_url} must be a folder below a bucket or root")
+        raise InputError(f"partition: {out_url} must be a folder below a bucket or root")
     with fs.staged_output(out_url) as stage:
         filesystem, stage_path = fs.filesystem(stage)
         for rel in upload_order(local_dir):
@@ -654,17 +626,17 @@ def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = 
     counted in the manifest's ``vocab.unseen``. ``refit_vocab`` fits them again (the
     model must then be trained from scratch).
     """
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     graph_url = graph_url or cfg.paths.stage("graph")
     out_url = out_url or cfg.paths.stage("partitions")
     if place_new_nodes and cfg.partition.shard_book != "metis":
-        raise ValueError("partition: --place-new extends a METIS shard set; partition.shard_book "
+        raise InputError("partition: --place-new extends a METIS shard set; partition.shard_book "
                          f"is {cfg.partition.shard_book!r}")
     store = open_graph_store(graph_url)
     previous = previous_shard_set(out_url, required=place_new_nodes)
     if place_new_nodes and previous["num_parts"] != cfg.partition.num_parts:
-        raise ValueError(f"partition: the shard set at {out_url} has {previous['num_parts']} parts, "
+        raise InputError(f"partition: the shard set at {out_url} has {previous['num_parts']} parts, "
                          f"partition.num_parts is {cfg.partition.num_parts}")
     t0 = time.perf_counter()
     g = load_partition_graph(spark, cfg, store)
@@ -711,7 +683,7 @@ def run(spark, cfg: Config, graph_url: str | None = None, out_url: str | None = 
             parts=parts, quality=result["quality"], baseline_edge_cut=baseline,
             placement={k: result[k] for k in ("new_nodes", "num_over_cap", "drift") if k in result},
             vocab=vocab, wall_s=round(time.perf_counter() - t0, 2),
-            shard_format="trainer/shard.py format_version 1")
+            shard_format=f"clickgraph/core/shards.py format_version {fmt.SHARD_FORMAT_VERSION}")
         write_manifest(local, manifest)
         return manifest
 
@@ -746,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     """``spark-submit spark_jobs/partition.py --config FILE --num-parts K``."""
     import argparse
 
-    from clickgraph.config import ConfigError, load_config, replace
+    from clickgraph.core.config import ConfigError, load_config, replace
     from spark_jobs.session import get_spark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

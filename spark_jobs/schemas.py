@@ -15,7 +15,7 @@ Conventions:
   the parquet footers may differ between runs (Spark keeps it from the query), so
   readers should rely on the names and types here, not on that flag.
 
-Only names and types live here; the names come from :mod:`clickgraph.config`
+Only names and types live here; the names come from :mod:`clickgraph.core.config`
 (``GRAPH_NODE_ATTRIBUTES``, ``GRAPH_ENTITY_LINKS``) so that the configuration contract and
 the storage contract cannot disagree.
 """
@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from clickgraph.config import GRAPH_ENTITY_LINKS, GRAPH_NODE_ATTRIBUTES, GRAPH_NODE_TYPES
+from clickgraph.core.config import GRAPH_ENTITY_LINKS, GRAPH_NODE_ATTRIBUTES, GRAPH_NODE_TYPES
 
 NODE_TYPES = GRAPH_NODE_TYPES
 DAY_PARTITION = "day"

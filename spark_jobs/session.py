@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from clickgraph.config import SparkConfig
+from clickgraph.core.config import SparkConfig
 
 
 def get_spark(cfg: SparkConfig, app_suffix: str = ""):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from clickgraph.config import load_config
+from clickgraph.core.config import load_config
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # Spark's Python workers must use this interpreter (pandas, numpy of the venv)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from clickgraph.config import ConfigError, load_config
+from clickgraph.core.config import ConfigError, load_config
+from spark_jobs import store_io
 
 FIXTURE = Path(__file__).parent / "fixtures" / "byo"
 DAYS = ["2026-03-02", "2026-03-03", "2026-03-04"]
@@ -218,7 +219,7 @@ def test_assign_ids_keeps_existing_and_appends_in_day_then_raw_order(spark):
 
 @pytest.mark.spark
 def test_full_build_counts_add_up_and_quarantine_matches_injected_bad_rows(full_store, logs):
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     path, manifest = full_store
     _, logs_manifest = logs
@@ -258,7 +259,7 @@ def test_full_build_counts_add_up_and_quarantine_matches_injected_bad_rows(full_
 
 @pytest.mark.spark
 def test_written_tables_match_schemas(full_store):
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
     from spark_jobs.schemas import ID_MAP_SCHEMA, RELATIONS, edge_schema, node_schema
 
     store = open_graph_store(str(full_store[0]))
@@ -293,7 +294,7 @@ def test_day_by_day_equals_full_and_rerun_changes_nothing(spark, logs, full_stor
     """Incremental build (day 1, then days 2..3) == full build; a crashed rerun leaves
     the store readable; a rerun of a day replaces it without duplicating anything."""
     import spark_jobs.build_graph as job
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     root, _ = logs
     inc = root / "incremental"
@@ -347,7 +348,7 @@ def test_day_by_day_equals_full_and_rerun_changes_nothing(spark, logs, full_stor
 
 @pytest.mark.spark
 def test_reader_refuses_unknown_version_missing_manifest_and_missing_files(full_store, tmp_path):
-    from spark_jobs.graph_store import GraphStoreError, open_graph_store
+    from clickgraph.core.graph_store import GraphStoreError, open_graph_store
 
     copy = tmp_path / "graph"
     shutil.copytree(full_store[0], copy)
@@ -375,8 +376,8 @@ def test_reader_refuses_unknown_version_missing_manifest_and_missing_files(full_
 def test_byo_fixture(spark, tmp_path):
     """The hand-made fixture: other names, ms/ISO/epoch-second times, CSV and JSON tables,
     multi-valued links. Every number below is worked out in tests/fixtures/byo."""
+    from clickgraph.core.graph_store import open_graph_store
     from spark_jobs.build_graph import run as build
-    from spark_jobs.graph_store import open_graph_store
 
     out = tmp_path / "byo"
     m = build(spark, _byo_cfg(), out_url=str(out), log=lambda *_: None)
@@ -407,9 +408,9 @@ def test_byo_fixture(spark, tmp_path):
     viewed = store.read_edges_arrow("user__viewed__content").to_pylist()
     assert [(r["dwell_ms"], r["ts_ms"]) for r in viewed] == [(30000, 1748772006000)]
     # the Spark reader: reverse = src and dst swapped (content 0 -> user 0)
-    rev = store.read_edges(spark, "user__viewed__content", reverse=True).collect()
+    rev = store_io.read_edges(spark, store, "user__viewed__content", reverse=True).collect()
     assert [(r["src"], r["dst"], r["day"], r["weight"]) for r in rev] == [(0, 0, D1, 1.6)]
-    clicks = store.read_edges(spark, "user__clicked__content", days=[D2]).collect()
+    clicks = store_io.read_edges(spark, store, "user__clicked__content", days=[D2]).collect()
     assert [(r["src"], r["dst"], r["day"]) for r in clicks] == [(2, 1, D2)]
     cats = sorted((r["src"], r["dst"], r["ts_ms"])
                   for r in store.read_edges_arrow("content__in__category").to_pylist())
@@ -453,7 +454,7 @@ def test_failures_name_their_cause_and_leave_the_store(spark, tmp_path):
 
 @pytest.mark.spark
 def test_cli_build_graph_with_day(tmp_path, spark, capsys):
-    from clickgraph.cli import main
+    from clickgraph.app.cli import main
 
     out = tmp_path / "cli"
     args = ["build-graph", "--config", str(FIXTURE / "config.yaml"), "--out", str(out)]

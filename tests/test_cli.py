@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from clickgraph.cli import SUBCOMMANDS, main
+from clickgraph.app.cli import SUBCOMMANDS, main
 
 
 def test_top_level_help_lists_every_subcommand(capsys):

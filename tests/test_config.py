@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clickgraph.config import Config, ConfigError, default_config_path, load_config
+from clickgraph.core.config import Config, ConfigError, default_config_path, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

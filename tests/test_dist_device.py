@@ -33,7 +33,7 @@ def test_gpus_and_nccl_only_with_one_gpu_per_worker(device, gpus, workers, expec
 
 
 def test_cuda_without_enough_gpus_or_an_unknown_device_is_an_error():
-    with pytest.raises(ValueError, match="train.device is cuda"):
+    with pytest.raises(ValueError, match="resources.device is cuda"):
         choose_placement("cuda", 1, 2)
     with pytest.raises(ValueError, match="auto, cuda or cpu"):
         choose_placement("gpu", 2, 2)
@@ -88,7 +88,7 @@ def test_moving_a_batch_moves_every_tensor():
 
 
 def test_batch_scope_decides_each_ranks_share_of_the_batch():
-    from clickgraph.config import ConfigError, load_config
+    from clickgraph.core.config import ConfigError, load_config
     from trainer.ray_launch import rank_batch_size
 
     shared = load_config(None, ["train.batch_size=513"]).train

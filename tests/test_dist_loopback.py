@@ -75,7 +75,7 @@ def test_a_local_ray_and_its_process_group_listen_on_loopback_only(tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from clickgraph.config import load_config
+    from clickgraph.core.config import load_config
     from trainer.distributed import find_free_port, is_loopback
     from trainer.ray_launch import connect_ray, own_group_torch_config
 

@@ -342,14 +342,14 @@ def training_inputs():
 def training_config():
     import dataclasses
 
-    from clickgraph.config import load_config
+    from clickgraph.core.config import load_config
 
     cfg = load_config(None, ["train.fanouts=[3, 2]", "train.relation_fanouts={}",
                              "train.model.hidden_dim=16", "train.model.time_dim=8",
                              "train.batch_size=4", "train.epochs=2",
                              "train.strategy=uniform", "train.random_negative_ratio=0.5",
                              "train.learning_rate=0.01"]).train
-    return dataclasses.replace(cfg, threads_per_worker=1, max_train_events=0)
+    return dataclasses.replace(cfg, max_train_events=0)
 
 
 # ----------------------------------------------------------------------- comparisons
@@ -525,7 +525,7 @@ def test_save_and_load_round_trip(tmp_path, mmap):
 def test_load_refuses_an_unknown_format_version(tmp_path):
     import json
 
-    from clickgraph.manifest import ManifestError
+    from clickgraph.core.manifest import ManifestError
 
     case = random_case(2)
     folder = tmp_path / "part-0"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from clickgraph.cli import main
+from clickgraph.app.cli import main
 from tests.conftest import TINY_TRAIN, tiny_overrides
 
 pytestmark = pytest.mark.spark
@@ -61,7 +61,7 @@ def test_reported_aucs_are_those_of_the_written_scores(evaluation):
 
 
 def _edges(cfg, relation):
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     store = open_graph_store(cfg.paths.stage("graph"))
     table = store.read_edges_arrow(relation, None, columns=["src", "dst", "ts_ms"])
@@ -115,7 +115,7 @@ def test_cold_start_counts_interactions_strictly_before(trained_run, model):
 
 
 def test_embedding_features_are_those_of_the_day_start_and_missing_for_new_nodes(model):
-    from trainer.data import day_start
+    from clickgraph.core.timeline import day_start
     from trainer.evaluate import day_start_embeddings
     from trainer.inference import embed
 

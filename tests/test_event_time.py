@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clickgraph.config import load_config
+from clickgraph.core.config import load_config
 from tests.conftest import TINY_TRAIN, tiny_overrides
 
 pytestmark = pytest.mark.spark
@@ -30,7 +30,7 @@ quiet = lambda *_: None  # noqa: E731
 def refile_late(logs: Path, out: Path, days: list[str]) -> int:
     """Copy ``logs`` to ``out`` with every JSON event of ``days[:-1]`` after
     :data:`LATE_FROM_S` moved to the next day's folder; returns how many moved."""
-    from trainer.data import utc_day
+    from clickgraph.core.timeline import utc_day
 
     shutil.copytree(logs / "entities", out / "entities")
     moved = 0
@@ -77,8 +77,9 @@ class _OnePart:
 
 def test_late_filed_events_give_the_same_windows_cutoffs_and_evaluation(trained_run, late_store,
                                                                           tmp_path):
-    from spark_jobs.graph_store import open_graph_store
-    from trainer.data import day_start, load_graph_data, read_table, split_windows, window_events
+    from clickgraph.core.graph_store import open_graph_store, read_table
+    from clickgraph.core.timeline import day_start, split_windows
+    from trainer.data import load_graph_data, window_events
     from trainer.evaluate import export_cutoff, run_evaluation
     from trainer.inference import resolve_checkpoint
     from trainer.ray_launch import owned_window_impressions
@@ -131,7 +132,7 @@ def test_late_filed_events_give_the_same_windows_cutoffs_and_evaluation(trained_
 def test_an_impression_joins_the_export_of_its_own_day_never_a_later_one():
     """23:00 on day D filed under D + 1 joins D 00:00's export. Any later cutoff (the next
     day's 00:00, or the folder's day) fails here."""
-    from trainer.data import day_start
+    from clickgraph.core.timeline import day_start
     from trainer.evaluate import export_cutoff
 
     d = day_start("2026-03-05")
@@ -161,7 +162,8 @@ def no_signup_run(spark, trained_run, tmp_path_factory):
 
 
 def test_without_creation_times_nodes_are_known_from_their_first_edge(no_signup_run):
-    from trainer.data import NEVER, load_graph_data
+    from clickgraph.core.vocab import NEVER
+    from trainer.data import load_graph_data
     from trainer.inference import existing_nodes
 
     data = load_graph_data(no_signup_run.paths.stage("graph"), fit_before=0)

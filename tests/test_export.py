@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clickgraph import fs
-from clickgraph.cli import main
-from spark_jobs.graph_store import open_graph_store
+from clickgraph.app.cli import main
+from clickgraph.core import fs
+from clickgraph.core.graph_store import open_graph_store, read_table
 from tests.conftest import TINY_TRAIN, tiny_overrides
 from trainer import checkpoint as ckpt
-from trainer.data import load_graph_data, read_table
+from trainer.data import load_graph_data
 from trainer.engine import ClickEngine
 from trainer.export import day_end, embedding_matrix, parse_cutoff, previous_version, run_export, version_name
 from trainer.inference import (

@@ -7,7 +7,7 @@ import uuid
 import fsspec
 import pytest
 
-from clickgraph import fs
+from clickgraph.core import fs
 
 
 def _write(url: str, text: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clickgraph.config import load_config
+from clickgraph.core.config import load_config
 from spark_jobs import generate_logs, log_schema
 from tests.conftest import tiny_overrides
 

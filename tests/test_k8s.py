@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 import clickgraph
-from clickgraph.cli import SUBCOMMANDS, build_parser
-from clickgraph.config import load_config
+from clickgraph.app.cli import SUBCOMMANDS, build_parser
+from clickgraph.core.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -472,7 +472,8 @@ def test_worker_count_agrees_everywhere():
                   if any("nvidia.com/gpu" in c["resources"]["limits"]
                          for c in g["template"]["spec"]["containers"])]
     replicas = sum(g["replicas"] for g in gpu_groups)
-    assert num_parts == workers == replicas == config["partition"]["num_parts"] == config["train"]["workers"]
+    assert num_parts == workers == replicas == config["partition"]["num_parts"] \
+        == config["resources"]["workers"]
     for group in gpu_groups:
         assert group["minReplicas"] == group["maxReplicas"] == group["replicas"]
         for c in group["template"]["spec"]["containers"]:

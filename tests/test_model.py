@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from clickgraph.config import load_config
-from trainer.data import (
-    NEVER,
-    GraphData,
-    Impressions,
-    NegativeSampler,
-    day_start,
-    split_windows,
-    window_events,
-)
+from clickgraph.core.config import load_config
+from clickgraph.core.timeline import day_start, split_windows
+from clickgraph.core.vocab import NEVER
+from trainer.data import GraphData, Impressions, NegativeSampler, window_events
 from trainer.engine import ClickEngine
 from trainer.graph import TemporalCSR, TemporalHeteroGraph, add_reverse
 from trainer.model import NodeFeatures, TimeEncoder
@@ -197,11 +191,12 @@ def test_the_vocabulary_is_fitted_on_what_the_training_window_can_see():
     0 (unknown); a node known from its first edge when it has no creation time."""
     import pyarrow as pa
 
-    from trainer.data import encode_nodes, known_from, vocab_rows
+    from clickgraph.core.vocab import known_from, vocab_rows
+    from trainer.data import encode_nodes
 
     cutoff = 1_000
-    created = torch.tensor([0, 500, 999, 1_000, 0, 0])  # 0: no creation time
-    first_seen = torch.tensor([10, 600, NEVER, 1_000, 999, 1_000])
+    created = np.array([0, 500, 999, 1_000, 0, 0])  # 0: no creation time
+    first_seen = np.array([10, 600, NEVER, 1_000, 999, 1_000])
     known = known_from(created, first_seen)
     assert known.tolist() == [10, 500, 999, 1_000, 999, 1_000]
     table = pa.table({"id": list(range(6)), "created_ts_ms": (created * 1000).tolist(),

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clickgraph.config import load_config
-from clickgraph.manifest import ManifestError
+from clickgraph.core.config import load_config
+from clickgraph.core.manifest import ManifestError
+from clickgraph.core.timeline import split_windows
 from spark_jobs import build_graph, generate_logs, partition
 from tests.conftest import tiny_overrides
-from trainer.data import load_graph_data, split_windows
+from trainer.data import load_graph_data
 from trainer.shard import load_shard
 
 pytestmark = pytest.mark.spark
@@ -95,7 +96,7 @@ def test_rerun_replaces_the_shard_set(spark, store_cfg, shard_set):
 def test_shards_cut_by_the_random_book_on_request(spark, store_cfg, shard_set, tmp_path):
     """partition.shard_book=random (the bytes-per-event baseline) cuts the shards by the
     hash book; --place-new refuses such a set."""
-    from clickgraph.config import replace
+    from clickgraph.core.config import replace
 
     cfg = replace(store_cfg, "partition", shard_book="random")
     out = tmp_path / "random"
@@ -166,7 +167,7 @@ def in_memory_graph(spark, store_cfg, shard_set):
     """The store as the in-memory path sees it (the default budget): the reference.
 
     Loaded after the placement test has added day 4, like the tests that use it."""
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     return partition.load_partition_graph(spark, store_cfg, open_graph_store(store_cfg.paths.stage("graph")))
 
@@ -233,7 +234,7 @@ def test_place_new_above_the_edge_budget_reads_only_the_new_nodes_pairs(spark, s
                                                                         in_memory_graph, monkeypatch):
     """--place-new past the budget: the pairs of the new nodes come through a Spark filter,
     and the extended book, its drift and its report equal the in-memory ones."""
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     _, out = shard_set
     g = in_memory_graph
@@ -282,7 +283,7 @@ def _local_set(root: Path, marker: str) -> Path:
 def test_publish_uploads_manifests_last_and_replaces_the_previous_set(tmp_path, monkeypatch):
     from fsspec.implementations.memory import MemoryFileSystem
 
-    from clickgraph import fs
+    from clickgraph.core import fs
 
     url = _memory_url("partitions")
     filesystem, final = fs.filesystem(url)
@@ -308,7 +309,7 @@ def test_publish_uploads_manifests_last_and_replaces_the_previous_set(tmp_path, 
 def test_a_crash_during_the_upload_leaves_the_previous_set_untouched(tmp_path, monkeypatch):
     from fsspec.implementations.memory import MemoryFileSystem
 
-    from clickgraph import fs
+    from clickgraph.core import fs
 
     url = _memory_url("partitions")
     partition.publish_shard_set(str(_local_set(tmp_path / "old", "old")), url)
@@ -329,7 +330,7 @@ def test_a_crash_during_the_upload_leaves_the_previous_set_untouched(tmp_path, m
 
 
 def test_vocab_is_kept_only_for_a_continuation_of_the_previous_set():
-    from clickgraph import fs
+    from clickgraph.core import fs
 
     url = _memory_url("partitions")
     vocab = {"user": {"country": ["DE", "FR"]}}
@@ -352,7 +353,7 @@ def test_vocab_is_kept_only_for_a_continuation_of_the_previous_set():
 def remote_runs(spark, store_cfg):
     """A full run into a memory:// URL, a value dropped from its vocab.json (as if the model
     had been trained before that value existed), then a --place-new run into the same URL."""
-    from clickgraph import fs
+    from clickgraph.core import fs
 
     url = _memory_url("partitions")
     full = partition.run(spark, store_cfg, out_url=url, log=lambda *_: None)
@@ -366,7 +367,7 @@ def remote_runs(spark, store_cfg):
 
 
 def test_shard_set_at_a_remote_url_is_uploaded_extended_and_loads(remote_runs, store_cfg, tmp_path):
-    from clickgraph import fs
+    from clickgraph.core import fs
     from trainer.ray_launch import local_shard_folder
 
     url, placed = remote_runs["url"], remote_runs["placed"]
@@ -390,9 +391,8 @@ def test_shard_set_at_a_remote_url_is_uploaded_extended_and_loads(remote_runs, s
 
 def test_place_new_keeps_the_previous_vocabulary_and_encodes_new_values_as_unknown(
         remote_runs, store_cfg, tmp_path):
-    from clickgraph import fs
-    from spark_jobs.graph_store import open_graph_store
-    from trainer.data import read_table
+    from clickgraph.core import fs
+    from clickgraph.core.graph_store import open_graph_store, read_table
     from trainer.ray_launch import local_shard_folder
 
     url, vocab, dropped, placed = (remote_runs[k] for k in ("url", "vocab", "dropped", "placed"))

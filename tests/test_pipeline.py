@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from clickgraph import pipeline
-from clickgraph.config import load_config
+from clickgraph.app import pipeline
+from clickgraph.core.config import load_config
 from tests.conftest import tiny_overrides
 
 BIN = Path(sys.executable).parent
@@ -26,8 +26,8 @@ PIPELINE_OVERRIDES = [
     "generate.num_days=5", "train.val_days=1", "train.test_days=1", "train.epochs=2",
     "train.batch_size=64", "train.max_train_events=512", "train.max_eval_events=400",
     "train.eval_batch_size=512", "train.fanouts=[3, 2]", "train.relation_fanouts={}",
-    "train.model.hidden_dim=16", "train.model.time_dim=8", "train.log_every_steps=4",
-    "train.workers=2", "ray.num_cpus=2", "spark.master=local[2]", "spark.driver_memory=2g",
+    "train.model.hidden_dim=16", "train.model.time_dim=8", "resources.log_every_steps=4",
+    "resources.workers=2", "ray.num_cpus=2", "spark.master=local[2]", "spark.driver_memory=2g",
     "spark.shuffle_partitions=4", "evaluate.gbdt_max_iter=20", "evaluate.max_fit_events=2000",
     "evaluate.recommend_users=40", "evaluate.top_k=5", "evaluate.embedding_batch_size=512"]
 
@@ -117,7 +117,7 @@ def test_peak_memory_counts_child_processes():
 @pytest.mark.ray
 @pytest.mark.slow
 def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
     from trainer import checkpoint as ckpt
 
     overrides = tiny_overrides(tmp_path) + PIPELINE_OVERRIDES

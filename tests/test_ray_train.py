@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clickgraph.config import load_config
+from clickgraph.core.config import load_config
 from tests.conftest import tiny_overrides
 from trainer import checkpoint as ckpt
 from trainer.data import Impressions
@@ -145,8 +145,8 @@ TRAIN_OVERRIDES = [
     "train.val_days=1", "train.test_days=1", "train.epochs=2", "train.batch_size=64",
     "train.max_train_events=512", "train.max_eval_events=400", "train.eval_batch_size=512",
     "train.fanouts=[3, 2]", "train.relation_fanouts={}", "train.model.hidden_dim=16",
-    "train.model.time_dim=8", "train.checkpoint_every_steps=2", "train.log_every_steps=2",
-    "train.max_failures=1", "train.workers=2", "ray.num_cpus=2"]
+    "train.model.time_dim=8", "resources.checkpoint_every_steps=2", "resources.log_every_steps=2",
+    "resources.max_failures=1", "resources.workers=2", "ray.num_cpus=2"]
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def dataset(spark, tmp_path_factory):
 
 def _expected_steps(metrics, cfg) -> int:
     t = cfg.train
-    cap = t.max_train_events // t.workers
-    rank_batch = math.ceil(t.batch_size / t.workers)  # batch_size is the global batch
+    cap = t.max_train_events // cfg.resources.workers
+    rank_batch = math.ceil(t.batch_size / cfg.resources.workers)  # batch_size is the global batch
     per_rank = [math.ceil(min(r["own_events"], cap) / rank_batch)
                 for r in metrics["per_rank_events"]]
     return t.epochs * max(per_rank)
@@ -198,12 +198,12 @@ def recovered_run(dataset, tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_world_size_other_than_the_number_of_parts_fails_before_training(dataset):
-    from clickgraph.config import replace
+    from clickgraph.core.config import replace
     from trainer.ray_launch import plan_run
 
     cfg, _ = dataset
     with pytest.raises(ValueError, match="one worker per part"):
-        plan_run(replace(cfg, "train", workers=3))
+        plan_run(replace(cfg, "resources", workers=3))
     with pytest.raises(ckpt.CheckpointError, match="not writable"):
         (Path(cfg.paths.root) / "blocker").write_text("x")
         plan_run(replace(cfg, "train", checkpoint_url=f"{cfg.paths.root}/blocker/ckpt"))
@@ -233,8 +233,8 @@ def test_killed_worker_resumes_from_the_latest_checkpoint_with_the_expected_step
 @pytest.mark.slow
 def test_continue_after_an_incremental_day_trains_only_the_new_window(
         recovered_run, dataset, spark):
+    from clickgraph.core.graph_store import open_graph_store
     from spark_jobs import build_graph, partition
-    from spark_jobs.graph_store import open_graph_store
     from trainer.shard import load_shard
 
     first, _ = recovered_run
@@ -270,7 +270,7 @@ def test_ray_job_submit_against_a_started_head(dataset, tmp_path):
     cfg, _ = dataset
     config = load_config(None, tiny_overrides(cfg.paths.root) + TRAIN_OVERRIDES +
                          [f"paths.train={tmp_path}/train", "train.epochs=1",
-                          "train.checkpoint_every_steps=0"])
+                          "resources.checkpoint_every_steps=0"])
     config_file = tmp_path / "job.yaml"
     config_file.write_text(config.to_yaml())
     gcs_port, dashboard_port = find_free_port(), find_free_port()

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clickgraph import report
+from clickgraph.app import report
 
 EXPECTED_PNGS = {"roc.png", "auc_by_past_interactions.png", "training.png",
                  "partition_quality.png", "continue_vs_retrain.png"}

@@ -17,7 +17,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clickgraph.config import ConfigError, load_config, replace
+    from clickgraph.core.config import ConfigError, load_config, replace
     from trainer.checkpoint import CheckpointError
     from trainer.ray_launch import train_distributed
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.workers is not None:
-            cfg = replace(cfg, "train", workers=args.workers)
+            cfg = replace(cfg, "resources", workers=args.workers)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ A checkpoint is a folder (Ray Train's checkpoint unit) with two files:
        "history": [per-epoch metrics so far], "since_time": int or null,
        "model_config": the train.model section the parameters were built with}
 
-Ray Train writes each checkpoint folder to ``<train.checkpoint_url>/<run>/<name>`` through
+Ray Train writes each checkpoint folder to ``<resources.checkpoint_url>/<run>/<name>`` through
 pyarrow (local path, ``s3://``, ``gs://``) and only registers it once uploaded, so a
 worker that dies mid-upload leaves the previous checkpoint as the latest. The driver
 records the newest one of a finished run in ``<paths.train>/latest_checkpoint.json``,
@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from clickgraph import fs
+from clickgraph.core import fs
+from clickgraph.core.errors import ClickgraphError
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -44,7 +45,7 @@ META_FILE = "meta.json"
 LATEST_FILE = "latest_checkpoint.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ClickgraphError, ValueError):
     """A checkpoint that cannot be used for this run, or storage that cannot be used."""
 
 
@@ -112,7 +113,7 @@ def check_storage(url: str) -> None:
         fs.remove(probe)
     except Exception as error:  # noqa: BLE001 - any failure means "unusable storage"
         raise CheckpointError(f"checkpoint storage {url} is not writable ({type(error).__name__}: "
-                              f"{error}); set train.checkpoint_url to a reachable location") \
+                              f"{error}); set resources.checkpoint_url to a reachable location") \
             from None
 
 

@@ -18,32 +18,26 @@ is logged seconds after the impression, and the sampler sees it only as its own
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from clickgraph.core.graph_store import IMPRESSIONS, open_graph_store
+from clickgraph.core.timeline import Windows, seconds
+from clickgraph.core.vocab import (
+    ID_EMBEDDING_TYPES,
+    NEVER,
+    Vocab,
+    created_seconds,
+    encode_attributes,
+    known_from,
+    note_first_seen,
+    vocab_rows,
+)
 from trainer.graph import TemporalCSR, TemporalHeteroGraph, add_reverse
 from trainer.model import NodeFeatures
-
-IMPRESSIONS = "user__impressed__content"
-SMALL_NODE_TYPES = ("brand", "category")
-ATTRIBUTE_SKIP = {"id", "raw_id", "first_day", "created_ts_ms", "name"}
-SECONDS_PER_DAY = 86_400
-NEVER = torch.iinfo(torch.int64).max
-"""``known_from`` of a node that no edge and no creation time places in time."""
-
-
-def day_start(day: str) -> int:
-    """``YYYY-MM-DD`` 00:00 UTC in seconds since epoch."""
-    return int(dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp())
-
-
-def utc_day(seconds: int) -> str:
-    """The UTC calendar day (``YYYY-MM-DD``) of a time in seconds since epoch."""
-    return dt.datetime.fromtimestamp(int(seconds), dt.UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,7 @@ class Impressions:
         out = cls(
             user=torch.tensor(table.column("src").to_numpy(), dtype=torch.int64),
             content=torch.tensor(table.column("dst").to_numpy(), dtype=torch.int64),
-            time=torch.tensor(table.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000,
+            time=torch.tensor(seconds(table.column("ts_ms").to_numpy()), dtype=torch.int64),
             position=torch.as_tensor(np.nan_to_num(position, nan=-1), dtype=torch.int64),
             clicked=torch.as_tensor(
                 table.column("clicked").to_numpy(zero_copy_only=False).astype(np.float32)))
@@ -121,16 +115,6 @@ class GraphData:
         return self.known_from["content"]
 
 
-def read_table(url: str):
-    import pyarrow.dataset as ds
-
-    from clickgraph import fs
-
-    filesystem, path = fs.filesystem(url)
-    return ds.dataset(path, filesystem=filesystem, format="parquet",
-                      ignore_prefixes=["_", "."]).to_table()
-
-
 def canonical_order(impressions: Impressions) -> Tensor:
     """Order of impressions by ``(time, user, content, position, clicked)``.
 
@@ -144,93 +128,33 @@ def canonical_order(impressions: Impressions) -> Tensor:
     return order
 
 
-def note_first_seen(first: Tensor, node: Tensor, time: Tensor) -> None:
-    """Lowers ``first[node[i]]`` to ``time[i]`` in place (seconds): the earliest edge of
-    each node seen so far, at either end of the edge."""
-    if node.numel():
-        first.scatter_reduce_(0, node, time, reduce="amin")
-
-
-def known_from(created: Tensor, first_seen: Tensor) -> Tensor:
-    """When each node is known to exist, seconds: the earlier of its creation time (0 =
-    unknown, ignored) and its first edge. A store without creation times (``created_time:
-    null`` in the mapping) falls back to the first edge, so nothing is known before it
-    happens; a node with neither is :data:`NEVER` known."""
-    stated = torch.where(created > 0, created, torch.full_like(created, NEVER))
-    return torch.minimum(stated, first_seen)
-
-
-def first_seen_in_store(store, node_types: list[str]) -> dict[str, Tensor]:
-    """Per node type, each node's earliest edge in the store, seconds (:data:`NEVER` for
-    none); reads one (relation, day) slice at a time, columns ``src, dst, ts_ms`` only."""
-    first = {t: torch.full((store.num_nodes(t),), NEVER, dtype=torch.int64) for t in node_types}
-    for name, info in store.relations.items():
-        if info.src_type not in first and info.dst_type not in first:
-            continue
-        for day in store.edge_urls(name):
-            edges = store.read_edges_arrow(name, [day], columns=["src", "dst", "ts_ms"])
-            time = torch.tensor(edges.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000
-            for end, node_type in (("src", info.src_type), ("dst", info.dst_type)):
-                if node_type in first:
-                    note_first_seen(first[node_type], torch.tensor(
-                        edges.column(end).to_numpy(), dtype=torch.int64), time)
-    return first
-
-
-def encode_nodes(table, node_type: str, vocab: dict[str, list[str]] | None = None,
-                 fit_rows: np.ndarray | None = None
-                 ) -> tuple[NodeFeatures, dict[str, list[str]]]:
-    """Dictionary-encode a node table's attribute columns (rows must be sorted by id).
+def encode_nodes(table, node_type: str, vocab: Vocab | None = None,
+                 fit_rows: np.ndarray | None = None) -> tuple[NodeFeatures, Vocab]:
+    """A node table's static features for the model (rows in id order).
 
     Args:
-        table: pyarrow table of the node type (``spark_jobs.schemas.node_schema``).
-        node_type: Its type name.
-        vocab: Values fitted by an earlier run (reused as they are; new values get code
-            0, unknown). ``None`` fits them here.
-        fit_rows: bool ``[num_rows]``: the rows whose values are fitted (the nodes the
-            training window can see, :func:`vocab_rows`); values only other rows hold get
-            code 0. ``None``: every row.
+        table: pyarrow node table.
+        node_type: Its type name (brands and categories also get id embeddings).
+        vocab: Values fitted by an earlier run, reused as they are
+            (:func:`clickgraph.core.vocab.encode_attributes`).
+        fit_rows: bool ``[num_rows]``: the rows vocabularies are fitted on
+            (:func:`clickgraph.core.vocab.vocab_rows`); ``None``: every row.
 
     Returns:
         ``(features, vocab)``.
     """
-    columns = [c for c in table.column_names if c not in ATTRIBUTE_SKIP]
-    fitted = dict(vocab or {})
-    codes = []
-    for column in columns:
-        values = table.column(column).to_pylist()
-        if column not in fitted:
-            seen = values if fit_rows is None else [v for v, keep in zip(values, fit_rows) if keep]
-            fitted[column] = sorted({v for v in seen if v is not None})
-        index = {v: i + 1 for i, v in enumerate(fitted[column])}
-        codes.append([index.get(v, 0) for v in values])
-    n = table.num_rows
-    categorical = (torch.tensor(codes, dtype=torch.int64).T.contiguous() if codes
-                   else torch.zeros((n, 0), dtype=torch.int64))
-    created = created_seconds(table)
-    has_time = bool((created > 0).any())
+    encoded = encode_attributes(table, vocab, fit_rows)
+    created = torch.from_numpy(created_seconds(table))
     features = NodeFeatures(
-        categorical=categorical,
-        cardinalities=[len(fitted[c]) + 1 for c in columns],
-        created_time=created if has_time else None,
-        learn_id_embedding=node_type in SMALL_NODE_TYPES,
+        categorical=torch.from_numpy(encoded.codes),
+        cardinalities=encoded.cardinalities,
+        created_time=created if bool((created > 0).any()) else None,
+        learn_id_embedding=node_type in ID_EMBEDDING_TYPES,
     )
-    return features, {c: fitted[c] for c in columns}
+    return features, encoded.vocab
 
 
-def created_seconds(table) -> Tensor:
-    """int64 ``[num_rows]`` creation times of a node table, seconds (0 = unknown)."""
-    return torch.tensor(table.column("created_ts_ms").to_numpy(), dtype=torch.int64) // 1000
-
-
-def vocab_rows(known: Tensor, fit_before: int) -> np.ndarray:
-    """Rows whose attribute values a vocabulary may be fitted on: nodes known strictly
-    before ``fit_before`` (seconds; the training window's end), so no value first seen in
-    the validation or test window gets a code of its own."""
-    return (known < fit_before).numpy()
-
-
-def load_graph_data(store_url: str, vocab: dict[str, dict[str, list[str]]] | None = None,
+def load_graph_data(store_url: str, vocab: dict[str, Vocab] | None = None,
                     days: list[str] | None = None, fit_before: int | None = None) -> GraphData:
     """Load a graph store for training.
 
@@ -246,30 +170,22 @@ def load_graph_data(store_url: str, vocab: dict[str, dict[str, list[str]]] | Non
     Returns:
         The :class:`GraphData`.
     """
-    from spark_jobs.graph_store import open_graph_store
-
     store = open_graph_store(store_url)
-    all_days = sorted(store.days)
-    tables = {t: read_table(store.node_url(t)).sort_by("id") for t in store.node_types}
-    num_nodes = {}
-    for node_type, table in tables.items():
-        ids = table.column("id").to_numpy()
-        if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
-            raise ValueError(f"{store_url}: node table {node_type!r} ids are not dense 0..n-1")
-        num_nodes[node_type] = table.num_rows
-
-    first_seen = {t: torch.full((n,), NEVER, dtype=torch.int64) for t, n in num_nodes.items()}
+    tables = {t: store.read_nodes_arrow(t) for t in store.node_types}
+    num_nodes = {t: table.num_rows for t, table in tables.items()}
+    first_seen = {t: np.full(n, NEVER, dtype=np.int64) for t, n in num_nodes.items()}
     csr = {}
     for name, info in store.relations.items():
         edges = store.read_edges_arrow(name, days, columns=["src", "dst", "ts_ms", "weight"])
-        src = torch.tensor(edges.column("src").to_numpy(), dtype=torch.int64)
-        dst = torch.tensor(edges.column("dst").to_numpy(), dtype=torch.int64)
-        time = torch.tensor(edges.column("ts_ms").to_numpy(), dtype=torch.int64) // 1000
-        weight = torch.tensor(edges.column("weight").to_numpy(), dtype=torch.float32)
+        src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
+        time = seconds(edges.column("ts_ms").to_numpy())
         note_first_seen(first_seen[info.src_type], src, time)
         note_first_seen(first_seen[info.dst_type], dst, time)
+        weight = torch.tensor(edges.column("weight").to_numpy(), dtype=torch.float32)
         csr[(info.src_type, info.relation, info.dst_type)] = TemporalCSR.from_edges(
-            src, dst, time, num_nodes[info.dst_type], weight=1.0, edge_attr={"weight": weight})
+            torch.tensor(src, dtype=torch.int64), torch.tensor(dst, dtype=torch.int64),
+            torch.tensor(time, dtype=torch.int64), num_nodes[info.dst_type], weight=1.0,
+            edge_attr={"weight": weight})
     graph = add_reverse(TemporalHeteroGraph(num_nodes=num_nodes, csr=csr))
     known = {t: known_from(created_seconds(tables[t]), first_seen[t]) for t in tables}
 
@@ -287,74 +203,11 @@ def load_graph_data(store_url: str, vocab: dict[str, dict[str, list[str]]] | Non
                                  columns=["src", "dst", "ts_ms", "position", "clicked"])
     m = store.manifest
     return GraphData(graph=graph, features=features, vocab=fitted,
-                     impressions=Impressions.from_arrow(imp), days=all_days, known_from=known,
+                     impressions=Impressions.from_arrow(imp), days=sorted(store.days),
+                     known_from={t: torch.from_numpy(k) for t, k in known.items()},
                      store_version={"graph_created_at": m.get("created_at"),
                                     "config_hash": m.get("config_hash"),
                                     "format_version": m.get("format_version")})
-
-
-WINDOWS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The temporal split, by event time (UTC seconds), never by the day folder.
-
-    ``train``: ``time < val_start``; ``val``: ``val_start <= time < test_start``;
-    ``test``: ``time >= test_start``. The boundaries are 00:00 UTC of store days, so an
-    event filed late under the next day's folder stays in its own window.
-
-    Attributes:
-        days: Window name -> the store days whose calendar day it covers.
-        val_start: First second of the validation window.
-        test_start: First second of the test window.
-    """
-
-    days: dict[str, list[str]]
-    val_start: int
-    test_start: int
-
-    def bounds(self, window: str) -> tuple[int | None, int | None]:
-        """``[start, end)`` seconds of a window; ``None`` where it is open."""
-        return {"train": (None, self.val_start), "val": (self.val_start, self.test_start),
-                "test": (self.test_start, None)}[window]
-
-    def mask(self, window: str, time: Tensor) -> Tensor:
-        """bool ``[N]``: which event times fall in ``window``."""
-        lo, hi = self.bounds(window)
-        inside = torch.ones_like(time, dtype=torch.bool)
-        if lo is not None:
-            inside &= time >= lo
-        if hi is not None:
-            inside &= time < hi
-        return inside
-
-    def folders(self, window: str, store_days: list[str], slack_s: int) -> list[str]:
-        """The day folders that may hold the window's events when an event may be filed up
-        to ``slack_s`` seconds outside its folder's day (``graph.log_day_slack_s``)."""
-        lo, hi = self.bounds(window)
-        return [d for d in store_days
-                if (hi is None or day_start(d) - slack_s < hi)
-                and (lo is None or day_start(d) + SECONDS_PER_DAY + slack_s > lo)]
-
-
-def split_windows(days: list[str], val_days: int, test_days: int) -> Windows:
-    """The last ``test_days`` store days test, the ``val_days`` before them validation,
-    the rest training; cut at those days' 00:00 UTC (:class:`Windows`).
-
-    Raises:
-        ValueError: Too few days to leave a training window.
-    """
-    days = sorted(days)
-    if len(days) < val_days + test_days + 1:
-        raise ValueError(f"the graph has {len(days)} days; need more than val_days + test_days "
-                         f"= {val_days + test_days} to leave a training window")
-    test = days[len(days) - test_days:]
-    val = days[len(days) - test_days - val_days:len(days) - test_days]
-    train = days[:len(days) - test_days - val_days]
-    return Windows(days={"train": train, "val": val, "test": test},
-                   val_start=day_start(val[0]) if val else day_start(test[0]),
-                   test_start=day_start(test[0]))
 
 
 def window_events(impressions: Impressions, windows: Windows, window: str) -> Tensor:

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from clickgraph.config import TrainConfig
+from clickgraph.core.config import TrainConfig
 from trainer.data import Impressions, NegativeSampler
 from trainer.dist_sampler import DistTemporalSampler, HotNodeCache, build_hot_cache, model_inputs
 from trainer.distributed import (
@@ -295,7 +295,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                  backend: Backend = "gloo", log: Callable[[str], None] | None = None,
                  hooks: TrainHooks | None = None, resume: ResumeState | None = None,
                  device: torch.device | str | None = None,
-                 hot_cache: dict[str, float] | None = None) -> WorkerResult:
+                 hot_cache: dict[str, float] | None = None, threads: int = 1) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
     Uses the current default process group when one is initialised (Ray Train sets it
@@ -307,7 +307,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
         shard: The part this rank serves.
         cfg: Training config (``epochs``, ``batch_size``, ``fanouts``, ``strategy``,
             ``learning_rate``, ``random_negative_ratio``, ``max_train_events`` split
-            evenly over ranks, ``threads_per_worker``, ``seed``, model sizes).
+            evenly over ranks, ``seed``, model sizes).
         impressions: This rank's training impressions; every user must be owned here
             (see :func:`owned_impressions`).
         content_created: int64 ``[num_content]`` creation times of ALL content, seconds,
@@ -330,11 +330,12 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             features every rank replicates (:func:`~trainer.dist_sampler.build_hot_cache`)
             so that their lookups are served locally; ``None`` or ``{}``: no cache.
             The same on every rank.
+        threads: torch threads of this rank (``resources.threads_per_worker``).
 
     Returns:
         This rank's :class:`WorkerResult`.
     """
-    torch.set_num_threads(cfg.threads_per_worker)
+    torch.set_num_threads(threads)
     created_group = not dist.is_initialized()
     if created_group:
         if master_addr is None or master_port is None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clickgraph.config import TrainConfig
+from clickgraph.core.config import TrainConfig
 from trainer.data import GraphData, Impressions, NegativeSampler
 from trainer.model import ClickGNN, ModelConfig
 from trainer.sampler import SampledSubgraph, TemporalNeighborSampler

@@ -35,11 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clickgraph import fs
-from clickgraph.config import Config
+from clickgraph.core import fs
+from clickgraph.core.config import Config
+from clickgraph.core.errors import InputError
+from clickgraph.core.timeline import SECONDS_PER_DAY as DAY
+from clickgraph.core.timeline import split_windows, utc_day
 from trainer.asof import AsOfCounts
-from trainer.data import SECONDS_PER_DAY as DAY
-from trainer.data import GraphData, split_windows, utc_day, window_events
+from trainer.data import GraphData, window_events
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.local import roc_auc, subsample
 
@@ -182,7 +184,7 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
         log(f"evaluate: note: the model trained on events up to {trained_until}, inside the "
             "validation window the trees are fitted on")
     if test_events.numel() == 0 or fit_events.numel() == 0:
-        raise ValueError(f"the graph's test window {windows.days['test']} or validation "
+        raise InputError(f"the graph's test window {windows.days['test']} or validation "
                          f"window {windows.days['val']} has no impressions")
     seconds["load"] = time.perf_counter() - started
     log(f"evaluate: {model.checkpoint}; fitting the baseline on {fit_events.numel():,} "

@@ -13,7 +13,7 @@ is the cutoff's UTC date) holding
   drift against the previous version and the recommendation controls.
 
 The folder is written under a staging name and swapped into place
-(:func:`clickgraph.fs.staged_output`), so an export that dies leaves the previous version
+(:func:`clickgraph.core.fs.staged_output`), so an export that dies leaves the previous version
 of that date, and a rerun replaces it whole. See ``docs/export.md``.
 """
 
@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from clickgraph import fs
-from clickgraph.config import Config
-from clickgraph.manifest import ManifestError, new_manifest, read_manifest, write_manifest
-from trainer.data import day_start, read_table
+from clickgraph.core import fs
+from clickgraph.core.config import Config
+from clickgraph.core.errors import InputError
+from clickgraph.core.graph_store import read_table
+from clickgraph.core.manifest import ManifestError, new_manifest, read_manifest, write_manifest
+from clickgraph.core.timeline import day_start
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.recommend import content_categories, control_metrics, recommend
 
@@ -63,7 +65,7 @@ def parse_cutoff(text: str) -> int:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=dt.UTC)
     except ValueError:
-        raise ValueError(f"cutoff {text!r} is neither a date (YYYY-MM-DD, midnight UTC) nor an "
+        raise InputError(f"cutoff {text!r} is neither a date (YYYY-MM-DD, midnight UTC) nor an "
                          "ISO-8601 timestamp (e.g. 2026-03-06T12:00:00+00:00)") from None
     return math.floor(moment.timestamp())
 
@@ -219,12 +221,12 @@ def embedding_drift(previous_url: str, previous_manifest: dict[str, Any],
 
 def _raw_ids(model: TrainedModel, graph_url: str, node_type: str, columns: list[str]) -> dict:
     """Columns of a node table, ordered by dense id, checked against the loaded graph."""
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     table = read_table(open_graph_store(graph_url).node_url(node_type)).sort_by("id")
     expected = model.data.graph.num_nodes[node_type]
     if table.num_rows != expected:
-        raise ValueError(f"{graph_url}: node table {node_type!r} has {table.num_rows} rows, the "
+        raise InputError(f"{graph_url}: node table {node_type!r} has {table.num_rows} rows, the "
                          f"loaded graph {expected}; the store changed during the export")
     return {c: table.column(c).to_pylist() for c in columns}
 
@@ -264,7 +266,7 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
     if cutoff_s is None:
         cutoff_s = day_end(last_day)
     elif cutoff_s > day_end(last_day):
-        raise ValueError(f"cutoff {cutoff_iso(cutoff_s)} is after the end of {graph_url}'s last day "
+        raise InputError(f"cutoff {cutoff_iso(cutoff_s)} is after the end of {graph_url}'s last day "
                          f"{last_day} ({cutoff_iso(day_end(last_day))}); the store has no events "
                          "past it, so the embeddings would not be as of the cutoff")
     name = version_name(cutoff_s)
@@ -290,7 +292,7 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
         t0 = time.perf_counter()
         nodes[node_type] = existing_nodes(data, node_type, cutoff_s)
         if nodes[node_type].numel() == 0:
-            raise ValueError(f"no {node_type} exists before cutoff {cutoff_iso(cutoff_s)} in "
+            raise InputError(f"no {node_type} exists before cutoff {cutoff_iso(cutoff_s)} in "
                              f"{graph_url}; pick a later cutoff")
         columns = ["raw_id", "content_type"] if node_type == "content" else ["raw_id"]
         raw[node_type] = _raw_ids(model, graph_url, node_type, columns)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clickgraph.config import Config, TrainConfig
+from clickgraph.core.config import Config, TrainConfig
 from trainer import checkpoint as ckpt
 from trainer.data import GraphData, load_graph_data
 from trainer.engine import ClickEngine, with_edge_weights
@@ -80,11 +80,11 @@ def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | No
         CheckpointError: No checkpoint, an unreadable one, another graph lineage, or
             parameters that do not fit the model the config describes.
     """
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
 
     # As in training: OpenMP threads beyond the cores a worker is given spin against
     # each other (scoring ran several times slower with 2 threads on a busy 2-core VM).
-    torch.set_num_threads(cfg.train.threads_per_worker)
+    torch.set_num_threads(cfg.resources.threads_per_worker)
     url = resolve_checkpoint(cfg, checkpoint)
     meta = ckpt.read_meta(url)
     graph_url = graph_url or cfg.paths.stage("graph")

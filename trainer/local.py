@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clickgraph import fs
-from clickgraph.config import Config
-from spark_jobs.graph_store import open_graph_store
+from clickgraph.core import fs
+from clickgraph.core.config import Config
+from clickgraph.core.graph_store import open_graph_store
+from clickgraph.core.timeline import split_windows
 from trainer import checkpoint as ckpt
 from trainer.asof import AsOfCounts
-from trainer.data import GraphData, load_graph_data, split_windows, window_events
+from trainer.data import GraphData, load_graph_data, window_events
 from trainer.engine import ClickEngine
 
 
@@ -84,8 +85,9 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
     """Train in this process; returns the metrics written to ``metrics.json``."""
     t = cfg.train
     torch.manual_seed(t.seed)
-    torch.set_num_threads(t.threads_per_worker)
-    device = "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else "cpu"
+    r = cfg.resources
+    torch.set_num_threads(r.threads_per_worker)
+    device = "cuda" if r.device == "cuda" or (r.device == "auto" and torch.cuda.is_available()) else "cpu"
     graph_url = graph_url or cfg.paths.stage("graph")
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     out_url = out_url or fs.join(cfg.paths.stage("train"), run_id)

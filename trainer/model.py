@@ -15,12 +15,13 @@ which is logged seconds after the impression) is read from an edge: the click is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
+from clickgraph.core.config import ModelConfig
 from trainer.graph import EdgeType
 from trainer.sampler import SampledSubgraph, count_relations
 
@@ -54,21 +55,6 @@ class NodeFeatures:
         return NodeFeatures(self.categorical.to(device), list(self.cardinalities),
                             None if self.created_time is None else self.created_time.to(device),
                             self.learn_id_embedding)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Sizes and choices of :class:`ClickGNN` (mirrors the ``train.model`` config)."""
-
-    hidden_dim: int = 64
-    time_dim: int = 16
-    num_layers: int = 2
-    conv: str = "sage"  # "sage" or "attention"
-    dropout: float = 0.1
-    activity_counts: bool = True
-    num_positions: int = 64
-    context_dim: int = 8
-    small_types: list[str] = field(default_factory=lambda: ["brand", "category"])
 
 
 class TimeEncoder(nn.Module):

@@ -18,7 +18,7 @@ A worker (:func:`worker_loop`, rank ``r``):
    partition job for large graphs), plus the creation time of all content (negatives);
 3. with ``--continue``: keeps only impressions after the checkpoint's last trained time,
    plus ``train.replay_fraction`` per new event of older ones, drawn at random;
-4. trains; every ``train.checkpoint_every_steps`` steps and at each epoch's end all ranks
+4. trains; every ``resources.checkpoint_every_steps`` steps and at each epoch's end all ranks
    gather their generator states and rank 0 hands a checkpoint to ``ray.train.report``
    (:mod:`trainer.checkpoint`); after a failure Ray Train restarts every worker and
    ``ray.train.get_checkpoint()`` gives the latest one, from which the loop resumes at
@@ -28,7 +28,7 @@ A worker (:func:`worker_loop`, rank ``r``):
    same events as ``--workers 1``, so the AUCs compare directly) while the other ranks
    wait; at the end rank 0 writes ``metrics.json``.
 
-Devices (:func:`choose_placement`): with ``train.device: auto`` the run asks Ray for one
+Devices (:func:`choose_placement`): with ``resources.device: auto`` the run asks Ray for one
 GPU per worker and an NCCL group when the cluster has at least one GPU per worker, and
 trains on the CPU over gloo otherwise; ``cuda`` insists on GPUs, ``cpu`` never asks.
 
@@ -64,15 +64,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from clickgraph import fs
-from clickgraph.config import Config, TrainConfig
+from clickgraph.core import fs
+from clickgraph.core.config import Config, TrainConfig
+from clickgraph.core.errors import InputError
+from clickgraph.core.graph_store import IMPRESSIONS
+from clickgraph.core.shards import PARTITIONS_FORMAT_VERSION, PARTITIONS_KIND, VOCAB_FILE
+from clickgraph.core.timeline import Windows, split_windows
 from trainer import checkpoint as ckpt
-from trainer.data import IMPRESSIONS, Impressions, Windows, split_windows
+from trainer.data import Impressions
 from trainer.dist_train import ResumeState, StepContext, TrainHooks
 from trainer.distributed import all_gather_tensor, find_free_port, is_loopback
 
-PARTITIONS_KIND = "partitions"
-PARTITIONS_FORMAT_VERSIONS = (1,)
 FAIL_AT_ENV = "CLICKGRAPH_TEST_FAIL_AT"  # "rank:global_step:marker_file", tests only
 GROUP_TIMEOUT_S = 1800  # collective timeout of a group the workers form (TorchConfig's default)
 
@@ -127,7 +129,7 @@ def owned_window_impressions(store, windows: Windows, window: str, shard, slack_
     :func:`trainer.data.canonical_order`.
 
     Args:
-        store: The graph store (:func:`spark_jobs.graph_store.open_graph_store`).
+        store: The graph store (:func:`clickgraph.core.graph_store.open_graph_store`).
         windows: The event-time split.
         window: ``"train"``, ``"val"`` or ``"test"``.
         shard: This worker's :class:`~trainer.shard.PartitionShard`.
@@ -166,15 +168,14 @@ def continue_window(impressions: Impressions, since_time: int, replay_fraction: 
 
 def content_created_times(store) -> torch.Tensor:
     """int64 ``[num_content]``: when each content is known to exist, seconds
-    (:func:`trainer.data.known_from`; random negatives are drawn from content known
-    before the event). Edges are read only when some content has no creation time."""
-    from trainer.data import NEVER, created_seconds, first_seen_in_store, known_from, read_table
+    (:func:`clickgraph.core.vocab.known_from`; random negatives are drawn from content
+    known before the event). Edges are read only when some content has no creation time."""
+    from clickgraph.core.vocab import created_seconds, first_seen_in_store, known_from
 
-    created = created_seconds(read_table(store.node_url("content")).sort_by("id"))
-    if bool((created > 0).all()):
-        return created
-    return known_from(created, first_seen_in_store(store, ["content"])["content"]) \
-        if created.numel() else torch.full((0,), NEVER, dtype=torch.int64)
+    created = created_seconds(store.read_nodes_arrow("content"))
+    if not bool((created > 0).all()):
+        created = known_from(created, first_seen_in_store(store, ["content"])["content"])
+    return torch.from_numpy(created)
 
 
 # ---------------------------------------------------------------------- run plan
@@ -219,7 +220,7 @@ def choose_placement(device: str, cluster_gpus: float, workers: int) -> Placemen
     """GPUs and NCCL when asked for or, with ``auto``, when there is one GPU per worker.
 
     Args:
-        device: ``train.device``: ``auto``, ``cuda`` or ``cpu``.
+        device: ``resources.device``: ``auto``, ``cuda`` or ``cpu``.
         cluster_gpus: GPUs in the Ray cluster (``ray.cluster_resources().get("GPU", 0)``).
         workers: Training workers (one GPU each when on GPUs).
 
@@ -227,11 +228,11 @@ def choose_placement(device: str, cluster_gpus: float, workers: int) -> Placemen
         ValueError: ``cuda`` without one GPU per worker, or an unknown ``device``.
     """
     if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"train.device must be auto, cuda or cpu, got {device!r}")
+        raise InputError(f"resources.device must be auto, cuda or cpu, got {device!r}")
     enough = cluster_gpus >= workers
     if device == "cuda" and not enough:
-        raise ValueError(f"train.device is cuda but the Ray cluster has {cluster_gpus:g} GPUs "
-                         f"for {workers} workers (one each); use train.device=auto or cpu")
+        raise InputError(f"resources.device is cuda but the Ray cluster has {cluster_gpus:g} GPUs "
+                         f"for {workers} workers (one each); use resources.device=auto or cpu")
     if device == "cuda" or (device == "auto" and enough and workers > 0):
         return Placement(use_gpu=True, backend="nccl")
     return Placement(use_gpu=False, backend="gloo")
@@ -251,32 +252,32 @@ def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = No
             cut from another graph store version than ``paths.graph`` holds.
         trainer.checkpoint.CheckpointError: unusable checkpoint storage, or no / an
             incompatible checkpoint to continue from.
-        clickgraph.manifest.ManifestError: no complete shard set.
+        clickgraph.core.manifest.ManifestError: no complete shard set.
     """
-    from clickgraph.manifest import read_manifest
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
+    from clickgraph.core.manifest import read_manifest
 
-    t = cfg.train
+    r = cfg.resources
     partitions_url = absolute(cfg.paths.stage("partitions"))
-    manifest = read_manifest(partitions_url, PARTITIONS_KIND, PARTITIONS_FORMAT_VERSIONS)
-    if int(manifest["num_parts"]) != t.workers:
-        raise ValueError(f"train.workers is {t.workers} but the shard set {partitions_url} has "
+    manifest = read_manifest(partitions_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
+    if int(manifest["num_parts"]) != r.workers:
+        raise InputError(f"resources.workers is {r.workers} but the shard set {partitions_url} has "
                          f"{manifest['num_parts']} parts: one worker per part (run clickgraph "
-                         f"partition --num-parts {t.workers}, or --workers {manifest['num_parts']})")
+                         f"partition --num-parts {r.workers}, or --workers {manifest['num_parts']})")
     graph_url = absolute(graph_url or cfg.paths.stage("graph"))
     store = open_graph_store(graph_url)
     version = ckpt.graph_version(manifest)
     if (store.manifest.get("created_at"), store.manifest.get("config_hash")) != \
             (version["created_at"], version["config_hash"]):
-        raise ValueError(f"the shards in {partitions_url} were cut from graph version "
+        raise InputError(f"the shards in {partitions_url} were cut from graph version "
                          f"{version['created_at']} but {graph_url} is version "
                          f"{store.manifest.get('created_at')}: run clickgraph partition "
                          "(--place-new after an incremental build) first")
-    vocab = fs.read_json(fs.join(partitions_url, "vocab.json"))
+    vocab = fs.read_json(fs.join(partitions_url, VOCAB_FILE))
     id_maps = ckpt.id_map_version(store.manifest)
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     train_root = absolute(cfg.paths.stage("train"))
-    checkpoint_root = absolute(t.checkpoint_url or fs.join(train_root, "checkpoints"))
+    checkpoint_root = absolute(r.checkpoint_url or fs.join(train_root, "checkpoints"))
     ckpt.check_storage(checkpoint_root)
     continue_from, since_time = None, None
     if continue_run:
@@ -316,7 +317,7 @@ class RayHooks(TrainHooks):
         self.events_at_start = 0
 
     def after_step(self, ctx: StepContext) -> None:
-        t = self.plan.cfg.train
+        r = self.plan.cfg.resources
         fail = self.plan.fail_at
         if fail and ctx.rank == fail[0] and ctx.global_step == fail[1] \
                 and not os.path.exists(fail[2]):
@@ -326,10 +327,10 @@ class RayHooks(TrainHooks):
             # workers; a crash right after a report can lose it. Give it a few polls.
             time.sleep(5)
             os._exit(1)
-        if ctx.rank == 0 and (ctx.step % t.log_every_steps == 0 or ctx.step == ctx.steps_in_epoch):
+        if ctx.rank == 0 and (ctx.step % r.log_every_steps == 0 or ctx.step == ctx.steps_in_epoch):
             self.log(progress_line(ctx, self.world_size, time.perf_counter() - self.started
                                    - self.hook_seconds))
-        if t.checkpoint_every_steps and ctx.global_step % t.checkpoint_every_steps == 0 \
+        if r.checkpoint_every_steps and ctx.global_step % r.checkpoint_every_steps == 0 \
                 and ctx.step < ctx.steps_in_epoch:
             self._checkpoint(ctx, epoch_done=False, metrics={})
 
@@ -474,7 +475,7 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     import ray.train
     import torch.distributed as dist
 
-    from spark_jobs.graph_store import open_graph_store
+    from clickgraph.core.graph_store import open_graph_store
     from trainer.dist_train import train_worker
     from trainer.distributed import all_reduce_int
     from trainer.shard import load_shard
@@ -498,7 +499,7 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
             impressions, plan.since_time, t.replay_fraction,
             torch.Generator().manual_seed(t.seed + 17 * (rank + 1)))
         if all_reduce_int(new_events, "sum") == 0:
-            raise ValueError(f"--continue: no training impression after the checkpoint's last "
+            raise InputError(f"--continue: no training impression after the checkpoint's last "
                              f"trained time {plan.since_time}; nothing new to train on")
     content_created = content_created_times(store)
     last_event_time = all_reduce_int(int(impressions.time.max()) if len(impressions) else 0,
@@ -539,7 +540,7 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     rank_cfg = dataclasses.replace(t, batch_size=rank_batch_size(t, world_size), epochs=epochs)
     result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
                           log=None, hooks=hooks, resume=resume, device=device,
-                          hot_cache=plan.hot_cache)
+                          hot_cache=plan.hot_cache, threads=plan.cfg.resources.threads_per_worker)
     train_seconds = result.time_split["total"] - hooks.hook_seconds
     events_all = all_reduce_int(result.events_trained, "sum")
     splits = [None] * world_size
@@ -663,35 +664,35 @@ def train_distributed(cfg: Config, graph_url: str | None = None, out_url: str | 
 
     ``hot_cache``: node type -> fraction of its nodes whose static features every worker
     replicates (:func:`trainer.dist_sampler.build_hot_cache`); ``None``: the config's
-    ``train.hot_cache`` (``{}`` by default: no cache).
+    ``resources.hot_cache`` (``{}`` by default: no cache).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     plan = plan_run(cfg, graph_url, out_url, continue_run)
-    t = cfg.train
-    log(f"train: {t.workers} workers over {plan.partitions_url}; checkpoints in "
+    r = cfg.resources
+    log(f"train: {r.workers} workers over {plan.partitions_url}; checkpoints in "
         f"{plan.checkpoint_root}/{plan.run_id}; metrics in {plan.out_url}")
     on_loopback = connect_ray(cfg, log)
-    placement = choose_placement(t.device, float(ray.cluster_resources().get("GPU", 0)),
-                                 t.workers)
+    placement = choose_placement(r.device, float(ray.cluster_resources().get("GPU", 0)),
+                                 r.workers)
     if hot_cache is None:
-        hot_cache = dict(t.hot_cache)
+        hot_cache = dict(r.hot_cache)
     plan = dataclasses.replace(
         plan, backend=placement.backend, use_gpu=placement.use_gpu, hot_cache=hot_cache,
         rendezvous=("127.0.0.1", find_free_port("127.0.0.1")) if on_loopback else None)
     log(f"train: {placement.backend} on {'GPUs' if placement.use_gpu else 'CPUs'}"
         + (f"; hot-node cache {hot_cache}" if hot_cache else ""))
-    resources = {"CPU": t.threads_per_worker, **({"GPU": 1} if placement.use_gpu else {})}
+    resources = {"CPU": r.threads_per_worker, **({"GPU": 1} if placement.use_gpu else {})}
     trainer = TorchTrainer(
         worker_loop, train_loop_config={"plan": plan},
         torch_config=(own_group_torch_config(placement.backend) if on_loopback
                       else TorchConfig(backend=placement.backend)),
-        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=placement.use_gpu,
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=placement.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=plan.run_id, storage_path=plan.checkpoint_root,
-                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=3)))
     result = trainer.fit()
     metrics = fs.read_json(fs.join(plan.out_url, "metrics.json"))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clickgraph.core.errors import InputError
 from trainer.inference import TrainedModel, score_pairs
 
 VIDEO = "video"
@@ -61,7 +62,7 @@ def sample_users(users: Tensor, count: int, seed: int) -> Tensor:
     """
     candidates = torch.sort(users.to(torch.int64)).values
     if count <= 0:
-        raise ValueError(f"evaluate.recommend_users must be positive, got {count}")
+        raise InputError(f"evaluate.recommend_users must be positive, got {count}")
     if candidates.numel() <= count:
         return candidates
     generator = torch.Generator().manual_seed(seed)

@@ -6,71 +6,25 @@ relation (reverse ``rev_`` relations included), the in-edges of the destination 
 owns, so every edge of the graph lies in exactly one shard: its destination's owner's. A
 sampler expands a frontier row on the row's owner (:mod:`trainer.dist_sampler`).
 
-File layout (``format_version`` 1)
-----------------------------------
-One folder per part, plain ``.npy`` files (``numpy.save``, C order, little-endian as
-numpy writes it) so a worker maps them with ``numpy.load(mmap_mode=...)`` +
-``torch.from_numpy`` and parses nothing::
-
-    <folder>/
-      _MANIFEST.json                         written last; see below
-      partition_book/<node_type>.npy         int32 or int64 [num_nodes[type]] part of
-                                             every GLOBAL node id (the whole book,
-                                             identical in every part's folder)
-      owned/<node_type>.npy                  int64 [num_owned] ascending global ids of
-                                             the nodes this part owns
-      features/<node_type>/categorical.npy   int64 [num_owned, C] codes of owned rows
-      features/<node_type>/created_time.npy  int64 [num_owned] seconds since epoch
-                                             (only for types that have one)
-      relations/<src>__<relation>__<dst>/    one folder per relation, in-edges of owned
-        indptr.npy                           int64 [num_owned[dst] + 1]; row i is
-                                             owned[dst][i]
-        neighbor.npy                         int64 [E] GLOBAL source ids
-        edge_time.npy                        int64 [E] seconds since epoch, ascending
-                                             within a row (ties: a fixed order)
-        edge_id.npy                          int64 [E] graph-wide unique edge id
-        attr/<name>.npy                      [E, ...] per-edge attributes (e.g.
-                                             weight, float32 [E])
-
-``_MANIFEST.json`` (read through :func:`clickgraph.manifest.read_manifest`)::
-
-    {"kind": "partition_shard", "format_version": 1, "producer": "clickgraph",
-     "producer_version": "...", "created_at": "...", "config_hash": null or "...",
-     "part": 0, "num_parts": 2, "node_type_order": ["user", "content", ...],
-     "num_nodes": {"user": 10000, ...},                      global counts
-     "node_types": {"user": {"num_owned": 5012, "cardinalities": [...],
-                             "has_created_time": true, "learn_id_embedding": false}, ...},
-     "relations": [{"src_type": "user", "relation": "impressed", "dst_type": "content",
-                    "path": "relations/user__impressed__content", "num_edges": 123,
-                    "weight": 1.0, "edge_attr": {"weight": {"dtype": "float32",
-                                                            "shape": [123]}}}, ...],
-     "time_range": [first edge time, last edge time] or null}
-
-``relations`` keeps the relation order, which fixes the order of a sample's relations.
-Type and relation names must match ``[A-Za-z0-9_-]+``. The edge id is whatever unique
-int64 the producer has; :func:`split_graph` writes the edge's position in the
-unpartitioned relation's CSR, so distributed samples carry the same ``edge_id`` as
-single-process ones.
+The files: :mod:`clickgraph.core.shards` (one description of the format for the
+partition job that writes it and the workers that read it).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from clickgraph import __version__
+from clickgraph.core import shards as fmt
 from trainer.graph import EdgeType, TemporalCSR, TemporalHeteroGraph, validate_relations
 from trainer.model import NodeFeatures
 
-SHARD_KIND = "partition_shard"
-FORMAT_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+SHARD_KIND = fmt.SHARD_KIND
+FORMAT_VERSION = fmt.SHARD_FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -280,104 +234,69 @@ def split_graph(graph: TemporalHeteroGraph, features: dict[str, NodeFeatures],
 # ------------------------------------------------------------------------------- files
 
 
-def _relation_path(edge_type: EdgeType) -> str:
-    return "relations/" + "__".join(edge_type)
-
-
-def _check_name(name: str, what: str) -> None:
-    if not _NAME.match(name):
-        raise ValueError(f"{what} {name!r} must match [A-Za-z0-9_-]+ to be a file name")
-
-
 def _save(folder: str, relative: str, tensor: Tensor) -> None:
-    path = os.path.join(folder, relative)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, tensor.detach().cpu().contiguous().numpy(), allow_pickle=False)
+    fmt.save_array(folder, relative, tensor.detach().cpu().contiguous().numpy())
 
 
 def save_shard(shard: PartitionShard, folder: str, config_hash: str | None = None) -> None:
-    """Writes a shard in the documented layout, ``_MANIFEST.json`` last.
+    """Writes a shard in the format of :mod:`clickgraph.core.shards`, manifest last.
 
     Args:
         shard: The shard.
         folder: Local folder (created; existing files of the same names are replaced).
         config_hash: Hash of the config that produced the shard, stored in the manifest.
     """
-    import datetime as dt
-
-    from clickgraph import fs
-
     for node_type in shard.node_types:
-        _check_name(node_type, "node type")
+        fmt.check_name(node_type, "node type")
     for edge_type in shard.edge_types:
         for name in edge_type:
-            _check_name(name, "relation part")
+            fmt.check_name(name, "relation part")
         for name in shard.csr[edge_type].edge_attr:
-            _check_name(name, "edge attribute")
+            fmt.check_name(name, "edge attribute")
     os.makedirs(folder, exist_ok=True)
     node_types = {}
     for node_type in shard.node_types:
         features = shard.features[node_type]
-        _save(folder, f"partition_book/{node_type}.npy", shard.partition_book[node_type])
-        _save(folder, f"owned/{node_type}.npy", shard.owned[node_type])
-        _save(folder, f"features/{node_type}/categorical.npy", features.categorical)
+        _save(folder, fmt.book_file(node_type), shard.partition_book[node_type])
+        _save(folder, fmt.owned_file(node_type), shard.owned[node_type])
+        _save(folder, fmt.categorical_file(node_type), features.categorical)
         if features.created_time is not None:
-            _save(folder, f"features/{node_type}/created_time.npy", features.created_time)
-        node_types[node_type] = {
-            "num_owned": shard.owned[node_type].numel(),
-            "num_columns": int(features.categorical.shape[1]),
-            "cardinalities": [int(c) for c in features.cardinalities],
-            "has_created_time": features.created_time is not None,
-            "learn_id_embedding": bool(features.learn_id_embedding)}
+            _save(folder, fmt.created_time_file(node_type), features.created_time)
+        node_types[node_type] = fmt.node_type_entry(
+            shard.owned[node_type].numel(), int(features.categorical.shape[1]),
+            features.cardinalities, features.created_time is not None,
+            features.learn_id_embedding)
     relations, time_min, time_max = [], None, None
     for edge_type, csr in shard.csr.items():
-        path = _relation_path(edge_type)
-        _save(folder, f"{path}/indptr.npy", csr.indptr)
-        _save(folder, f"{path}/neighbor.npy", csr.neighbor)
-        _save(folder, f"{path}/edge_time.npy", csr.edge_time)
-        _save(folder, f"{path}/edge_id.npy", shard.edge_id[edge_type])
+        path = fmt.relation_dir(edge_type)
+        for array, value in (("indptr", csr.indptr), ("neighbor", csr.neighbor),
+                             ("edge_time", csr.edge_time), ("edge_id", shard.edge_id[edge_type])):
+            _save(folder, fmt.csr_file(path, array), value)
         for name, value in csr.edge_attr.items():
-            _save(folder, f"{path}/attr/{name}.npy", value)
+            _save(folder, fmt.attr_file(path, name), value)
         if csr.num_edges:
             low, high = int(csr.edge_time.min()), int(csr.edge_time.max())
             time_min = low if time_min is None else min(time_min, low)
             time_max = high if time_max is None else max(time_max, high)
-        relations.append({
-            "src_type": edge_type[0], "relation": edge_type[1], "dst_type": edge_type[2],
-            "path": path, "num_edges": csr.num_edges, "weight": float(csr.weight),
-            "edge_attr": {name: {"dtype": str(value.detach().cpu().numpy().dtype),
-                                 "shape": list(value.shape)}
-                          for name, value in csr.edge_attr.items()}})
-    manifest = {
-        "kind": SHARD_KIND, "format_version": FORMAT_VERSION, "producer": "clickgraph",
-        "producer_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "config_hash": config_hash, "part": shard.part, "num_parts": shard.num_parts,
-        "node_type_order": shard.node_types,
-        "num_nodes": {t: int(n) for t, n in shard.num_nodes.items()},
-        "node_types": node_types, "relations": relations,
-        "time_range": None if time_min is None else [time_min, time_max]}
-    fs.write_json(os.path.join(folder, fs.MANIFEST_NAME), manifest)
+        relations.append(fmt.relation_entry(
+            edge_type, csr.num_edges, csr.weight,
+            {name: (str(value.detach().cpu().numpy().dtype), list(value.shape))
+             for name, value in csr.edge_attr.items()}))
+    fmt.write_part_manifest(folder, fmt.part_manifest(
+        shard.part, shard.num_parts, shard.node_types, shard.num_nodes, node_types, relations,
+        None if time_min is None else [time_min, time_max], config_hash))
 
 
 def _load(folder: str, relative: str, mmap: bool, dtype: str | None = None,
           shape: list[int] | tuple[int, ...] | None = None) -> Tensor:
-    path = os.path.join(folder, relative)
-    # Copy-on-write mapping: pages are shared and read lazily like mode "r", but the
-    # array is writable, so torch.from_numpy does not warn and an accidental in-place
-    # write changes this process's copy instead of faulting on a read-only page.
-    array = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
-    if dtype is not None and str(array.dtype) != dtype:
-        raise ValueError(f"{path}: dtype {array.dtype}, manifest says {dtype}")
-    if shape is not None and tuple(array.shape) != tuple(shape):
-        raise ValueError(f"{path}: shape {array.shape}, manifest says {tuple(shape)}")
+    array = fmt.load_array(folder, relative, mmap, dtype, shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array)
 
 
 def load_shard(folder: str, mmap: bool = True) -> PartitionShard:
-    """Reads a shard written by :func:`save_shard` (or by the Spark job, same layout).
+    """Reads a shard written by :func:`save_shard` (or by the Spark job, same format).
 
     Args:
         folder: Local shard folder.
@@ -387,27 +306,24 @@ def load_shard(folder: str, mmap: bool = True) -> PartitionShard:
         The shard; its tensors are views of the files when ``mmap``.
 
     Raises:
-        clickgraph.manifest.ManifestError: No manifest, or another kind or version.
+        clickgraph.core.manifest.ManifestError: No manifest, or another kind or version.
         ValueError: An array whose dtype or shape disagrees with the manifest.
     """
-    from clickgraph.manifest import read_manifest
-
-    manifest = read_manifest(folder, SHARD_KIND, (FORMAT_VERSION,))
+    manifest = fmt.read_part_manifest(folder)
     # JSON objects are written with sorted keys; node_type_order keeps the shard's order.
     num_nodes = {t: int(manifest["num_nodes"][t]) for t in manifest["node_type_order"]}
     book, owned, features = {}, {}, {}
     for node_type in num_nodes:
         info = manifest["node_types"][node_type]
         num_owned = int(info["num_owned"])
-        book[node_type] = _load(folder, f"partition_book/{node_type}.npy", mmap,
+        book[node_type] = _load(folder, fmt.book_file(node_type), mmap,
                                 shape=[num_nodes[node_type]])
-        owned[node_type] = _load(folder, f"owned/{node_type}.npy", mmap, "int64", [num_owned])
+        owned[node_type] = _load(folder, fmt.owned_file(node_type), mmap, "int64", [num_owned])
         created = None
         if info["has_created_time"]:
-            created = _load(folder, f"features/{node_type}/created_time.npy", mmap, "int64",
-                            [num_owned])
+            created = _load(folder, fmt.created_time_file(node_type), mmap, "int64", [num_owned])
         features[node_type] = NodeFeatures(
-            categorical=_load(folder, f"features/{node_type}/categorical.npy", mmap, "int64",
+            categorical=_load(folder, fmt.categorical_file(node_type), mmap, "int64",
                               [num_owned, int(info["num_columns"])]),
             cardinalities=[int(c) for c in info["cardinalities"]], created_time=created,
             learn_id_embedding=bool(info["learn_id_embedding"]))
@@ -417,15 +333,15 @@ def load_shard(folder: str, mmap: bool = True) -> PartitionShard:
         path, num_edges = relation["path"], int(relation["num_edges"])
         num_rows = int(manifest["node_types"][edge_type[2]]["num_owned"])
         csr[edge_type] = TemporalCSR(
-            indptr=_load(folder, f"{path}/indptr.npy", mmap, "int64", [num_rows + 1]),
-            neighbor=_load(folder, f"{path}/neighbor.npy", mmap, "int64", [num_edges]),
-            edge_time=_load(folder, f"{path}/edge_time.npy", mmap, "int64", [num_edges]),
+            indptr=_load(folder, fmt.csr_file(path, "indptr"), mmap, "int64", [num_rows + 1]),
+            neighbor=_load(folder, fmt.csr_file(path, "neighbor"), mmap, "int64", [num_edges]),
+            edge_time=_load(folder, fmt.csr_file(path, "edge_time"), mmap, "int64", [num_edges]),
             weight=float(relation["weight"]),
-            edge_attr={name: _load(folder, f"{path}/attr/{name}.npy", mmap, info["dtype"],
+            edge_attr={name: _load(folder, fmt.attr_file(path, name), mmap, info["dtype"],
                                    info["shape"])
                        for name, info in relation["edge_attr"].items()})
-        edge_id[edge_type] = _load(folder, f"{path}/edge_id.npy", mmap, "int64", [num_edges])
+        edge_id[edge_type] = _load(folder, fmt.csr_file(path, "edge_id"), mmap, "int64",
+                                   [num_edges])
     return PartitionShard(part=int(manifest["part"]), num_parts=int(manifest["num_parts"]),
                           num_nodes=num_nodes, partition_book=book, owned=owned, csr=csr,
                           edge_id=edge_id, features=features)
-

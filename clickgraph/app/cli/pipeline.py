@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clickgraph.config import Config, replace
+from clickgraph.core.config import Config, replace
 
 HELP = "run every stage end to end, add one more day incrementally, write a report"
 DESCRIPTION = """\
@@ -38,7 +38,7 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="N",
-                        help="training workers and partitions (same as --set train.workers=N)")
+                        help="training workers and partitions (same as --set resources.workers=N)")
     parser.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=None,
                         help="also retrain from scratch on the extended store to compare with "
                              "continuing (default: off)")
@@ -48,10 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from clickgraph.pipeline import RETRAIN_BY_DEFAULT, PipelineError, run_pipeline
+    from clickgraph.app.pipeline import RETRAIN_BY_DEFAULT, PipelineError, run_pipeline
 
     if args.workers is not None:
-        cfg = replace(cfg, "train", workers=args.workers)
+        cfg = replace(cfg, "resources", workers=args.workers)
     retrain = RETRAIN_BY_DEFAULT if args.retrain is None else args.retrain
     try:
         run_pipeline(cfg, retrain_baseline=retrain, fresh=args.fresh)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from clickgraph.config import Config
+from clickgraph.core.config import Config
 
 HELP = "export user and content embeddings as of a cutoff (with drift and recommendation controls)"
 DESCRIPTION = """\
@@ -44,18 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from clickgraph.manifest import ManifestError
-    from trainer.checkpoint import CheckpointError
     from trainer.export import run_export
 
     as_json = getattr(args, "json", False)
     log = (lambda line: print(line, file=sys.stderr)) if as_json else print
-    try:
-        manifest = run_export(cfg, cutoff=args.cutoff, checkpoint=args.checkpoint,
-                              graph_url=args.graph, out_url=args.out, log=log)
-    except (CheckpointError, ManifestError, ValueError) as error:
-        print(f"clickgraph export: {error}", file=sys.stderr)
-        return 2
+    manifest = run_export(cfg, cutoff=args.cutoff, checkpoint=args.checkpoint,
+                          graph_url=args.graph, out_url=args.out, log=log)
     if as_json:
         print(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     return 0

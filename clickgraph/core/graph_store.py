@@ -1,4 +1,4 @@
-"""Read the graph store through its manifest (the reader API other stages use).
+"""The graph store's format and its reader (the API every stage reads the store through).
 
 The store (``docs/graph-store.md``) is versioned in place: every build run writes its
 tables under new ``run=<run_id>`` folders and then commits ``_MANIFEST.json``, which names
@@ -10,7 +10,7 @@ reads exactly those folders, so it never sees a half-written run or a replaced d
     store.num_nodes("user")                # dense ids are 0 .. num_nodes - 1
     store.edge_urls("user__clicked__content")
     edges = store.read_edges_arrow("user__clicked__content")   # pyarrow, no Spark
-    df = store.read_edges(spark, "user__clicked__content", reverse=True)
+    df = spark_jobs.store_io.read_edges(spark, store, "user__clicked__content", reverse=True)
 
 Every relation is stored once, ``src -> dst``; the reverse relation is the same table with
 ``src`` and ``dst`` swapped (``reverse=True``), which parquet's columnar layout makes free.
@@ -21,10 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clickgraph import fs
-from clickgraph.manifest import ManifestError, read_manifest
+from clickgraph.core import fs
+from clickgraph.core.manifest import ManifestError, read_manifest
 
 GRAPH_KIND = "graph"
+IMPRESSIONS = "user__impressed__content"
+"""The relation of impression events (the training examples; attributes clicked, position)."""
 GRAPH_FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
@@ -120,6 +122,20 @@ class GraphStore:
 
     # ----------------------------------------------------------------- readers
 
+    def read_nodes_arrow(self, node_type: str):
+        """The node table as a ``pyarrow.Table`` in id order (ids are dense ``0..n-1``).
+
+        Raises:
+            GraphStoreError: The ids are not dense.
+        """
+        import numpy as np
+
+        table = read_table(self.node_url(node_type)).sort_by("id")
+        ids = table.column("id").to_numpy()
+        if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
+            raise GraphStoreError(f"{self.url}: node table {node_type!r} ids are not dense 0..n-1")
+        return table
+
     def read_edges_arrow(self, relation: str, days: list[str] | None = None,
                          columns: list[str] | None = None, reverse: bool = False):
         """Edges of ``relation`` as a ``pyarrow.Table`` with a ``day`` column.
@@ -153,40 +169,15 @@ class GraphStore:
             out = out.rename_columns(names)
         return out
 
-    def read_nodes(self, spark, node_type: str):
-        """The node table as a Spark DataFrame."""
-        return spark.read.parquet(fs.spark_url(self.node_url(node_type)))
 
-    def read_id_map(self, spark, node_type: str):
-        """The id map (raw_id, id, first_day) as a Spark DataFrame."""
-        return spark.read.parquet(fs.spark_url(self.id_map_url(node_type)))
+def read_table(url: str):
+    """A parquet folder (local path or fsspec URL) as one pyarrow table; files whose names
+    start with ``_`` or ``.`` are skipped."""
+    import pyarrow.dataset as ds
 
-    def read_edges(self, spark, relation: str, days: list[str] | None = None,
-                   reverse: bool = False):
-        """Edges of ``relation`` as a Spark DataFrame with a string ``day`` column.
-
-        Only manifest-listed folders are read. With ``reverse`` the ``src`` and ``dst``
-        columns are swapped, giving ``dst_type --relation--> src_type`` edges.
-        """
-        from pyspark.sql import functions as F
-
-        from spark_jobs.schemas import edge_schema
-
-        schema = edge_schema(relation)
-        frames = []
-        for day, url in self.edge_urls(relation, days).items():
-            frames.append(spark.read.schema(schema).parquet(fs.spark_url(url))
-                          .withColumn("day", F.lit(day)))
-        if not frames:
-            df = spark.createDataFrame([], schema).withColumn("day", F.lit(None).cast("string"))
-        else:
-            df = frames[0]
-            for frame in frames[1:]:
-                df = df.unionByName(frame)
-        if reverse:
-            df = df.select(F.col("dst").alias("src"), F.col("src").alias("dst"),
-                           *[c for c in df.columns if c not in ("src", "dst")])
-        return df
+    filesystem, path = fs.filesystem(url)
+    return ds.dataset(path, filesystem=filesystem, format="parquet",
+                      ignore_prefixes=["_", "."]).to_table()
 
 
 def _arrow_type(spark_type: str):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from clickgraph import __version__, fs
-from clickgraph.config import Config
+from clickgraph import __version__
+from clickgraph.core import fs
+from clickgraph.core.config import Config
+from clickgraph.core.errors import ClickgraphError
 
 
-class ManifestError(RuntimeError):
+class ManifestError(ClickgraphError):
     """A stage folder that cannot be trusted: no manifest, wrong kind or version."""
 
 

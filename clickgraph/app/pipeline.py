@@ -4,7 +4,7 @@ The run (``docs/pipeline.md``):
 
 1. generate ``generate.num_days`` days of logs;
 2. build the graph store from all days but the last, partition it into
-   ``train.workers`` shards, train (Ray Train; one worker: in this process), evaluate on the
+   ``resources.workers`` shards, train (Ray Train; one worker: in this process), evaluate on the
    test window and export embeddings;
 3. "one more day": add the last day to the store incrementally, place its new nodes into
    the existing shards, continue training from the day-1 checkpoint on the events after
@@ -12,7 +12,7 @@ The run (``docs/pipeline.md``):
 4. optionally retrain from scratch on the extended store and evaluate that model, for the
    continue-against-retrain comparison (afterwards the continued model is again the
    latest one, so a later ``clickgraph train --continue`` carries on from it);
-5. print the summary table and write the report (:mod:`clickgraph.report`) with
+5. print the summary table and write the report (:mod:`clickgraph.app.report`) with
    ``pipeline.json`` (every result and stage timing) to ``paths.report``.
 
 The Spark stages share one session (:func:`spark_jobs.session.get_spark`). It stays up
@@ -32,8 +32,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from clickgraph import __version__, fs
-from clickgraph.config import Config, replace
+from clickgraph import __version__
+from clickgraph.core import fs
+from clickgraph.core.config import Config, replace
+from clickgraph.core.errors import ClickgraphError
 
 # Retraining from scratch on the extended store repeats the two longest stages (train and
 # evaluate). Measured on the 2-core development VM at the default size (docs/pipeline.md),
@@ -51,7 +53,7 @@ VERSIONED = ("torch", "torch-geometric", "pyspark", "ray", "numpy", "pandas", "p
              "scikit-learn", "pymetis", "matplotlib")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(ClickgraphError, RuntimeError):
     """A stage of the pipeline failed, or the pipeline cannot start; names the cause."""
 
 
@@ -215,7 +217,7 @@ def _partition_result(manifest: dict[str, Any]) -> dict[str, Any]:
 def _train(cfg: Config, continue_run: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """One training run: in this process for one worker (except --continue, which needs
     the Ray trainer's checkpoint handling), else Ray Train with one worker per shard."""
-    if cfg.train.workers == 1 and not continue_run:
+    if cfg.resources.workers == 1 and not continue_run:
         from trainer.local import train_single
 
         return train_single(cfg, log=log)
@@ -229,7 +231,7 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
     """Run every stage, add one more day, write the report; returns the results.
 
     Args:
-        cfg: Validated config. ``partition.num_parts`` is set to ``train.workers``.
+        cfg: Validated config. ``partition.num_parts`` is set to ``resources.workers``.
         log: Progress printer (every stage's own lines go through it too).
         retrain_baseline: Also retrain from scratch on the extended store and evaluate it,
             for the continue-against-retrain comparison.
@@ -237,17 +239,17 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
             Without it the pipeline refuses to start when they hold anything.
 
     Returns:
-        The results as described in :func:`clickgraph.report.write_report`, also written
+        The results as described in :func:`clickgraph.app.report.write_report`, also written
         to ``<paths.report>/pipeline.json``; ``report`` is the URL of ``index.html``.
 
     Raises:
         PipelineError: Earlier outputs without ``fresh``, too few days, or a stage failed
             (then the report of what finished is still written).
     """
-    from clickgraph import report
+    from clickgraph.app import report
 
     check_days(cfg)
-    cfg = replace(cfg, "partition", num_parts=cfg.train.workers)
+    cfg = replace(cfg, "partition", num_parts=cfg.resources.workers)
     leftovers = existing_outputs(cfg)
     if leftovers and not fresh:
         raise PipelineError(
@@ -265,7 +267,7 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
     results: dict[str, Any] = {
         "format_version": 1,
         "started_at": started_at.isoformat(timespec="seconds"),
-        "workers": cfg.train.workers,
+        "workers": cfg.resources.workers,
         "config": {"hash": cfg.section_hash(), "source": cfg.source, "resolved": cfg.to_dict()},
         "versions": versions(),
         "stages": [], "days": {}, "generate": {}, "graph": {}, "partition": {}, "train": {},
@@ -277,7 +279,7 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
     }
     progress = Progress(steps, results["stages"], log)
     report_url = cfg.paths.stage("report")
-    log(f"pipeline: {len(steps)} steps, {cfg.train.workers} training worker(s), "
+    log(f"pipeline: {len(steps)} steps, {cfg.resources.workers} training worker(s), "
         f"{cfg.generate.num_days} days ({cfg.generate.num_users:,} users); report -> {report_url}")
     ray_was_running = _ray_initialized()
     spark = LazySpark(cfg)

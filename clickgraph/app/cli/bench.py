@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from clickgraph.config import Config
+from clickgraph.core.config import Config
 
 HELP = "run a benchmark (sampler, generate); --json for machine-readable output"
 DESCRIPTION = """\

@@ -7,7 +7,7 @@ to the raw YAML before validation, so they are checked the same way.
 
 Paths are URLs: a plain path (``runs/local``), ``file://``, ``s3a://``, ``gs://`` or
 ``hdfs://``. Spark reads ``s3a://``; fsspec-based readers accept it too (see
-:func:`clickgraph.fs.fsspec_url`).
+:func:`clickgraph.core.fs.fsspec_url`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from typing import Any, Literal
 
 import yaml
 
+from clickgraph.core.errors import ClickgraphError
+
 _MISSING = dataclasses.MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(ClickgraphError, ValueError):
     """A configuration problem, with the offending key and file in the message."""
 
 
@@ -253,8 +255,8 @@ class PartitionConfig:
 
 
 @dataclass(frozen=True)
-class ModelSection:
-    """The GNN's sizes (see ``trainer/model.py``)."""
+class ModelConfig:
+    """The GNN's sizes and choices (``trainer/model.py:ClickGNN`` reads exactly these)."""
 
     hidden_dim: int = 64
     time_dim: int = 16
@@ -262,6 +264,8 @@ class ModelSection:
     conv: Literal["sage", "attention"] = "sage"
     dropout: float = 0.1
     activity_counts: bool = True  # seeds' as-of edge counts per relation (all time, last 24 h)
+    num_positions: int = 64       # feed positions with an embedding of their own; later ones share the last
+    context_dim: int = 8          # size of the position and hour embeddings
 
 
 @dataclass(frozen=True)
@@ -275,9 +279,6 @@ class TrainConfig:
     strictly before the impression.
     """
 
-    workers: int = 2
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads_per_worker: int = 1
     epochs: int = 2
     batch_size: int = 512
     # global: batch_size impressions per step over all workers (each takes its share; the
@@ -296,13 +297,27 @@ class TrainConfig:
     learning_rate: float = 0.002
     weight_decay: float = 0.0
     seed: int = 0
-    model: ModelSection = field(default_factory=ModelSection)
-    # Distributed runs (trainer/ray_launch.py, docs/training.md).
+    model: ModelConfig = field(default_factory=ModelConfig)
+    replay_fraction: float = 0.1       # --continue: older events replayed per new event
+    continue_epochs: int = 1           # --continue: passes over the new window (0: train.epochs)
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """What training runs on, apart from what the model and optimiser read (``train``).
+
+    Workers, devices, threads, checkpoint storage, failure handling, progress lines and the
+    hot-node cache decide how fast and where a run goes, not what it computes (with the
+    default ``train.batch_scope: global`` the worker count leaves the optimisation as it
+    is; docs/training.md).
+    """
+
+    workers: int = 2                   # one per partition (clickgraph train --workers overrides)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads_per_worker: int = 1
     checkpoint_url: str | None = None  # null: <paths.train>/checkpoints
     checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
     max_failures: int = 1              # worker failures Ray Train recovers from per run
-    replay_fraction: float = 0.1       # --continue: older events replayed per new event
-    continue_epochs: int = 1           # --continue: passes over the new window (0: train.epochs)
     log_every_steps: int = 20          # progress line period (rank 0)
     # node type -> fraction of its highest-degree nodes whose static features every worker
     # replicates (trainer/dist_sampler.build_hot_cache); {} = off (BENCHMARKS.md: it saves
@@ -344,6 +359,7 @@ class Config:
     graph: GraphConfig = field(default_factory=GraphConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     source: str = "<defaults>"
 
@@ -425,6 +441,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
+MOVED_KEYS = {f"train.{k}": f"resources.{k}" for k in (
+    "workers", "device", "threads_per_worker", "checkpoint_url", "checkpoint_every_steps",
+    "max_failures", "log_every_steps", "hot_cache")}
+"""Keys that moved (an old config gets told where, not just "unknown key")."""
+
+
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown and missing keys."""
     if not isinstance(data, dict):
@@ -435,6 +457,8 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     for key in data:
         if key not in known:
             full = f"{prefix}.{key}" if prefix else str(key)
+            if full in MOVED_KEYS:
+                raise ConfigError(f"{source}: key '{full}' is now '{MOVED_KEYS[full]}'")
             raise ConfigError(
                 f"{source}: unknown key '{full}' (known here: {', '.join(sorted(known))})"
             )
@@ -488,23 +512,29 @@ def _validate_values(cfg: Config) -> None:
     if len(p.quality_fanouts) < 2:
         raise ConfigError(f"{src}: key 'partition.quality_fanouts' needs at least two hops")
     t = cfg.train
-    for name in ("workers", "threads_per_worker", "epochs", "batch_size", "eval_batch_size",
-                 "val_days", "test_days"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "val_days", "test_days"):
         if getattr(t, name) < 1:
             raise ConfigError(f"{src}: key 'train.{name}' must be >= 1")
     if not t.fanouts or any(k < 1 for k in t.fanouts):
         raise ConfigError(f"{src}: key 'train.fanouts' must be a non-empty list of positive ints")
     if t.random_negative_ratio < 0:
         raise ConfigError(f"{src}: key 'train.random_negative_ratio' must be >= 0")
+    r = cfg.resources
+    for name in ("workers", "threads_per_worker", "log_every_steps"):
+        if getattr(r, name) < 1:
+            raise ConfigError(f"{src}: key 'resources.{name}' must be >= 1")
     for name in ("checkpoint_every_steps", "max_failures"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"{src}: key 'train.{name}' must be >= 0")
-    if t.log_every_steps < 1:
-        raise ConfigError(f"{src}: key 'train.log_every_steps' must be >= 1")
-    for node_type, share in t.hot_cache.items():
+        if getattr(r, name) < 0:
+            raise ConfigError(f"{src}: key 'resources.{name}' must be >= 0")
+    for node_type, share in r.hot_cache.items():
         if node_type not in GRAPH_NODE_TYPES or not 0.0 <= float(share) <= 1.0:
-            raise ConfigError(f"{src}: key 'train.hot_cache.{node_type}' must be a node type "
+            raise ConfigError(f"{src}: key 'resources.hot_cache.{node_type}' must be a node type "
                               f"({', '.join(GRAPH_NODE_TYPES)}) with a fraction in [0, 1]")
+    for name in ("hidden_dim", "time_dim", "num_layers", "num_positions", "context_dim"):
+        if getattr(t.model, name) < 1:
+            raise ConfigError(f"{src}: key 'train.model.{name}' must be >= 1")
+    if not 0.0 <= t.model.dropout < 1.0:
+        raise ConfigError(f"{src}: key 'train.model.dropout' must be within [0, 1)")
     if t.continue_epochs < 0:
         raise ConfigError(f"{src}: key 'train.continue_epochs' must be >= 0")
     if not 0.0 <= t.replay_fraction <= 10.0:
@@ -598,7 +628,7 @@ def _validate_graph(cfg: Config) -> None:
 def default_config_path() -> Path:
     """The embedded default, ``conf/local.yaml`` (repo checkout or installed data files)."""
     candidates = [
-        Path(__file__).resolve().parent.parent / "conf" / "local.yaml",
+        Path(__file__).resolve().parents[2] / "conf" / "local.yaml",
         Path(sys.prefix) / "share" / "clickgraph" / "conf" / "local.yaml",
     ]
     for path in candidates:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clickgraph.config import Config
+from clickgraph.core.config import Config
 
 HELP = "build or extend the temporal heterogeneous graph store from logs"
 DESCRIPTION = """\

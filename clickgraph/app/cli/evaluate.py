@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from clickgraph.config import Config
+from clickgraph.core.config import Config
 
 HELP = "ROC-AUC of the GNN, the tabular baseline and baseline+embeddings on the test window"
 DESCRIPTION = """\
@@ -39,15 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
-    from trainer.checkpoint import CheckpointError
     from trainer.evaluate import run_evaluation
 
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    try:
-        result = run_evaluation(cfg, args.graph, args.checkpoint, args.out, log=log)
-    except (CheckpointError, ValueError, FileNotFoundError) as error:
-        print(f"clickgraph evaluate: {error}", file=sys.stderr)
-        return 2
+    result = run_evaluation(cfg, args.graph, args.checkpoint, args.out, log=log)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clickgraph.config import Config, replace
+from clickgraph.core.config import Config, replace
 
 HELP = "METIS-partition the graph store into one shard per training worker"
 DESCRIPTION = """\

@@ -1,11 +1,11 @@
 """The pipeline report: one self-contained HTML page with PNG plots beside it.
 
 :func:`write_report` turns the ``results`` that ``clickgraph pipeline``
-(:func:`clickgraph.pipeline.run_pipeline`) collects into ``<out>/index.html``, one PNG per
+(:func:`clickgraph.app.pipeline.run_pipeline`) collects into ``<out>/index.html``, one PNG per
 figure (relative links, so the folder can be copied or served anywhere), the results
 themselves as ``pipeline.json`` and ``_MANIFEST.json`` (kind ``report``). Everything is
 rendered into a local temporary folder first and swapped into place by
-:func:`clickgraph.fs.staged_output`, so a failed render leaves the previous report intact.
+:func:`clickgraph.core.fs.staged_output`, so a failed render leaves the previous report intact.
 
 A section whose data the results lack (no retrain run, an evaluation without a scores
 file) is still on the page, saying what is missing and why, instead of failing the report.
@@ -24,7 +24,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from clickgraph import __version__, fs
+from clickgraph import __version__
+from clickgraph.core import fs
 
 REPORT_KIND = "report"
 REPORT_FORMAT_VERSION = 1
@@ -533,7 +534,7 @@ def json_safe(value: Any) -> Any:
 def write_report(results: dict[str, Any], out_url: str) -> str:
     """Write the pipeline report into ``out_url``; returns the URL of its ``index.html``.
 
-    ``results`` is what :func:`clickgraph.pipeline.run_pipeline` collects. Every key is
+    ``results`` is what :func:`clickgraph.app.pipeline.run_pipeline` collects. Every key is
     optional; a figure whose data is missing is replaced by a note saying so.
 
     * ``started_at`` (ISO-8601 str), ``total_seconds`` (float), ``workers`` (int).
@@ -569,7 +570,7 @@ def write_report(results: dict[str, Any], out_url: str) -> str:
     Returns:
         URL of the written ``index.html``.
     """
-    from clickgraph.manifest import write_manifest
+    from clickgraph.core.manifest import write_manifest
 
     safe = json_safe(results)
     with tempfile.TemporaryDirectory(prefix="clickgraph-report-") as local:

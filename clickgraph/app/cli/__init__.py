@@ -13,9 +13,10 @@ import importlib
 import sys
 
 from clickgraph import __version__
-from clickgraph.config import ConfigError, load_config
+from clickgraph.core.config import ConfigError, load_config
+from clickgraph.core.errors import ClickgraphError
 
-# subcommand name -> module under clickgraph.cli
+# subcommand name -> module under clickgraph.app.cli
 SUBCOMMANDS = {
     "generate": "generate",
     "build-graph": "build_graph",
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clickgraph {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(f"clickgraph.cli.{module_name}")
+        module = importlib.import_module(f"clickgraph.app.cli.{module_name}")
         sp = sub.add_parser(
             name, help=module.HELP, description=module.DESCRIPTION,
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -74,4 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.run(args, cfg) or 0)
     except ConfigError as err:
         print(f"clickgraph {args.command}: configuration error: {err}", file=sys.stderr)
+        return 2
+    except ClickgraphError as err:  # what the user can fix; anything else is a bug
+        print(f"clickgraph {args.command}: {err}", file=sys.stderr)
         return 2
