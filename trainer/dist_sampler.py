@@ -9,13 +9,15 @@ Who does what
 -------------
 Rank ``p`` serves part ``p`` of a :class:`~trainer.shard.PartitionShard`: the in-edges of
 the nodes it owns. The *requester* (the rank whose batch it is) keeps all of its
-subgraph's bookkeeping (the ``(node, root time)`` table, local ids, hops) with the
-single-process sampler's own ``_NodeTable``. Only the per-row draw moves: at every hop
-each frontier row is routed, by the partition book, to its node's *owner*, which finds
-the row's visible prefix in its local CSR and draws from it with the single-process
-row machinery (``_VisibleEdgeSearch.visible_range`` and ``_sample_rows``), then returns
-the drawn edges. The requester puts them back in frontier order, so each relation's
-edges come out grouped by row in the same order as in the single-process sampler.
+subgraph's bookkeeping (the ``(node, root time)`` table, local ids, hops) in the hop loop
+it shares with the single-process sampler (:func:`trainer.sampling_core.sample_hops`).
+Only the per-row draw moves: at every hop each frontier row is routed, by the partition
+book, to its node's *owner*, which finds the row's visible prefix in its local CSR and
+draws from it with the single-process row machinery
+(:meth:`~trainer.sampler.VisibleEdgeSearch.visible_range` and
+:func:`~trainer.sampler.sample_rows`), then returns the drawn edges. The requester puts
+them back in frontier order, so each relation's edges come out grouped by row in the same
+order as in the single-process sampler.
 
 Messages of one hop (each message is one flat uint8 buffer per destination, sent with
 :func:`trainer.distributed.exchange`: a size all-to-all, then a payload all-to-all)::
@@ -78,6 +80,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -92,15 +95,19 @@ from trainer.sampler import (
     Seeds,
     Strategy,
     TimeSearch,
-    _Frontier,
-    _NodeTable,
-    _normalise_fanouts,
-    _sample_rows,
-    _seed_tables,
-    _take,
-    _VisibleEdgeSearch,
+    VisibleEdgeSearch,
     activity_counts,
     count_relations,
+    sample_rows,
+)
+from trainer.sampling_core import (
+    DrawnEdges,
+    Frontier,
+    check_generator,
+    check_strategy,
+    normalise_fanouts,
+    sample_hops,
+    take,
 )
 from trainer.shard import PartitionShard
 
@@ -248,10 +255,10 @@ def build_hot_cache(shard: PartitionShard, fractions: dict[str, float],
         owned, features = shard.owned[node_type], shard.features[node_type]
         degree = owned_degree(shard, node_type)
         order = _by_degree(owned, degree)[:sizes[node_type]]
-        offer += [torch.tensor([order.numel()], dtype=torch.int64), _take(owned, order),
-                  _take(degree, order), _take(features.categorical, order).long()]
+        offer += [torch.tensor([order.numel()], dtype=torch.int64), take(owned, order),
+                  take(degree, order), take(features.categorical, order).long()]
         if features.created_time is not None:
-            offer.append(_take(features.created_time, order).long())
+            offer.append(take(features.created_time, order).long())
     message = _pack(offer)
     world = dist.get_world_size(group)
     received = exchange([message] * world, counter, "hot_cache_build", group)
@@ -271,28 +278,17 @@ def build_hot_cache(shard: PartitionShard, fractions: dict[str, float],
     for node_type in node_types:
         columns = [torch.cat(column) for column in zip(*parts[node_type], strict=True)]
         keep = _by_degree(columns[0], columns[1])[:sizes[node_type]]
-        keep = keep[torch.argsort(_take(columns[0], keep))]  # ascending ids, for find()
-        node[node_type] = _take(columns[0], keep)
-        categorical[node_type] = _take(columns[2], keep)
-        created_time[node_type] = _take(columns[3], keep) if len(columns) > 3 else None
+        keep = keep[torch.argsort(take(columns[0], keep))]  # ascending ids, for find()
+        node[node_type] = take(columns[0], keep)
+        categorical[node_type] = take(columns[2], keep)
+        created_time[node_type] = take(columns[3], keep) if len(columns) > 3 else None
     return HotNodeCache(node=node, categorical=categorical, created_time=created_time)
 
 
 def _by_degree(node: Tensor, degree: Tensor) -> Tensor:
     """Positions ordered by degree, highest first, ties by the lower id."""
     by_id = torch.argsort(node, stable=True)
-    return _take(by_id, torch.argsort(_take(degree, by_id), descending=True, stable=True))
-
-
-@dataclass(frozen=True)
-class _Drawn:
-    """Edges one relation drew at one hop for the requester, in frontier order."""
-
-    frontier_position: Tensor
-    neighbor: Tensor
-    edge_time: Tensor
-    edge_id: Tensor
-    edge_attr: dict[str, Tensor]
+    return take(by_id, torch.argsort(take(degree, by_id), descending=True, stable=True))
 
 
 class DistTemporalSampler:
@@ -318,11 +314,7 @@ class DistTemporalSampler:
                  time_search: TimeSearch = "auto", group: dist.ProcessGroup | None = None,
                  counter: ByteCounter | None = None,
                  hot_cache: HotNodeCache | None = None) -> None:
-        if strategy not in ("uniform", "most_recent"):
-            raise ValueError(f"strategy must be 'uniform' or 'most_recent', got "
-                             f"{strategy!r}")
-        if strategy == "most_recent" and replace:
-            raise ValueError("replace=True is only meaningful with strategy='uniform'")
+        check_strategy(strategy, replace)
         self.shard = shard
         self.strategy: Strategy = strategy
         self.replace = replace
@@ -333,7 +325,7 @@ class DistTemporalSampler:
         self.hot_cache = hot_cache
         self.node_types = shard.node_types
         self.edge_types = shard.edge_types
-        self.fanouts = _normalise_fanouts(fanouts, self.edge_types)
+        self.fanouts = normalise_fanouts(fanouts, self.edge_types)
         self.num_hops = len(next(iter(self.fanouts.values()), ()))
         self._attr_schema = {
             edge_type: [(name, value.dtype, tuple(value.shape[1:]))
@@ -345,7 +337,7 @@ class DistTemporalSampler:
         problem = None
         try:
             self._validate_shard()
-            self._search = {edge_type: _VisibleEdgeSearch.build(csr, time_search)
+            self._search = {edge_type: VisibleEdgeSearch.build(csr, time_search)
                             for edge_type, csr in shard.csr.items()}
         except ValueError as error:
             problem = str(error)
@@ -401,19 +393,6 @@ class DistTemporalSampler:
             raise ValueError("ranks disagree on the shard schema (node types, relations, "
                              "edge attributes, features) or the sampler settings")
 
-    def _check_seeds(self, seeds: Seeds) -> None:
-        for node_type, (node, seed_time) in seeds.items():
-            if node_type not in self.shard.num_nodes:
-                raise ValueError(f"seed node type {node_type!r} is not in the graph")
-            if (node.dtype != torch.int64 or seed_time.dtype != torch.int64
-                    or node.dim() != 1 or node.shape != seed_time.shape):
-                raise ValueError(f"seeds[{node_type!r}] must be two int64 [B] tensors")
-            if node.device.type != "cpu" or seed_time.device.type != "cpu":
-                raise ValueError(f"seeds[{node_type!r}] must be on the CPU, with the shard")
-            if node.numel() and (int(node.min()) < 0
-                                 or int(node.max()) >= self.shard.num_nodes[node_type]):
-                raise ValueError(f"seeds[{node_type!r}] node ids out of range")
-
     # ----------------------------------------------------------------------- sampling
 
     def sample(self, seeds: Seeds, generator: torch.Generator | None = None
@@ -429,57 +408,13 @@ class DistTemporalSampler:
         Returns:
             The sampled subgraph, laid out as by the single-process sampler.
         """
-        if self.strategy == "uniform" and generator is None:
-            raise ValueError("strategy='uniform' needs an explicit torch.Generator")
-        self._check_seeds(seeds)
-        root_time, tables, seed_local, frontier = _seed_tables(
-            seeds, self.shard.num_nodes, torch.device("cpu"))
+        check_generator(self.strategy, generator)
+        return sample_hops(
+            seeds, self.shard.num_nodes, self.shard.csr, self.fanouts, torch.device("cpu"),
+            partial(self._draw_hop, generator=generator))
 
-        edge_chunks: dict[EdgeType, list[tuple[Tensor, ...]]] = {
-            edge_type: [] for edge_type in self.edge_types}
-        attr_chunks: dict[EdgeType, list[dict[str, Tensor]]] = {
-            edge_type: [] for edge_type in self.edge_types}
-        num_sampled_edges: dict[EdgeType, list[int]] = {
-            edge_type: [] for edge_type in self.edge_types}
-        for hop in range(self.num_hops):
-            last_hop = hop == self.num_hops - 1
-            drawn = self._draw_hop(hop, frontier, root_time, generator)
-            # From here on, exactly the single-process sampler's bookkeeping.
-            by_source: dict[str, list[tuple[EdgeType, _Drawn, Tensor, Tensor]]] = {}
-            for edge_type in self.edge_types:
-                src_type, _, dst_type = edge_type
-                rows = frontier.get(dst_type)
-                if (self.fanouts[edge_type][hop] == 0 or rows is None
-                        or rows.node.numel() == 0):
-                    num_sampled_edges[edge_type].append(0)
-                    continue
-                edges = drawn[edge_type]
-                num_sampled_edges[edge_type].append(edges.neighbor.numel())
-                by_source.setdefault(src_type, []).append(
-                    (edge_type, edges, _take(rows.local, edges.frontier_position),
-                     _take(rows.time_rank, edges.frontier_position)))
-            frontier = {}
-            for node_type, table in tables.items():
-                items = by_source.get(node_type)
-                if not items:
-                    table.add_nothing()
-                    continue
-                key = torch.cat([table.key(edges.neighbor, rank)
-                                 for _, edges, _, rank in items])
-                src_local, new_rows = table.add_neighbors(key, expand=not last_hop)
-                if new_rows is not None and new_rows.node.numel():
-                    frontier[node_type] = new_rows
-                sizes = [edges.neighbor.numel() for _, edges, _, _ in items]
-                for (edge_type, edges, dst_local, rank), local in zip(
-                        items, torch.split(src_local, sizes), strict=True):
-                    edge_chunks[edge_type].append(
-                        (edges.edge_id, local, dst_local, rank, edges.edge_time))
-                    attr_chunks[edge_type].append(edges.edge_attr)
-        return self._assemble(tables, seed_local, root_time, edge_chunks, attr_chunks,
-                              num_sampled_edges)
-
-    def _draw_hop(self, hop: int, frontier: dict[str, _Frontier], root_time: Tensor,
-                  generator: torch.Generator | None) -> dict[EdgeType, _Drawn]:
+    def _draw_hop(self, hop: int, frontier: dict[str, Frontier], root_time: Tensor,
+                  generator: torch.Generator | None) -> dict[EdgeType, DrawnEdges]:
         """Routes the frontier to its owners, serves the other ranks' rows, and returns
         this rank's drawn edges per relation, in frontier order (two exchanges)."""
         active = [et for et in self.edge_types if self.fanouts[et][hop] != 0]
@@ -507,8 +442,8 @@ class DistTemporalSampler:
                 position = positions[destination][node_type]
                 if position.numel():
                     rows = frontier[node_type]
-                    nodes.append(_take(rows.node, position))
-                    times.append(_take(root_time, _take(rows.time_rank, position)))
+                    nodes.append(take(rows.node, position))
+                    times.append(take(root_time, take(rows.time_rank, position)))
             requests.append(_pack([counts, *nodes, *times]))
         received = exchange(requests, self.counter, "sample_request", self.group)
         responses = self._serve(hop, received, generator)
@@ -548,20 +483,20 @@ class DistTemporalSampler:
             time = torch.cat(query_time[edge_type[2]])
             local = self.shard.local_row(edge_type[2], node)
             start, end = self._search[edge_type].visible_range(local, time)
-            edge_pos, query = _sample_rows(start, end - start, fanout, self.strategy,
-                                           self.replace, generator)
-            # _sample_rows groups edges by query in query order, hence by source too.
+            edge_pos, query = sample_rows(start, end - start, fanout, self.strategy,
+                                          self.replace, generator)
+            # sample_rows groups edges by query in query order, hence by source too.
             query_source = segment_ids(query_offset[:, type_index].contiguous(),
                                        node.numel())
-            source = _take(query_source, query)
-            in_source = query - _take(query_offset[:, type_index].contiguous(), source)
+            source = take(query_source, query)
+            in_source = query - take(query_offset[:, type_index].contiguous(), source)
             counts = torch.bincount(source, minlength=world)
             headers[:, index] = counts
             csr = self.shard.csr[edge_type]
-            columns = [in_source.to(_QUERY_DTYPE), _take(csr.neighbor, edge_pos),
-                       _take(csr.edge_time, edge_pos),
-                       _take(self.shard.edge_id[edge_type], edge_pos)]
-            columns += [_take(csr.edge_attr[name], edge_pos)
+            columns = [in_source.to(_QUERY_DTYPE), take(csr.neighbor, edge_pos),
+                       take(csr.edge_time, edge_pos),
+                       take(self.shard.edge_id[edge_type], edge_pos)]
+            columns += [take(csr.edge_attr[name], edge_pos)
                         for name, _, _ in self._attr_schema[edge_type]]
             split = [torch.split(column, counts.tolist()) for column in columns]
             for destination in range(world):
@@ -570,7 +505,7 @@ class DistTemporalSampler:
                 for destination in range(world)]
 
     def _collect(self, answers: list[Tensor], positions: list[dict[str, Tensor]]
-                 ) -> dict[EdgeType, _Drawn]:
+                 ) -> dict[EdgeType, DrawnEdges]:
         """Requester side: merges the owners' answers into frontier order."""
         parts: dict[EdgeType, list[tuple[Tensor, ...]]] = {et: [] for et in self.edge_types}
         for owner, message in enumerate(answers):
@@ -585,7 +520,7 @@ class DistTemporalSampler:
                 edge_id = reader.take(torch.int64, (count,))
                 attrs = tuple(reader.take(dtype, (count, *shape))
                               for _, dtype, shape in self._attr_schema[edge_type])
-                frontier_position = _take(positions[owner][edge_type[2]], query)
+                frontier_position = take(positions[owner][edge_type[2]], query)
                 parts[edge_type].append((frontier_position, neighbor, edge_time, edge_id,
                                          *attrs))
             reader.finish()
@@ -602,43 +537,12 @@ class DistTemporalSampler:
             # order its owner drew them.
             order = torch.sort(columns[0], stable=True).indices
             columns = [column.index_select(0, order) for column in columns]
-            drawn[edge_type] = _Drawn(
+            drawn[edge_type] = DrawnEdges(
                 frontier_position=columns[0], neighbor=columns[1], edge_time=columns[2],
                 edge_id=columns[3],
                 edge_attr={name: value for (name, _, _), value in zip(schema, columns[4:],
                                                                        strict=True)})
         return drawn
-
-    def _assemble(self, tables: dict[str, _NodeTable], seed_local: dict[str, Tensor],
-                  root_time: Tensor, edge_chunks: dict[EdgeType, list[tuple[Tensor, ...]]],
-                  attr_chunks: dict[EdgeType, list[dict[str, Tensor]]],
-                  num_sampled_edges: dict[EdgeType, list[int]]) -> SampledSubgraph:
-        empty = torch.empty(0, dtype=torch.int64)
-        node, node_time, num_sampled_nodes = {}, {}, {}
-        for node_type, table in tables.items():
-            node[node_type] = torch.cat(table.node_chunks)
-            node_time[node_type] = _take(root_time, torch.cat(table.rank_chunks))
-            num_sampled_nodes[node_type] = [chunk.numel() for chunk in table.node_chunks]
-        edge_index, edge_id, edge_time, edge_delta_t, edge_weight, edge_attr = (
-            {}, {}, {}, {}, {}, {})
-        for edge_type, chunks in edge_chunks.items():
-            columns = [torch.cat(parts) for parts in zip(*chunks, strict=True)]
-            ids, src_local, dst_local, rank, times = columns or [empty] * 5
-            edge_index[edge_type] = torch.stack([src_local, dst_local])
-            edge_id[edge_type] = ids
-            edge_time[edge_type] = times
-            edge_delta_t[edge_type] = _take(root_time, rank) - times
-            edge_weight[edge_type] = torch.full((ids.numel(),), self.shard.csr[edge_type].weight,
-                                                dtype=torch.float32)
-            edge_attr[edge_type] = {
-                name: (torch.cat([attrs[name] for attrs in attr_chunks[edge_type]])
-                       if attr_chunks[edge_type] else torch.empty((0, *shape), dtype=dtype))
-                for name, dtype, shape in self._attr_schema[edge_type]}
-        return SampledSubgraph(
-            node=node, node_time=node_time, seed_local=seed_local,
-            num_sampled_nodes=num_sampled_nodes, edge_index=edge_index, edge_id=edge_id,
-            edge_time=edge_time, edge_delta_t=edge_delta_t, edge_weight=edge_weight,
-            edge_attr=edge_attr, num_sampled_edges=num_sampled_edges)
 
     # ----------------------------------------------------------------------- features
 
@@ -677,7 +581,7 @@ class DistTemporalSampler:
             if destination == self.rank:  # read locally below
                 requests.append(_pack([torch.zeros(len(self.node_types), dtype=torch.int64)]))
                 continue
-            wanted = [_take(unique[t], positions[destination][t]) for t in self.node_types]
+            wanted = [take(unique[t], positions[destination][t]) for t in self.node_types]
             counts = torch.tensor([ids.numel() for ids in wanted], dtype=torch.int64)
             requests.append(_pack([counts, *wanted]))
         received = exchange(requests, self.counter, "feature_request", self.group)
@@ -701,16 +605,16 @@ class DistTemporalSampler:
             created = (torch.zeros(num_unique, dtype=torch.int64)
                        if features.created_time is not None else None)
             own = positions[self.rank][node_type]
-            row = shard.local_row(node_type, _take(unique[node_type], own))
-            codes.index_copy_(0, own, _take(features.categorical, row))
+            row = shard.local_row(node_type, take(unique[node_type], own))
+            codes.index_copy_(0, own, take(features.categorical, row))
             if created is not None:
-                created.index_copy_(0, own, _take(features.created_time, row))
+                created.index_copy_(0, own, take(features.created_time, row))
             hits = cached[node_type]
             if hits.numel():
-                slot = _take(cache_slot[node_type], hits)
-                codes.index_copy_(0, hits, _take(self.hot_cache.categorical[node_type], slot))
+                slot = take(cache_slot[node_type], hits)
+                codes.index_copy_(0, hits, take(self.hot_cache.categorical[node_type], slot))
                 if created is not None:
-                    created.index_copy_(0, hits, _take(self.hot_cache.created_time[node_type],
+                    created.index_copy_(0, hits, take(self.hot_cache.created_time[node_type],
                                                        slot))
             out[node_type] = (codes, created)
         for owner, message in enumerate(answers):
@@ -730,9 +634,9 @@ class DistTemporalSampler:
         for node_type, (codes, created) in out.items():
             features = shard.features[node_type]
             result[node_type] = NodeFeatures(
-                categorical=_take(codes, inverse[node_type]),
+                categorical=take(codes, inverse[node_type]),
                 cardinalities=list(features.cardinalities),
-                created_time=None if created is None else _take(created, inverse[node_type]),
+                created_time=None if created is None else take(created, inverse[node_type]),
                 learn_id_embedding=features.learn_id_embedding)
         return result
 
@@ -768,7 +672,7 @@ class DistTemporalSampler:
         routes = {t: _route(self.shard.owner(t, node), world) for t, (node, _) in queries.items()}
         requests = []
         for destination in range(world):
-            picked = [(_take(node, routes[t][destination]), _take(time, routes[t][destination]))
+            picked = [(take(node, routes[t][destination]), take(time, routes[t][destination]))
                       for t, (node, time) in queries.items()]
             counts = torch.tensor([ids.numel() for ids, _ in picked], dtype=torch.int64)
             requests.append(_pack([counts, *(column for pair in picked for column in pair)]))
@@ -806,9 +710,9 @@ class DistTemporalSampler:
         """Codes (wire dtype) and created_time of owned global ids ``node``."""
         features = self.shard.features[node_type]
         row = self.shard.local_row(node_type, node)
-        columns = [_take(features.categorical, row).to(self._code_dtype[node_type])]
+        columns = [take(features.categorical, row).to(self._code_dtype[node_type])]
         if features.created_time is not None:
-            columns.append(_take(features.created_time, row))
+            columns.append(take(features.created_time, row))
         return columns
 
 

@@ -29,6 +29,10 @@ would drop most of a large part's events whenever one part is small.) A rank wit
 events at all runs the same steps on empty batches: it still serves the others' sampling
 requests and joins every all-reduce with zero gradients.
 
+Step. Each step is :func:`trainer.engine.training_step`, the single-process engine's
+step too; only how a batch arrives is this module's (:class:`DistBatchSource`: the
+distributed sampler, fetched features, the owners' activity counts).
+
 Loss. Each rank's loss is ``sum of its example losses * world_size / global examples``
 (the global count is one all-reduce per step), so after DDP's averaging the gradient is
 that of the mean over all examples of the step, whatever the per-rank batch sizes (random
@@ -64,7 +68,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -78,7 +81,15 @@ from trainer.distributed import (
     init_process_group,
     training_device,
 )
-from trainer.engine import draw_examples, model_config, relation_fanouts, with_edge_weights
+from trainer.engine import (
+    Examples,
+    ModelInputs,
+    draw_examples,
+    model_config,
+    relation_fanouts,
+    training_step,
+    with_edge_weights,
+)
 from trainer.model import ClickGNN, NodeFeatures
 from trainer.sampler import SampledSubgraph
 from trainer.shard import PartitionShard
@@ -205,6 +216,58 @@ class WorkerResult:
     bytes_per_event: float = 0.0
     bytes_per_event_global: float = 0.0
     model_state: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class DistBatchSource:
+    """A rank's batches for :func:`~trainer.engine.training_step` (a
+    :class:`~trainer.engine.BatchSource`); every method is collective.
+
+    Attributes:
+        sampler: This rank's distributed sampler.
+        impressions: This rank's training impressions.
+        negatives: Random negatives over all content.
+        random_negative_ratio: Negatives per impression.
+        num_nodes: Global node counts (``shard.num_nodes``).
+        read_counts: Whether the model reads activity counts.
+        device: Where the model lives.
+    """
+
+    sampler: DistTemporalSampler
+    impressions: Impressions
+    negatives: NegativeSampler
+    random_negative_ratio: float
+    num_nodes: dict[str, int]
+    read_counts: bool
+    device: torch.device
+
+    def step_examples(self, events: Tensor, generator: torch.Generator) -> Examples:
+        """This rank's examples and, by one all-reduce, the step's count over all ranks."""
+        user, content, seed_time, position, label = draw_examples(
+            self.impressions, events, self.negatives, self.random_negative_ratio, generator)
+        return Examples(user, content, seed_time, position, label,
+                        global_count=all_reduce_int(label.numel(), "sum"))
+
+    def sample(self, user: Tensor, content: Tensor, seed_time: Tensor,
+               generator: torch.Generator) -> SampledSubgraph:
+        """:meth:`DistTemporalSampler.sample` of the user and content seeds."""
+        return self.sampler.sample({"user": (user, seed_time), "content": (content, seed_time)},
+                                   generator=generator)
+
+    def model_inputs(self, batch: SampledSubgraph, user: Tensor, content: Tensor,
+                     seed_time: Tensor, position: Tensor) -> ModelInputs:
+        """Fetched features and owners' activity counts, moved to :attr:`device`."""
+        rows = self.sampler.fetch_features(batch)
+        counts = (self.sampler.activity_counts_of({"user": (user, seed_time),
+                                                   "content": (content, seed_time)})
+                  if self.read_counts else None)
+        model_batch, features = model_inputs(batch, rows, self.num_nodes)
+        model_batch = batch_to(with_edge_weights(model_batch), self.device)
+        features = {t: f.to(self.device) for t, f in features.items()}
+        if counts is not None:
+            counts = {t: c.to(self.device) for t, c in counts.items()}
+        return ModelInputs(model_batch, features, counts, position.to(self.device),
+                           seed_time.to(self.device))
 
 
 def _epoch_events(num_events: int, cap: int, steps: int, batch_size: int,
@@ -397,7 +460,9 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                                  weight_decay=cfg.weight_decay)
     if resume.optimizer is not None:
         optimizer.load_state_dict(resume.optimizer)
-    negatives = NegativeSampler(content_created)
+    source = DistBatchSource(sampler, impressions, NegativeSampler(content_created),
+                             cfg.random_negative_ratio, shard.num_nodes,
+                             bool(model.count_relations), device)
     # A different random stream per rank (negatives, the rows it draws for); the batch
     # plan of each epoch has its own generator (epoch_plan_generator).
     generator = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (rank + 1))
@@ -426,47 +491,17 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
         ctx = None
         for step in range(first_step, steps):
             events = plan[step]
-            t0 = time.perf_counter()
-            user, content, seed_time, position, label = draw_examples(
-                impressions, events, negatives, cfg.random_negative_ratio, generator)
-            global_examples = all_reduce_int(label.numel(), "sum")
-            t1 = time.perf_counter()
-            batch = sampler.sample({"user": (user, seed_time), "content": (content, seed_time)},
-                                   generator=generator)
-            t2 = time.perf_counter()
-            rows = sampler.fetch_features(batch)
-            counts = (sampler.activity_counts_of({"user": (user, seed_time),
-                                                  "content": (content, seed_time)})
-                      if model.count_relations else None)
-            model_batch, features = model_inputs(batch, rows, shard.num_nodes)
-            model_batch = batch_to(with_edge_weights(model_batch), device)
-            features = {t: f.to(device) for t, f in features.items()}
-            if counts is not None:
-                counts = {t: c.to(device) for t, c in counts.items()}
-            t3 = time.perf_counter()
             allreduce_before = timer.seconds
-            logits = ddp(model_batch, features, model_batch.seed_local["user"],
-                         model_batch.seed_local["content"], position.to(device),
-                         seed_time.to(device), counts)
-            loss_sum = F.binary_cross_entropy_with_logits(logits, label.to(device),
-                                                          reduction="sum")
-            loss = loss_sum * (world_size / max(global_examples, 1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":  # kernels run asynchronously: time them finished
-                torch.cuda.synchronize(device)
-            t4 = time.perf_counter()
-            times["examples"] += t1 - t0
-            times["sampling"] += t2 - t1
-            times["feature_exchange"] += t3 - t2
-            times["compute"] += (t4 - t3) - (timer.seconds - allreduce_before)
+            done = training_step(ddp, optimizer, source, events, generator, world_size)
+            times["examples"] += done.phases.examples
+            times["sampling"] += done.phases.sampling
+            times["feature_exchange"] += done.phases.inputs
+            times["compute"] += done.phases.compute - (timer.seconds - allreduce_before)
             times["allreduce"] = timer.seconds
             global_step += 1
             result.events_trained += events.numel()
-            result.examples_trained += label.numel()
-            result.losses.append(float(loss_sum.detach()) / label.numel()
-                                 if label.numel() else float("nan"))
+            result.examples_trained += done.examples.label.numel()
+            result.losses.append(done.loss)
             if log is not None and rank == 0 and (step % 50 == 0 or step == steps - 1):
                 log(f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
                     f"loss {result.losses[-1]:.4f}")

@@ -2,22 +2,27 @@
 
 A step takes impression indices, adds time-respecting random negatives, samples the
 temporal neighbourhood of every (user, time) and (content, time) seed, and runs the model.
-Launchers (single process now, Ray/DDP workers later) only decide which events a worker
-sees and how gradients are combined.
+Launchers only decide which events a worker sees, how a batch's inputs arrive and how
+gradients are combined: :func:`training_step` is the one training step, used by the
+single-process :class:`ClickEngine` and by the distributed loop of
+:mod:`trainer.dist_train`, each through its own :class:`BatchSource`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from clickgraph.core.config import TrainConfig
 from trainer.data import GraphData, Impressions, NegativeSampler
-from trainer.model import ClickGNN, ModelConfig
+from trainer.model import ClickGNN, ModelConfig, NodeFeatures
 from trainer.sampler import SampledSubgraph, TemporalNeighborSampler
 
 
@@ -75,6 +80,163 @@ def with_edge_weights(batch: SampledSubgraph) -> SampledSubgraph:
     return SampledSubgraph(**{**batch.__dict__, "edge_weight": weights})
 
 
+@dataclass(frozen=True)
+class Examples:
+    """One step's examples: impressions plus random negatives, each ``[B]`` on the CPU.
+
+    Attributes:
+        user: int64 global user ids.
+        content: int64 global content ids.
+        seed_time: int64 impression times, seconds since epoch (the seeds' time).
+        position: int64 slot of the impression on the page.
+        label: float32 1 for a click, else 0.
+        global_count: Examples of this step over all data-parallel ranks (the loss
+            normaliser, see :func:`training_step`); ``None`` in a single process.
+    """
+
+    user: Tensor
+    content: Tensor
+    seed_time: Tensor
+    position: Tensor
+    label: Tensor
+    global_count: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """A batch as :class:`~trainer.model.ClickGNN` reads it, on the model's device.
+
+    Attributes:
+        batch: The sampled subgraph, with per-edge weights (:func:`with_edge_weights`);
+            ``seed_local["user"]``/``["content"]`` are the examples' rows.
+        features: Node type -> features indexed as the model indexes them.
+        counts: Node type -> int64 ``[B, 2 * relations]`` activity counts of the
+            examples' users and contents at their seed time, or ``None``.
+        position: int64 ``[B]``.
+        seed_time: int64 ``[B]`` seconds since epoch.
+    """
+
+    batch: SampledSubgraph
+    features: dict[str, NodeFeatures]
+    counts: dict[str, Tensor] | None
+    position: Tensor
+    seed_time: Tensor
+
+
+class BatchSource(Protocol):
+    """How a training step's batch arrives: the only part of a step that differs between
+    the single-process engine (local sampler and features) and the distributed loop
+    (distributed sampler, fetched features, owners' activity counts)."""
+
+    def step_examples(self, events: Tensor, generator: torch.Generator) -> Examples:
+        """The examples of impression indices ``events`` (random negatives added)."""
+
+    def sample(self, user: Tensor, content: Tensor, seed_time: Tensor,
+               generator: torch.Generator) -> SampledSubgraph:
+        """The temporal neighbourhood of every ``(user, seed_time)`` and
+        ``(content, seed_time)`` seed, each ``[B]``."""
+
+    def model_inputs(self, batch: SampledSubgraph, user: Tensor, content: Tensor,
+                     seed_time: Tensor, position: Tensor) -> ModelInputs:
+        """``batch`` with its features and activity counts, on the model's device."""
+
+
+def click_logits(model: nn.Module, inputs: ModelInputs) -> Tensor:
+    """Click logits ``[B]`` of ``model`` (a :class:`ClickGNN`, possibly DDP-wrapped)."""
+    return model(inputs.batch, inputs.features, inputs.batch.seed_local["user"],
+                 inputs.batch.seed_local["content"], inputs.position, inputs.seed_time,
+                 inputs.counts)
+
+
+@dataclass(frozen=True)
+class StepPhases:
+    """Wall-clock seconds of one training step's phases.
+
+    Attributes:
+        examples: Drawing the examples (and, distributed, agreeing on their count).
+        sampling: Sampling the neighbourhoods.
+        inputs: Features, activity counts and moving the batch to the model's device.
+        compute: Forward, loss, backward and optimiser step (gradient all-reduces
+            included), finished on the device.
+    """
+
+    examples: float
+    sampling: float
+    inputs: float
+    compute: float
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one :func:`training_step` did.
+
+    Attributes:
+        examples: The step's examples.
+        loss: Mean loss over this worker's examples (NaN when it had none).
+        phases: Seconds per phase.
+    """
+
+    examples: Examples
+    loss: float
+    phases: StepPhases
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: BatchSource,
+                  events: Tensor, generator: torch.Generator,
+                  world_size: int | None = None) -> StepOutcome:
+    """One optimisation step of the click model on impression indices ``events``.
+
+    Draws the examples, samples their neighbourhoods and gets the model's inputs from
+    ``source``, then runs forward, the binary cross-entropy loss, backward and the
+    optimiser step. The model's train/eval mode is the caller's.
+
+    Loss: in a single process (``world_size`` None) the mean over the examples. Under
+    data parallelism each rank's loss is ``sum of its example losses * world_size /
+    examples.global_count``, so that after DDP's averaging the gradient is that of the
+    mean over all examples of the step, whatever the per-rank batch sizes. With one rank
+    both are the same quantity but not the same float rounding, so each path keeps its
+    own formula.
+
+    Args:
+        model: The click model, possibly wrapped in ``DistributedDataParallel``.
+        optimizer: Its optimiser.
+        source: Where the batch comes from.
+        events: int64 ``[B]`` impression indices of this worker.
+        generator: Random source of the negatives and the neighbour draws.
+        world_size: Data-parallel ranks, or ``None`` in a single process.
+
+    Returns:
+        The examples, the mean loss of this worker's examples and the phase times.
+    """
+    t0 = time.perf_counter()
+    examples = source.step_examples(events, generator)
+    t1 = time.perf_counter()
+    batch = source.sample(examples.user, examples.content, examples.seed_time, generator)
+    t2 = time.perf_counter()
+    inputs = source.model_inputs(batch, examples.user, examples.content, examples.seed_time,
+                                 examples.position)
+    t3 = time.perf_counter()
+    logits = click_logits(model, inputs)
+    label = examples.label.to(logits.device)
+    if world_size is None:
+        loss = F.binary_cross_entropy_with_logits(logits, label)
+        loss_sum = None
+    else:
+        loss_sum = F.binary_cross_entropy_with_logits(logits, label, reduction="sum")
+        loss = loss_sum * (world_size / max(examples.global_count, 1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if logits.device.type == "cuda":  # kernels run asynchronously: time them finished
+        torch.cuda.synchronize(logits.device)
+    t4 = time.perf_counter()
+    if loss_sum is None:
+        mean_loss = float(loss.detach())
+    else:
+        mean_loss = float(loss_sum.detach()) / label.numel() if label.numel() else math.nan
+    return StepOutcome(examples, mean_loss, StepPhases(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+
+
 @dataclass
 class StepTimes:
     """Seconds spent per phase, summed over steps."""
@@ -115,18 +277,10 @@ class ClickEngine:
                 generator: torch.Generator) -> Tensor:
         """Click logits for (user, content, time, position) rows."""
         t0 = time.perf_counter()
-        batch = self.sampler.sample({"user": (user.to(self.device), seed_time.to(self.device)),
-                                     "content": (content.to(self.device), seed_time.to(self.device))},
-                                    generator=generator)
-        batch = with_edge_weights(batch)
-        at = seed_time.to(self.device)
-        counts = {node_type: self.sampler.activity_counts(node_type, node.to(self.device), at)
-                  for node_type, node in (("user", user), ("content", content))}
-        t1 = time.perf_counter()
-        logits = self.model(batch, self.features, batch.seed_local["user"], batch.seed_local["content"],
-                            position.to(self.device), seed_time.to(self.device), counts)
-        self.times.sampling += t1 - t0
-        return logits
+        batch = self.sample(user, content, seed_time, generator)
+        inputs = self.model_inputs(batch, user, content, seed_time, position)
+        self.times.sampling += time.perf_counter() - t0
+        return click_logits(self.model, inputs)
 
     def examples(self, events: Tensor, generator: torch.Generator
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -134,19 +288,34 @@ class ClickEngine:
         return draw_examples(self.data.impressions, events, self.negatives,
                              self.cfg.random_negative_ratio, generator)
 
+    def step_examples(self, events: Tensor, generator: torch.Generator) -> Examples:
+        """:meth:`examples` as a :class:`BatchSource` gives them."""
+        return Examples(*self.examples(events, generator))
+
+    def sample(self, user: Tensor, content: Tensor, seed_time: Tensor,
+               generator: torch.Generator) -> SampledSubgraph:
+        """The local sampler's subgraph of the user and content seeds (:class:`BatchSource`)."""
+        at = seed_time.to(self.device)
+        return self.sampler.sample({"user": (user.to(self.device), at),
+                                    "content": (content.to(self.device), at)},
+                                   generator=generator)
+
+    def model_inputs(self, batch: SampledSubgraph, user: Tensor, content: Tensor,
+                     seed_time: Tensor, position: Tensor) -> ModelInputs:
+        """``batch`` with the local features and activity counts (:class:`BatchSource`)."""
+        at = seed_time.to(self.device)
+        counts = {node_type: self.sampler.activity_counts(node_type, node.to(self.device), at)
+                  for node_type, node in (("user", user), ("content", content))}
+        return ModelInputs(with_edge_weights(batch), self.features, counts,
+                           position.to(self.device), at)
+
     def train_step(self, events: Tensor, generator: torch.Generator) -> float:
         """One optimisation step on impression indices ``events``; returns the loss."""
         self.model.train()
-        user, content, seed_time, position, label = self.examples(events, generator)
-        t0, sampling_before = time.perf_counter(), self.times.sampling
-        logits = self.forward(user, content, seed_time, position, generator)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label.to(self.device))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        sampled = self.times.sampling - sampling_before
-        self.times.compute += time.perf_counter() - t0 - sampled
-        return float(loss.detach())
+        step = training_step(self.model, self.optimizer, self, events, generator)
+        self.times.sampling += step.phases.sampling + step.phases.inputs
+        self.times.compute += step.phases.compute
+        return step.loss
 
     @torch.no_grad()
     def score(self, events: Tensor, generator: torch.Generator, log=None,
