@@ -49,6 +49,7 @@ from clickgraph.core.errors import InputError
 from clickgraph.core.graph_store import IMPRESSIONS
 from clickgraph.core.manifest import new_manifest, write_manifest
 from clickgraph.core.shards import PARTITIONS_FORMAT_VERSION, PARTITIONS_KIND
+from clickgraph.core.timeline import MS_PER_SECOND
 from spark_jobs import store_io
 
 
@@ -390,7 +391,7 @@ def _write_relation_csr(spark, store, name: str, info, reverse: bool, books: dic
     edges = store_io.read_edges(spark, store, name)
     key, other = ("src", "dst") if reverse else ("dst", "src")
     df = (edges.select(F.col(key).alias("key"), F.col(other).alias("neighbor"),
-                       F.floor(F.col("ts_ms") / 1000).cast("long").alias("edge_time"),
+                       F.floor(F.col("ts_ms") / MS_PER_SECOND).cast("long").alias("edge_time"),
                        F.col("weight").cast("float").alias("weight"),
                        F.monotonically_increasing_id().alias("edge_id"))
           .join(F.broadcast(nodes), "key"))

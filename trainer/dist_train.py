@@ -85,7 +85,6 @@ from trainer.engine import (
     Examples,
     ModelInputs,
     draw_examples,
-    model_config,
     relation_fanouts,
     training_step,
     with_edge_weights,
@@ -124,7 +123,7 @@ def build_model(shard: PartitionShard, cfg: TrainConfig) -> ClickGNN:
     """The click model with the initial parameters of seed ``cfg.seed`` (same on every
     rank; DDP also broadcasts rank 0's at wrap time)."""
     torch.manual_seed(cfg.seed)
-    return ClickGNN(schema_features(shard), shard.edge_types, model_config(cfg))
+    return ClickGNN(schema_features(shard), shard.edge_types, cfg.model)
 
 
 def batch_to(batch: SampledSubgraph, device: torch.device) -> SampledSubgraph:

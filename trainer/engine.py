@@ -22,14 +22,8 @@ from torch import Tensor, nn
 
 from clickgraph.core.config import TrainConfig
 from trainer.data import GraphData, Impressions, NegativeSampler
-from trainer.model import ClickGNN, ModelConfig, NodeFeatures
+from trainer.model import ClickGNN, NodeFeatures
 from trainer.sampler import SampledSubgraph, TemporalNeighborSampler
-
-
-def model_config(cfg: TrainConfig) -> ModelConfig:
-    m = cfg.model
-    return ModelConfig(hidden_dim=m.hidden_dim, time_dim=m.time_dim, num_layers=m.num_layers,
-                       conv=m.conv, dropout=m.dropout, activity_counts=m.activity_counts)
 
 
 def relation_fanouts(cfg: TrainConfig, edge_types) -> dict:
@@ -267,7 +261,7 @@ class ClickEngine:
         self.features = {t: f.to(self.device) for t, f in data.features.items()}
         self.sampler = TemporalNeighborSampler(self.graph, relation_fanouts(cfg, self.graph.edge_types),
                                                strategy=cfg.strategy)
-        self.model = ClickGNN(data.features, self.graph.edge_types, model_config(cfg)).to(self.device)
+        self.model = ClickGNN(data.features, self.graph.edge_types, cfg.model).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate,
                                           weight_decay=cfg.weight_decay)
         self.negatives = NegativeSampler(data.content_created)

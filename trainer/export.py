@@ -34,7 +34,7 @@ from clickgraph.core.config import Config
 from clickgraph.core.errors import InputError
 from clickgraph.core.graph_store import read_table
 from clickgraph.core.manifest import ManifestError, new_manifest, read_manifest, write_manifest
-from clickgraph.core.timeline import day_start
+from clickgraph.core.timeline import day_start, milliseconds
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.recommend import content_categories, control_metrics, recommend
 
@@ -100,7 +100,7 @@ def embedding_table(ids: torch.Tensor, raw_ids: list[str], states: torch.Tensor,
     table = pa.table({
         "id": pa.array(ids.numpy().astype(np.int64), pa.int64()),
         "raw_id": pa.array(raw_ids, pa.string()),
-        "cutoff_ts_ms": pa.array(np.full(len(raw_ids), cutoff * 1000, dtype=np.int64), pa.int64()),
+        "cutoff_ts_ms": pa.array(np.full(len(raw_ids), milliseconds(cutoff), dtype=np.int64), pa.int64()),
         "embedding": pa.FixedSizeListArray.from_arrays(values, dim),
     })
     return table.replace_schema_metadata({"clickgraph": json.dumps(metadata, sort_keys=True)})

@@ -16,12 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 SECONDS_PER_DAY = 86_400
+MS_PER_SECOND = 1000
 _OPEN = 2 ** 62  # stands for an open end of a window in comparisons with int64 times
 
 
 def seconds(ts_ms: Any) -> Any:
     """Whole seconds since epoch of milliseconds since epoch (floored; array or scalar)."""
-    return ts_ms // 1000
+    return ts_ms // MS_PER_SECOND
+
+
+def milliseconds(second: Any) -> Any:
+    """Milliseconds since epoch of seconds since epoch (array or scalar)."""
+    return second * MS_PER_SECOND
 
 
 def day_start(day: str) -> int:
