@@ -401,6 +401,10 @@ def impressions_df(spark, m: LatentModel, with_truth: bool = False):
              + F.when((hour >= 19) & (hour < 23), 0.15).otherwise(0.0))
     p_click = 1 / (1 + F.exp(-logit))
     df = df.withColumn("p_click", p_click) if with_truth else df
+    if with_truth:  # the same logit without its user x content terms: what no pair signal adds
+        base = (F.lit(-2.6) + 0.5 * m.content_quality(cid) - 0.45 * F.log2(1 + F.col("position"))
+                - 0.08 * age_days + F.when((hour >= 19) & (hour < 23), 0.15).otherwise(0.0))
+        df = df.withColumn("p_click_no_pair", 1 / (1 + F.exp(-base)))
     df = df.withColumn("clicked", r.u("imp.click", F.col("eid")) < p_click)
     cols = [F.concat(F.lit("imp-"), F.col("eid").cast("string")).alias("event_id"),
             F.lit("impression").alias("event_type"), F.col("ts_ms"),
@@ -410,7 +414,7 @@ def impressions_df(spark, m: LatentModel, with_truth: bool = False):
             F.concat(_fmt(*USER_ID, uid), F.lit("-"), day.cast("string")).alias("session_id"),
             F.col("eid"), F.col("uid"), F.col("cid"), F.col("day")]
     if with_truth:
-        cols.append(F.col("p_click"))
+        cols += [F.col("p_click"), F.col("p_click_no_pair")]
     return df.select(*cols)
 
 
