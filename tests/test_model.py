@@ -204,3 +204,37 @@ def test_the_vocabulary_is_fitted_on_what_the_training_window_can_see():
     features, vocab = encode_nodes(table, "user", None, vocab_rows(known, cutoff))
     assert vocab == {"country": ["de", "es", "fr", "it"]}
     assert features.categorical[:, 0].tolist() == [1, 3, 4, 0, 2, 0]
+
+
+def test_pair_objective_trains_the_click_head_on_impressions_and_the_dot_product_on_negatives():
+    """``train.random_negative_loss: pair``: the click loss sees the impressions only; the
+    pair loss sees clicked impressions (1) against the random negatives (0)."""
+    import torch.nn.functional as F
+
+    from trainer.engine import Examples, pair_objective_loss
+
+    label = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # 4 impressions, 2 random negatives
+    examples = Examples(*(torch.zeros(6, dtype=torch.int64),) * 4, label=label, num_impressions=4)
+    assert examples.pair_rows().tolist() == [0, 2, 4, 5]
+    logits, pair = torch.randn(6), torch.randn(6)
+    loss, report = pair_objective_loss(logits, pair, examples, 0.5, world_size=None)
+    expected = (F.binary_cross_entropy_with_logits(logits[:4], label[:4])
+                + 0.5 * F.binary_cross_entropy_with_logits(pair[[0, 2, 4, 5]],
+                                                           torch.tensor([1.0, 1.0, 0.0, 0.0])))
+    assert torch.allclose(loss, expected) and report == pytest.approx(float(expected))
+    # the click head's logits of random negatives get no gradient
+    logits.requires_grad_(True)
+    pair_objective_loss(logits, pair, examples, 0.5, world_size=None)[0].backward()
+    assert torch.all(logits.grad[4:] == 0) and torch.all(logits.grad[:4] != 0)
+
+
+def test_training_with_the_pair_objective_reduces_the_loss():
+    cfg = _train_cfg(strategy="most_recent", learning_rate=0.01, random_negative_ratio=1.0,
+                     random_negative_loss="pair")
+    engine = ClickEngine(_data(_graph(), T0 + 900), cfg)
+    g = torch.Generator().manual_seed(0)
+    events = torch.arange(16)
+    first = engine.train_step(events, g)
+    for _ in range(60):
+        last = engine.train_step(events, g)
+    assert last < 0.7 * first

@@ -78,6 +78,7 @@ from trainer.distributed import (
     Backend,
     ByteCounter,
     all_reduce_int,
+    all_reduce_ints,
     init_process_group,
     training_device,
 )
@@ -85,6 +86,7 @@ from trainer.engine import (
     Examples,
     ModelInputs,
     draw_examples,
+    pair_weight,
     relation_fanouts,
     training_step,
     with_edge_weights,
@@ -244,8 +246,12 @@ class DistBatchSource:
         """This rank's examples and, by one all-reduce, the step's count over all ranks."""
         user, content, seed_time, position, label = draw_examples(
             self.impressions, events, self.negatives, self.random_negative_ratio, generator)
-        return Examples(user, content, seed_time, position, label,
-                        global_count=all_reduce_int(label.numel(), "sum"))
+        local = Examples(user, content, seed_time, position, label,
+                         num_impressions=events.numel())
+        total, impressions, pair_rows = all_reduce_ints(
+            [label.numel(), events.numel(), local.pair_rows().numel()])
+        return dataclasses.replace(local, global_count=total,
+                                   global_pair_counts=(impressions, pair_rows))
 
     def sample(self, user: Tensor, content: Tensor, seed_time: Tensor,
                generator: torch.Generator) -> SampledSubgraph:
@@ -491,7 +497,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
         for step in range(first_step, steps):
             events = plan[step]
             allreduce_before = timer.seconds
-            done = training_step(ddp, optimizer, source, events, generator, world_size)
+            done = training_step(ddp, optimizer, source, events, generator, world_size,
+                                 pair_weight=pair_weight(cfg))
             times["examples"] += done.phases.examples
             times["sampling"] += done.phases.sampling
             times["feature_exchange"] += done.phases.inputs

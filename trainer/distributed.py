@@ -298,6 +298,13 @@ def all_reduce_int(value: int, op: Literal["sum", "max", "min"] = "sum",
     return int(tensor.item())
 
 
+def all_reduce_ints(values: list[int], group: dist.ProcessGroup | None = None) -> list[int]:
+    """Collective sums of several Python ints over ``group``, in one all-reduce."""
+    tensor = torch.tensor([int(v) for v in values], dtype=torch.int64, device=comm_device(group))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return [int(v) for v in tensor.tolist()]
+
+
 def _prod(shape: tuple[int, ...]) -> int:
     out = 1
     for size in shape:

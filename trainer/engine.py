@@ -26,6 +26,11 @@ from trainer.model import ClickGNN, NodeFeatures
 from trainer.sampler import SampledSubgraph, TemporalNeighborSampler
 
 
+def pair_weight(cfg: TrainConfig) -> float | None:
+    """The pair loss's weight under ``train.random_negative_loss: pair``, else ``None``."""
+    return cfg.pair_loss_weight if cfg.random_negative_loss == "pair" else None
+
+
 def relation_fanouts(cfg: TrainConfig, edge_types) -> dict:
     """Fanouts per relation: ``train.relation_fanouts`` by relation name (either
     direction), else ``train.fanouts``."""
@@ -86,6 +91,11 @@ class Examples:
         label: float32 1 for a click, else 0.
         global_count: Examples of this step over all data-parallel ranks (the loss
             normaliser, see :func:`training_step`); ``None`` in a single process.
+        num_impressions: The first rows that are impressions (the rest are random
+            negatives); ``None``: all of them.
+        global_pair_counts: ``(impressions, pair rows)`` over all ranks, the
+            normalisers of ``train.random_negative_loss: pair``; ``None`` in a single
+            process.
     """
 
     user: Tensor
@@ -94,6 +104,14 @@ class Examples:
     position: Tensor
     label: Tensor
     global_count: int | None = None
+    num_impressions: int | None = None
+    global_pair_counts: tuple[int, int] | None = None
+
+    def pair_rows(self) -> Tensor:
+        """Rows of the pair task: clicked impressions (positives) and random negatives."""
+        n = self.label.numel() if self.num_impressions is None else self.num_impressions
+        clicked = torch.nonzero(self.label[:n] > 0).view(-1)
+        return torch.cat([clicked, torch.arange(n, self.label.numel())])
 
 
 @dataclass(frozen=True)
@@ -135,11 +153,45 @@ class BatchSource(Protocol):
         """``batch`` with its features and activity counts, on the model's device."""
 
 
-def click_logits(model: nn.Module, inputs: ModelInputs) -> Tensor:
-    """Click logits ``[B]`` of ``model`` (a :class:`ClickGNN`, possibly DDP-wrapped)."""
+def click_logits(model: nn.Module, inputs: ModelInputs, with_pair: bool = False
+                 ) -> Tensor | tuple[Tensor, Tensor]:
+    """Click logits ``[B]`` of ``model`` (a :class:`ClickGNN`, possibly DDP-wrapped); with
+    ``with_pair`` also its pair logits ``[B]``."""
     return model(inputs.batch, inputs.features, inputs.batch.seed_local["user"],
                  inputs.batch.seed_local["content"], inputs.position, inputs.seed_time,
-                 inputs.counts)
+                 inputs.counts, with_pair=with_pair)
+
+
+def pair_objective_loss(logits: Tensor, pair_logits: Tensor, examples: Examples, weight: float,
+                        world_size: int | None) -> tuple[Tensor, float]:
+    """``train.random_negative_loss: pair``: BCE of the click head on the impressions
+    alone, plus ``weight`` x BCE of the pair logits on clicked impressions (1) against the
+    random negatives (0).
+
+    Single process: means over this step's rows. Data parallel: each rank's sums scaled by
+    ``world_size`` over the step's global row counts, so that after DDP's averaging the
+    gradient is that of the global means, whatever the per-rank sizes.
+
+    Returns:
+        ``(loss to back-propagate, mean loss of this worker to report)``.
+    """
+    n = examples.label.numel() if examples.num_impressions is None else examples.num_impressions
+    label = examples.label.to(logits.device)
+    rows = examples.pair_rows().to(logits.device)
+    pair_label = (torch.arange(rows.numel(), device=logits.device) < int((label[:n] > 0).sum())
+                  ).to(logits.dtype)
+    click_sum = F.binary_cross_entropy_with_logits(logits[:n], label[:n], reduction="sum")
+    pair_sum = F.binary_cross_entropy_with_logits(pair_logits[rows], pair_label, reduction="sum")
+    if world_size is None:
+        global_click, global_pair, scale = n, rows.numel(), 1
+    else:
+        global_click, global_pair = examples.global_pair_counts
+        scale = world_size
+    loss = click_sum * (scale / max(global_click, 1)) + \
+        weight * pair_sum * (scale / max(global_pair, 1))
+    report = float(click_sum.detach()) / max(n, 1) + \
+        weight * float(pair_sum.detach()) / max(rows.numel(), 1)
+    return loss, report
 
 
 @dataclass(frozen=True)
@@ -177,7 +229,8 @@ class StepOutcome:
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: BatchSource,
                   events: Tensor, generator: torch.Generator,
-                  world_size: int | None = None) -> StepOutcome:
+                  world_size: int | None = None, pair_weight: float | None = None
+                  ) -> StepOutcome:
     """One optimisation step of the click model on impression indices ``events``.
 
     Draws the examples, samples their neighbourhoods and gets the model's inputs from
@@ -198,6 +251,9 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
         events: int64 ``[B]`` impression indices of this worker.
         generator: Random source of the negatives and the neighbour draws.
         world_size: Data-parallel ranks, or ``None`` in a single process.
+        pair_weight: ``train.pair_loss_weight`` under ``train.random_negative_loss:
+            pair`` (:func:`pair_objective_loss`); ``None``: every example is a row of
+            the click head (``click``).
 
     Returns:
         The examples, the mean loss of this worker's examples and the phase times.
@@ -210,6 +266,17 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
     inputs = source.model_inputs(batch, examples.user, examples.content, examples.seed_time,
                                  examples.position)
     t3 = time.perf_counter()
+    if pair_weight is not None:
+        logits, pair_logits = click_logits(model, inputs, with_pair=True)
+        loss, mean_loss = pair_objective_loss(logits, pair_logits, examples, pair_weight,
+                                              world_size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if logits.device.type == "cuda":
+            torch.cuda.synchronize(logits.device)
+        t4 = time.perf_counter()
+        return StepOutcome(examples, mean_loss, StepPhases(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
     logits = click_logits(model, inputs)
     label = examples.label.to(logits.device)
     if world_size is None:
@@ -284,7 +351,7 @@ class ClickEngine:
 
     def step_examples(self, events: Tensor, generator: torch.Generator) -> Examples:
         """:meth:`examples` as a :class:`BatchSource` gives them."""
-        return Examples(*self.examples(events, generator))
+        return Examples(*self.examples(events, generator), num_impressions=events.numel())
 
     def sample(self, user: Tensor, content: Tensor, seed_time: Tensor,
                generator: torch.Generator) -> SampledSubgraph:
@@ -306,7 +373,8 @@ class ClickEngine:
     def train_step(self, events: Tensor, generator: torch.Generator) -> float:
         """One optimisation step on impression indices ``events``; returns the loss."""
         self.model.train()
-        step = training_step(self.model, self.optimizer, self, events, generator)
+        step = training_step(self.model, self.optimizer, self, events, generator,
+                             pair_weight=pair_weight(self.cfg))
         self.times.sampling += step.phases.sampling + step.phases.inputs
         self.times.compute += step.phases.compute
         return step.loss

@@ -220,11 +220,17 @@ class ClickGNN(nn.Module):
 
     def forward(self, batch: SampledSubgraph, features: dict[str, NodeFeatures], user_local: Tensor,
                 content_local: Tensor, position: Tensor, seed_time: Tensor,
-                counts: dict[str, Tensor] | None = None) -> Tensor:
+                counts: dict[str, Tensor] | None = None, with_pair: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor]:
         """Click logits ``[B]``; ``counts``: ``{"user": [B, .], "content": [B, .]}`` activity
-        counts of each row's user and content at its seed time (models that read them)."""
+        counts of each row's user and content at its seed time (models that read them).
+        With ``with_pair`` also the pair logits ``[B]``: ``u . c / sqrt(hidden_dim)`` of
+        the same states, the score the exported vectors' dot product carries."""
         states = self.embed(batch, features)
         counts = counts or {}
         user = self.seed_state("user", states["user"][user_local], counts.get("user"))
         content = self.seed_state("content", states["content"][content_local], counts.get("content"))
-        return self.score(user, content, position, seed_time)
+        logits = self.score(user, content, position, seed_time)
+        if not with_pair:
+            return logits
+        return logits, (user * content).sum(-1) / math.sqrt(user.shape[-1])

@@ -292,6 +292,12 @@ class TrainConfig:
     relation_fanouts: dict[str, list[int]] = field(default_factory=lambda: {"impressed": [4, 2]})
     strategy: Literal["uniform", "most_recent"] = "uniform"
     random_negative_ratio: float = 0.5
+    # click: random negatives are extra non-clicks of the click head (they also teach it
+    # "shown or not", which the test window never asks); pair: they train only the
+    # user . content pair score, against clicked impressions (a two-tower task whose dot
+    # product the export carries), and the click head learns from impressions alone
+    random_negative_loss: Literal["click", "pair"] = "click"
+    pair_loss_weight: float = 1.0
     val_days: int = 2
     test_days: int = 3
     learning_rate: float = 0.002
@@ -519,6 +525,8 @@ def _validate_values(cfg: Config) -> None:
         raise ConfigError(f"{src}: key 'train.fanouts' must be a non-empty list of positive ints")
     if t.random_negative_ratio < 0:
         raise ConfigError(f"{src}: key 'train.random_negative_ratio' must be >= 0")
+    if t.pair_loss_weight < 0:
+        raise ConfigError(f"{src}: key 'train.pair_loss_weight' must be >= 0")
     r = cfg.resources
     for name in ("workers", "threads_per_worker", "log_every_steps"):
         if getattr(r, name) < 1:
