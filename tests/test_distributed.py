@@ -276,7 +276,10 @@ def sampling_scenarios(rank: int) -> dict:
 
 
 def training_scenarios(rank: int) -> dict:
-    """Two short DDP runs: unequal events per part, and no events at all on rank 1."""
+    """Short DDP runs: unequal events per part, no events at all on rank 1, and the pair
+    objective with unequal events."""
+    import dataclasses
+
     from trainer.dist_train import owned_impressions, train_worker
 
     graph, features, impressions, content_created, books = training_inputs()
@@ -286,6 +289,11 @@ def training_scenarios(rank: int) -> dict:
         shard = split_graph(graph, features, book, num_parts=WORLD_SIZE)[rank]
         out[name] = train_worker(rank, WORLD_SIZE, shard, cfg,
                                  owned_impressions(impressions, shard), content_created)
+    # the pair objective (train.random_negative_loss: pair) on the unequal book
+    shard = split_graph(graph, features, books["unequal"], num_parts=WORLD_SIZE)[rank]
+    out["unequal_pair"] = train_worker(
+        rank, WORLD_SIZE, shard, dataclasses.replace(cfg, random_negative_loss="pair"),
+        owned_impressions(impressions, shard), content_created)
     return out
 
 
@@ -726,6 +734,17 @@ def test_misconfigured_ranks_all_raise_instead_of_hanging(sampled):
 
 
 # -------------------------------------------------------------------------- training
+
+
+@pytest.mark.distributed
+def test_the_pair_objective_trains_in_lockstep_with_identical_replicas(trained):
+    first, second = (per_rank["unequal_pair"] for per_rank in trained)
+    assert first.steps_per_epoch == second.steps_per_epoch
+    for name, value in first.model_state.items():
+        assert torch.equal(value, second.model_state[name]), name
+    assert all(math.isfinite(loss) for loss in first.losses + second.losses)
+    plain = trained[0]["unequal"]
+    assert first.losses != plain.losses  # another objective, other losses
 
 
 @pytest.mark.distributed
