@@ -94,9 +94,9 @@ class GraphData:
         vocab: Node type -> attribute -> values; code ``i + 1`` is ``values[i]``, 0 unknown.
         impressions: All impressions in the store.
         days: The store's day folders, ascending (storage partitions; windows are cut
-            by event time at these days' 00:00 UTC, :func:`split_windows`).
+            by event time at these days' 00:00 UTC, :func:`clickgraph.core.timeline.split_windows`).
         known_from: Node type -> int64 ``[num_nodes]`` seconds from which the node is
-            known (:func:`known_from`); :data:`NEVER` for none.
+            known (:func:`clickgraph.core.vocab.known_from`); :data:`NEVER` for none.
         store_version: ``{"graph_created_at", "config_hash", "format_version"}`` of the store.
     """
 

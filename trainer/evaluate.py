@@ -199,6 +199,8 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     mark = time.perf_counter()
     emb_fit = day_start_embeddings(model, fit_events, e.embedding_batch_size, e.seed)
     emb_test = day_start_embeddings(model, test_events, e.embedding_batch_size, e.seed)
+    if e.embedding_features == "dot":  # the pair score alone: [N, 1]
+        emb_fit, emb_test = emb_fit[:, -1:], emb_test[:, -1:]
     seconds["embeddings"] = time.perf_counter() - mark
 
     labels_fit = data.impressions.clicked[fit_events].numpy()
@@ -246,6 +248,7 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
         "fit_days": windows.days["val"], "fit_start": windows.val_start,
         "fit_events": int(fit_events.numel()),
         "baseline_features": names, "embedding_dim": int(model.engine.model.cfg.hidden_dim),
+        "embedding_features": e.embedding_features,
         "model": model.version, "graph": data.store_version,
         "trees": {"baseline_iterations": int(trees.n_iter_),
                   "baseline_plus_embeddings_iterations": int(trees_emb.n_iter_)},
