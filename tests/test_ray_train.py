@@ -206,7 +206,7 @@ def test_world_size_other_than_the_number_of_parts_fails_before_training(dataset
         plan_run(replace(cfg, "resources", workers=3))
     with pytest.raises(ckpt.CheckpointError, match="not writable"):
         (Path(cfg.paths.root) / "blocker").write_text("x")
-        plan_run(replace(cfg, "train", checkpoint_url=f"{cfg.paths.root}/blocker/ckpt"))
+        plan_run(replace(cfg, "resources", checkpoint_url=f"{cfg.paths.root}/blocker/ckpt"))
 
 
 @pytest.mark.ray
