@@ -65,9 +65,8 @@ def summarise(evaluations: list[dict]) -> dict:
     return out
 
 
-def _fmt(stat: dict, scale: float = 1.0) -> str:
-    return f"{stat['mean'] * scale:+.4f} ± {stat['sd'] * scale:.4f}" if scale != 1.0 else \
-        f"{stat['mean']:.4f} ± {stat['sd']:.4f}"
+def _fmt(stat: dict) -> str:
+    return f"{stat['mean']:.4f} ± {stat['sd']:.4f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ Three models score the test window's impressions (the last ``train.test_days`` d
 
 Both tree models are fitted on the validation window's impressions, which the GNN never
 trained on (embeddings of rows the GNN fitted would look better than they are), and scored
-on the test window. Windows are cut by event time (:func:`trainer.data.split_windows`).
+on the test window. Windows are cut by event time (:func:`clickgraph.core.timeline.split_windows`).
 Every count, embedding and neighbour used for an impression at time ``t`` comes from
 strictly before ``t`` (day-start embeddings: before ``t``'s day's 00:00).
 
@@ -40,13 +40,12 @@ from clickgraph.core.config import Config
 from clickgraph.core.errors import InputError
 from clickgraph.core.timeline import SECONDS_PER_DAY as DAY
 from clickgraph.core.timeline import split_windows, utc_day
-from trainer.asof import AsOfCounts
+from trainer.asof import USER_INTERACTIONS, AsOfCounts
 from trainer.data import GraphData, window_events
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.local import roc_auc, subsample
 
 MODELS = ("gnn", "baseline", "baseline_plus_embeddings")
-USER_COUNTS = ("impressed", "clicked", "viewed", "likes")
 CONTENT_COUNTS = ("impressed", "clicked", "viewed")
 PAST_BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, None))
 FORMAT_VERSION = 1
@@ -93,7 +92,7 @@ def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
     add("position", imp.position[events], False)
     add("hour", torch.div(at % DAY, 3600, rounding_mode="floor"), True)
     add("weekday", (torch.div(at, DAY, rounding_mode="floor") + 3) % 7, True)  # 0 = Monday
-    for relation in USER_COUNTS:
+    for relation in USER_INTERACTIONS:
         if counts.edge_type(relation, "user") is not None:
             add(f"user_{relation}", counts.count(relation, "user", user, at))
     for relation in CONTENT_COUNTS:

@@ -34,7 +34,7 @@ from clickgraph.core.config import Config
 from clickgraph.core.errors import InputError
 from clickgraph.core.graph_store import read_table
 from clickgraph.core.manifest import ManifestError, new_manifest, read_manifest, write_manifest
-from clickgraph.core.timeline import day_start, milliseconds
+from clickgraph.core.timeline import SECONDS_PER_DAY, day_start, milliseconds
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.recommend import content_categories, control_metrics, recommend
 
@@ -43,7 +43,6 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 EXPORTED_TYPES = ("user", "content")
 RECOMMENDATIONS_FILE = "recommendations.parquet"
-SECONDS_PER_DAY = 86_400
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
