@@ -181,3 +181,44 @@ def find_latest(train_root: str) -> str:
     if not fs.exists(url):
         raise CheckpointError(f"{url} not found: no finished distributed run to continue from")
     return fs.read_json(url)["checkpoint"]
+
+
+def grow_id_tables(model: torch.nn.Module, state: dict[str, Any],
+                   optimizer_state: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A checkpoint's model (and Adam) state fitted to ``model`` built on a graph with
+    more nodes: the id-vector tables (``*.id_embedding.weight``) and their optimiser
+    moments gain zero rows for the new nodes, which the model then represents by their
+    attributes and neighbours alone (trainer/model.py). Other shapes are left to
+    ``load_state_dict`` to check.
+
+    Raises:
+        CheckpointError: A table has more rows than the graph has nodes (a graph that
+            shrank is another graph).
+    """
+    current = model.state_dict()
+    grown, rows_added = dict(state), {}
+    for key, value in state.items():
+        if not key.endswith("id_embedding.weight") or key not in current:
+            continue
+        want = current[key].shape[0]
+        if value.shape[0] > want:
+            raise CheckpointError(f"{key}: the checkpoint has {value.shape[0]} nodes, the graph "
+                                  f"{want}; ids are reused, never removed")
+        if value.shape[0] < want:
+            grown[key] = torch.cat([value, value.new_zeros((want - value.shape[0], *value.shape[1:]))])
+            rows_added[tuple(value.shape)] = want
+    if optimizer_state is None or not rows_added:
+        return grown, optimizer_state
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    moments = {}
+    for index, entry in optimizer_state["state"].items():
+        entry = dict(entry)
+        for name, moment in entry.items():
+            if torch.is_tensor(moment) and tuple(moment.shape) in rows_added and \
+                    tuple(moment.shape) != shapes[int(index)]:
+                want = shapes[int(index)][0]
+                entry[name] = torch.cat([moment, moment.new_zeros((want - moment.shape[0],
+                                                                   *moment.shape[1:]))])
+        moments[index] = entry
+    return grown, {**optimizer_state, "state": moments}

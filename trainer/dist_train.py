@@ -72,6 +72,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from clickgraph.core.config import TrainConfig
+from trainer.checkpoint import grow_id_tables
 from trainer.data import Impressions, NegativeSampler
 from trainer.dist_sampler import DistTemporalSampler, HotNodeCache, build_hot_cache, model_inputs
 from trainer.distributed import (
@@ -452,8 +453,10 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
                                   strategy=cfg.strategy, counter=counter, hot_cache=cache)
     model = build_model(shard, cfg)
-    if resume.model is not None:
-        model.load_state_dict(resume.model)
+    optimizer_state = resume.optimizer
+    if resume.model is not None:  # --continue: the graph may have new nodes
+        model_state, optimizer_state = grow_id_tables(model, resume.model, resume.optimizer)
+        model.load_state_dict(model_state)
     model.to(device)
     timer = _AllReduceTimer(group=None, world_size=world_size)
     # Some relations get no edges in some batches (and the last layer never reads the
@@ -463,8 +466,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     ddp.register_comm_hook(timer, _timed_allreduce_hook)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=cfg.learning_rate,
                                  weight_decay=cfg.weight_decay)
-    if resume.optimizer is not None:
-        optimizer.load_state_dict(resume.optimizer)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     source = DistBatchSource(sampler, impressions, NegativeSampler(content_created),
                              cfg.random_negative_ratio, shard.num_nodes,
                              bool(model.count_relations), device)

@@ -5,9 +5,10 @@ Three models score the test window's impressions (the last ``train.test_days`` d
 * ``gnn``: the trained click model itself, each impression scored at its own time.
 * ``baseline``: what a team has without a graph, gradient-boosted trees
   (``sklearn.ensemble.HistGradientBoostingClassifier``) on user and content attributes,
-  context (feed position, hour, weekday) and **as-of counts**: the user's impressions,
-  clicks, views and likes and the content's impressions, clicks and views (all time and
-  in the last 24 hours) strictly before the impression, plus user and content age.
+  context (feed position, hour, weekday), **as-of counts and click rates** of the user and
+  the content, and the content's links (brands, categories, articles) as as-of click
+  rates of everything sharing the link (:mod:`trainer.tabular`), all strictly before the
+  impression.
 * ``baseline_plus_embeddings``: the same trees with the GNN's user and content
   embeddings added, as a platform would join them from yesterday's export: for an
   impression at time ``t``, the embeddings as of 00:00 UTC of ``t``'s own UTC day
@@ -40,13 +41,13 @@ from clickgraph.core.config import Config
 from clickgraph.core.errors import InputError
 from clickgraph.core.timeline import SECONDS_PER_DAY as DAY
 from clickgraph.core.timeline import split_windows, utc_day
-from trainer.asof import USER_INTERACTIONS, AsOfCounts
-from trainer.data import GraphData, window_events
+from trainer.asof import AsOfCounts
+from trainer.data import window_events
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.local import roc_auc, subsample
+from trainer.tabular import baseline_features
 
 MODELS = ("gnn", "baseline", "baseline_plus_embeddings")
-CONTENT_COUNTS = ("impressed", "clicked", "viewed")
 PAST_BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, None))
 FORMAT_VERSION = 1
 
@@ -60,53 +61,6 @@ def export_cutoff(time: Tensor) -> Tensor:
     """The export an impression at ``time`` (seconds) joins: the one as of 00:00 UTC of
     the impression's own UTC day, always at or before ``time``."""
     return time - time % DAY
-
-
-def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
-                      ) -> tuple[np.ndarray, list[str], list[bool]]:
-    """The tabular baseline's features of impressions ``events``.
-
-    Returns:
-        ``(X, names, categorical)``: float32 ``[N, F]``, column names, and which columns
-        are categorical codes.
-    """
-    imp = data.impressions
-    user, content, at = imp.user[events], imp.content[events], imp.time[events]
-    columns: list[Tensor] = []
-    names: list[str] = []
-    categorical: list[bool] = []
-
-    def add(name: str, values: Tensor, is_categorical: bool = False) -> None:
-        columns.append(values.to(torch.float32))
-        names.append(name)
-        categorical.append(is_categorical)
-
-    for node_type, node in (("user", user), ("content", content)):
-        feats = data.features[node_type]
-        for column, cardinality in enumerate(feats.cardinalities):
-            # HistGradientBoosting takes categories below max_bins (255) natively.
-            add(f"{node_type}_attr{column}", feats.categorical[node, column], cardinality <= 255)
-        created = feats.created_time
-        if created is not None:
-            add(f"{node_type}_age_days", (at - created[node]).clamp(min=0) / DAY)
-    add("position", imp.position[events], False)
-    add("hour", torch.div(at % DAY, 3600, rounding_mode="floor"), True)
-    add("weekday", (torch.div(at, DAY, rounding_mode="floor") + 3) % 7, True)  # 0 = Monday
-    for relation in USER_INTERACTIONS:
-        if counts.edge_type(relation, "user") is not None:
-            add(f"user_{relation}", counts.count(relation, "user", user, at))
-    for relation in CONTENT_COUNTS:
-        if counts.edge_type(relation, "content") is None:
-            continue
-        total = counts.count(relation, "content", content, at)
-        recent = total - counts.count(relation, "content", content, at - DAY)
-        add(f"content_{relation}", total)
-        add(f"content_{relation}_24h", recent)
-    for node_type in ("user", "content"):  # click rates smoothed towards ~5%
-        if {f"{node_type}_clicked", f"{node_type}_impressed"} <= set(names):
-            clicks, shown = (columns[names.index(f"{node_type}_{r}")] for r in ("clicked", "impressed"))
-            add(f"{node_type}_ctr", (clicks + 1) / (shown + 20))
-    return torch.stack(columns, dim=1).numpy(), names, categorical
 
 
 def day_start_embeddings(model: TrainedModel, events: Tensor, batch_size: int, seed: int

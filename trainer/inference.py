@@ -102,7 +102,7 @@ def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | No
     data = load_graph_data(graph_url, vocab=meta.get("vocab"))
     engine = ClickEngine(data, train_config_of(meta, cfg.train), device)
     try:
-        engine.model.load_state_dict(state["model"])
+        engine.model.load_state_dict(ckpt.grow_id_tables(engine.model, state["model"])[0])
     except RuntimeError as error:
         raise ckpt.CheckpointError(f"{url}: parameters do not fit the configured model "
                                    f"(train.model): {str(error).splitlines()[0]}") from None

@@ -1,9 +1,18 @@
 """The time-encoded heterogeneous GNN that scores (user, content, time, context) clicks.
 
-Inductive by design: users and content are represented from their static attributes and
-their sampled temporal neighbourhood, never from a per-node learned embedding, so a user or
-content piece that appears tomorrow gets an embedding without retraining. Only the small
-node types (brands, categories) have learnable id embeddings.
+Node identity with an inductive fallback: users, content, brands and categories have a
+learned vector per node (:data:`clickgraph.core.vocab.ID_EMBEDDING_TYPES`), added to the
+representation from their static attributes and their sampled temporal neighbourhood.
+The vectors start at zero and a node's row moves only when the node is in a training
+batch, so a node created after the checkpoint (an id beyond the table, or a row never
+trained) is represented by its attributes and neighbours alone; ``id_dropout`` drops the
+vector of a share of training rows so that this fallback is trained too.
+
+The click logit reads the user and content states, their product, the impression's
+context, two candidate-aware summaries (:mod:`trainer.history`: the candidate attending
+over the user's recent history, the user over the content's recent audience) and, with
+``pair_score``, the trained pair term ``u . c / sqrt(hidden_dim)``: the dot product of
+the exported vectors (docs/export.md).
 
 Edges enter message passing with two things known at the edge's time: its age
 ``delta_t = root seed time - edge time`` (through :class:`TimeEncoder`) and its relation
@@ -23,6 +32,7 @@ from torch_geometric.utils import scatter, softmax
 
 from clickgraph.core.config import ModelConfig
 from trainer.graph import EdgeType
+from trainer.history import TargetAttention
 from trainer.sampler import SampledSubgraph, count_relations
 
 SECONDS_PER_DAY = 86_400.0
@@ -77,10 +87,14 @@ class TimeEncoder(nn.Module):
 class NodeEncoder(nn.Module):
     """Initial representation of one node type from its static attributes."""
 
-    def __init__(self, features: NodeFeatures, dim: int):
+    def __init__(self, features: NodeFeatures, dim: int, id_dropout: float = 0.0):
         super().__init__()
         self.categorical = nn.ModuleList(nn.Embedding(max(2, n), dim) for n in features.cardinalities)
-        self.id_embedding = nn.Embedding(features.num_nodes, dim) if features.learn_id_embedding else None
+        self.id_embedding = None
+        if features.learn_id_embedding:  # zero until trained: untrained ids add nothing
+            self.id_embedding = nn.Embedding(features.num_nodes, dim)
+            nn.init.zeros_(self.id_embedding.weight)
+        self.id_dropout = id_dropout
         self.has_age = features.created_time is not None
         self.age = nn.Linear(1, dim) if self.has_age else None
         self.bias = nn.Parameter(torch.zeros(dim))
@@ -91,11 +105,22 @@ class NodeEncoder(nn.Module):
         for column, embedding in enumerate(self.categorical):
             x = x + embedding(codes[:, column])
         if self.id_embedding is not None:
-            x = x + self.id_embedding(node)
+            x = x + self.identity(node)
         if self.age is not None:
             age_days = (node_time - features.created_time[node]).clamp(min=0) / SECONDS_PER_DAY
             x = x + self.age(torch.log1p(age_days.to(torch.float32)).unsqueeze(-1))
         return x
+
+
+    def identity(self, node: Tensor) -> Tensor:
+        """The nodes' id vectors: zero for ids beyond the table (nodes newer than the
+        model) and, in training, for an ``id_dropout`` share of the rows."""
+        size = self.id_embedding.num_embeddings
+        vectors = self.id_embedding(node.clamp(max=size - 1))
+        keep = node < size
+        if self.training and self.id_dropout > 0:
+            keep = keep & (torch.rand(node.shape, device=node.device) >= self.id_dropout)
+        return vectors * keep.unsqueeze(-1).to(vectors.dtype)
 
 
 class TemporalRelationConv(nn.Module):
@@ -144,7 +169,8 @@ class ClickGNN(nn.Module):
         self.cfg = cfg
         self.edge_types = list(edge_types)
         dim = cfg.hidden_dim
-        self.encoders = nn.ModuleDict({t: NodeEncoder(f, dim) for t, f in features.items()})
+        self.encoders = nn.ModuleDict({t: NodeEncoder(f, dim, cfg.id_dropout)
+                                       for t, f in features.items()})
         self.time = TimeEncoder(cfg.time_dim)
         self.layers = nn.ModuleList()
         for _ in range(cfg.num_layers):
@@ -157,9 +183,14 @@ class ClickGNN(nn.Module):
             nn.ModuleDict({t: nn.LayerNorm(dim) for t in features}) for _ in range(cfg.num_layers))
         self.position = nn.Embedding(cfg.num_positions + 1, cfg.context_dim)
         self.hour = nn.Embedding(24, cfg.context_dim)
+        # candidate-aware summaries: the candidate over the user's hop-1 neighbours, the
+        # user over the content's
+        self.history = nn.ModuleDict({
+            t: TargetAttention(dim, cfg.time_dim, sorted(et for et in self.edge_types if et[2] == t))
+            for t in ("user", "content")} if cfg.history_attention else {})
         self.head = nn.Sequential(
-            nn.Linear(3 * dim + 2 * cfg.context_dim, dim), nn.ReLU(), nn.Dropout(cfg.dropout),
-            nn.Linear(dim, 1))
+            nn.Linear((3 + len(self.history)) * dim + 2 * cfg.context_dim, dim), nn.ReLU(),
+            nn.Dropout(cfg.dropout), nn.Linear(dim, 1))
         self.dropout = nn.Dropout(cfg.dropout)
         # A weighted mean of neighbour messages cannot tell 3 neighbours from 3,000; as-of
         # counts of the seeds' edges per relation (log-scaled) give the seed states the
@@ -180,16 +211,25 @@ class ClickGNN(nn.Module):
         return state + self.activity[node_type](torch.log1p(counts.to(state.dtype)))
 
     def embed(self, batch: SampledSubgraph, features: dict[str, NodeFeatures]) -> dict[str, Tensor]:
-        """Node states after message passing, per node type.
+        """Node states after message passing, per node type (:meth:`states`)."""
+        return self.states(batch, features)[0]
+
+    def states(self, batch: SampledSubgraph, features: dict[str, NodeFeatures]
+               ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[EdgeType, Tensor]]:
+        """Node states after message passing, per node type, with the initial states
+        and the edges' age codes.
 
         Layer ``l`` (of ``L``) updates only the rows within ``L - 1 - l`` hops of a seed,
         from the edges of hops ``1 .. L - l`` (rows and edges are grouped by hop), as
         PyG's ``trim_to_layer`` does: the last layer computes the seeds alone.
 
         Returns:
-            Node type -> ``[rows, hidden_dim]``; the first rows of each type are the seeds'.
+            ``(states, initial, time_codes)``: node type -> ``[rows, hidden_dim]`` after
+            message passing (the first rows of each type are the seeds') and before it;
+            edge type -> ``[edges, time_dim]``.
         """
         x = {t: self.encoders[t](features[t], batch.node[t], batch.node_time[t]) for t in batch.node}
+        initial = x
         time_codes = {et: self.time(batch.edge_delta_t[et]) for et in batch.edge_index}
         num_layers = len(self.layers)
         for index, (layer, self_loop, norm) in enumerate(zip(self.layers, self.self_loops, self.norms,
@@ -207,16 +247,21 @@ class ClickGNN(nn.Module):
                     time_codes[et][:n_edges],
                     batch.edge_weight[et][:n_edges])
             x = {t: self.dropout(torch.relu(norm[t](h))) for t, h in out.items()}
-        return x
+        return x, initial, time_codes
 
     def score(self, user_state: Tensor, content_state: Tensor, position: Tensor,
-              seed_time: Tensor) -> Tensor:
-        """Click logits ``[B]`` from user and content states and the impression context."""
+              seed_time: Tensor, summaries: list[Tensor] = ()) -> Tensor:
+        """Click logits ``[B]`` from user and content states, the candidate-aware
+        ``summaries`` and the impression context."""
         pos = position.clamp(min=-1, max=self.cfg.num_positions - 1) + 1  # -1 = unknown -> 0
         hour = torch.div(seed_time % 86_400, 3600, rounding_mode="floor")
         context = torch.cat([self.position(pos), self.hour(hour)], dim=-1)
-        pair = torch.cat([user_state, content_state, user_state * content_state, context], dim=-1)
-        return self.head(pair).squeeze(-1)
+        pair = torch.cat([user_state, content_state, user_state * content_state, *summaries,
+                          context], dim=-1)
+        logits = self.head(pair).squeeze(-1)
+        if self.cfg.pair_score:
+            logits = logits + pair_logits(user_state, content_state)
+        return logits
 
     def forward(self, batch: SampledSubgraph, features: dict[str, NodeFeatures], user_local: Tensor,
                 content_local: Tensor, position: Tensor, seed_time: Tensor,
@@ -226,11 +271,21 @@ class ClickGNN(nn.Module):
         counts of each row's user and content at its seed time (models that read them).
         With ``with_pair`` also the pair logits ``[B]``: ``u . c / sqrt(hidden_dim)`` of
         the same states, the score the exported vectors' dot product carries."""
-        states = self.embed(batch, features)
+        states, initial, time_codes = self.states(batch, features)
         counts = counts or {}
         user = self.seed_state("user", states["user"][user_local], counts.get("user"))
         content = self.seed_state("content", states["content"][content_local], counts.get("content"))
-        logits = self.score(user, content, position, seed_time)
+        summaries = [self.history[t](query, rows, batch, initial, time_codes)
+                     for t, query, rows in (("user", content, user_local),
+                                            ("content", user, content_local))
+                     if t in self.history]
+        logits = self.score(user, content, position, seed_time, summaries)
         if not with_pair:
             return logits
-        return logits, (user * content).sum(-1) / math.sqrt(user.shape[-1])
+        return logits, pair_logits(user, content)
+
+
+def pair_logits(user: Tensor, content: Tensor) -> Tensor:
+    """The pair term ``u . c / sqrt(dim)`` of user and content states ``[B, dim]``: what the
+    exported vectors' dot product carries."""
+    return (user * content).sum(-1) / math.sqrt(user.shape[-1])

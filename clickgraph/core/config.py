@@ -267,6 +267,9 @@ class ModelConfig:
     activity_counts: bool = True  # seeds' as-of edge counts per relation (all time, last 24 h)
     num_positions: int = 64       # feed positions with an embedding of their own; later ones share the last
     context_dim: int = 8          # size of the position and hour embeddings
+    id_dropout: float = 0.25      # training rows whose node-id vector is dropped (trains the fallback)
+    history_attention: bool = True  # candidate-aware attention over the user's history and the content's audience
+    pair_score: bool = True       # a trained user . content term in the click logit (the exported dot)
 
 
 @dataclass(frozen=True)
@@ -548,8 +551,9 @@ def _validate_values(cfg: Config) -> None:
     for name in ("hidden_dim", "time_dim", "num_layers", "num_positions", "context_dim"):
         if getattr(t.model, name) < 1:
             raise ConfigError(f"{src}: key 'train.model.{name}' must be >= 1")
-    if not 0.0 <= t.model.dropout < 1.0:
-        raise ConfigError(f"{src}: key 'train.model.dropout' must be within [0, 1)")
+    for name in ("dropout", "id_dropout"):
+        if not 0.0 <= getattr(t.model, name) < 1.0:
+            raise ConfigError(f"{src}: key 'train.model.{name}' must be within [0, 1)")
     if t.continue_epochs < 0:
         raise ConfigError(f"{src}: key 'train.continue_epochs' must be >= 0")
     if not 0.0 <= t.replay_fraction <= 10.0:

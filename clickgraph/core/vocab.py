@@ -22,8 +22,10 @@ import numpy as np
 from clickgraph.core.timeline import seconds
 
 ATTRIBUTE_SKIP = {"id", "raw_id", "first_day", "created_ts_ms", "name"}
-ID_EMBEDDING_TYPES = ("brand", "category")
-"""Node types whose ids are model inputs too (few, stable nodes: brands, categories)."""
+ID_EMBEDDING_TYPES = ("user", "content", "brand", "category")
+"""Node types whose ids are model inputs too: a learned vector per node (who likes what),
+zero until the node is trained on, so a node created after the checkpoint is represented
+by its attributes and neighbours alone (trainer/model.py, "Node identity")."""
 NEVER = np.iinfo(np.int64).max
 """``known_from`` of a node that no edge and no creation time places in time."""
 
