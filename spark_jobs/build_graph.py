@@ -124,7 +124,8 @@ def run(spark: SparkSession, cfg: Config, days: list[str] | None = None,
                            bounds, days, known, known_rows)
     staging_url = fs.join(out_url, "_staging", f"run={run_id}")
     events = summarise_events(stage_events(spark, checked, staging_url), source, days,
-                              read_days, g.max_quarantine_fraction)
+                              read_days, g.max_quarantine_fraction,
+                              g.input.events.clicks_from_labels_after_s is not None)
     phase(f"{events.rows_read:,} event rows read and checked for {len(events.run_days)} day(s), "
           f"{events.rows_quarantined:,} quarantined")
 

@@ -22,6 +22,7 @@ the storage contract cannot disagree.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
@@ -81,6 +82,9 @@ EVENT_RELATIONS: dict[str, Relation] = {
                       T.StructField("dwell_ms", T.LongType())),
     "brand_like": _relation("user", "likes", "brand", "event:brand_like"),
 }
+LABEL_CLICKS = dataclasses.replace(EVENT_RELATIONS["click"], source="label:impression.clicked")
+"""The clicked relation derived from impression labels
+(``graph.input.events.clicks_from_labels_after_s``)."""
 LINK_RELATIONS: dict[tuple[str, str], Relation] = {
     (table, link): _relation(table, rel, dst, f"link:{table}.{link}")
     for table, links in GRAPH_ENTITY_LINKS.items() for link, (rel, dst) in links.items()
@@ -98,7 +102,10 @@ def mapped_relations(inp: GraphInputConfig) -> dict[str, Relation]:
     these relations (docs/graph-store.md)."""
     events = inp.events.mapped_event_types()
     tables = inp.entities.tables()
-    chosen = [EVENT_RELATIONS[e] for e in events] + [
+    chosen = [EVENT_RELATIONS[e] for e in events]
+    if inp.events.clicks_from_labels_after_s is not None:
+        chosen.append(LABEL_CLICKS)
+    chosen += [
         rel for (table, link), rel in LINK_RELATIONS.items()
         if table in tables and link in tables[table].links]
     return {r.name: r for r in chosen}

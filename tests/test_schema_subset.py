@@ -4,8 +4,11 @@ The platform has users, items with a category column and impressions with click 
 no article, brand or category tables, no click, view or brand-like events, no brand or
 dwell columns. Its mapping leaves out what it lacks (docs/graph-store.md, "A platform's
 subset of the schema"); build-graph, partition, train (single process and a shard-set
-worker), evaluate and export must run on what exists. The logs are the trained run's
-generated ones cut down to that subset and renamed, so the numbers mean something.
+worker), evaluate and export must run on what exists. Two stores: one with clicks derived
+from the impression labels (``clicks_from_labels_after_s``), which trains, evaluates and
+exports; one without any clicks (impressions and categories only), which partitions and
+trains on its shard set. The logs are the trained run's generated ones cut down to that
+subset and renamed, so the numbers mean something.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def write_subset_logs(generated: Path, out: Path) -> int:
     pq.write_table(table, out / "events" / "impressions.parquet")
     users = ds.dataset(generated / "entities" / "users", format="parquet").to_table()
     (out / "entities" / "users").mkdir(parents=True)
-    pq.write_table(users, out / "entities" / "users" / "users.parquet")
+    pq.write_table(users, out / "entities" / "users" / "users.parquet",
+                   coerce_timestamps="us")  # Spark reads micro-, not nanoseconds
     content = ds.dataset(generated / "entities" / "content", format="parquet").to_table()
     items = pa.table({"item": content.column("content_id"),
                       "category": content.column("category_id"),
@@ -70,8 +74,12 @@ def write_subset_logs(generated: Path, out: Path) -> int:
     return imp.num_rows
 
 
-def subset_config(root: Path, logs: Path):
-    return load_config(None, tiny_overrides(root) + TINY_TRAIN + SUBSET + [
+CLICK_DELAY_S = 60
+
+
+def subset_config(root: Path, logs: Path, label_clicks: bool = True):
+    derive = [f"graph.input.events.clicks_from_labels_after_s={CLICK_DELAY_S}"] if label_clicks else []
+    return load_config(None, tiny_overrides(root) + TINY_TRAIN + SUBSET + derive + [
         f"graph.input.events.path={logs / 'events'}",
         f"graph.input.entities.user.path={logs / 'entities' / 'users'}",
         f"graph.input.entities.content.path={logs / 'entities' / 'items'}",
@@ -79,17 +87,22 @@ def subset_config(root: Path, logs: Path):
 
 
 @pytest.fixture(scope="module")
-def subset_run(spark, trained_run, tmp_path_factory):
-    """The subset platform's store, shard set and single-process model: ``(cfg, impressions)``."""
-    from spark_jobs import build_graph, partition
+def subset_logs(trained_run, tmp_path_factory):
+    """The subset platform's logs: ``(folder, impressions written, days to build)``."""
+    cfg_a, days = trained_run
+    root = tmp_path_factory.mktemp("subset_logs")
+    return root, write_subset_logs(Path(cfg_a.paths.logs), root), days[:5]
+
+
+@pytest.fixture(scope="module")
+def subset_run(spark, subset_logs, tmp_path_factory):
+    """Store with clicks from labels and a single-process model: ``(cfg, impressions)``."""
+    from spark_jobs import build_graph
     from trainer.local import train_single
 
-    cfg_a, days = trained_run
-    root = tmp_path_factory.mktemp("subset")
-    n = write_subset_logs(Path(cfg_a.paths.logs), root / "platform")
-    cfg = subset_config(root, root / "platform")
-    build_graph.run(spark, cfg, days=days[:5], log=quiet)
-    partition.run(spark, cfg, log=quiet)
+    logs, n, days = subset_logs
+    cfg = subset_config(tmp_path_factory.mktemp("subset"), logs)
+    build_graph.run(spark, cfg, days=days, log=quiet)
     train_single(cfg, log=quiet)
     return cfg, n
 
@@ -122,8 +135,11 @@ def test_build_graph_holds_only_what_exists(subset_run):
 
     cfg, n_impressions = subset_run
     store = open_graph_store(cfg.paths.stage("graph"), verify="counts")
-    assert store.node_types == ["user", "content", "category"]
-    assert sorted(store.relations) == ["content__in__category", "user__impressed__content"]
+    assert sorted(store.node_types) == ["category", "content", "user"]
+    assert sorted(store.relations) == ["content__in__category", "user__clicked__content",
+                                       "user__impressed__content"]
+    assert store.manifest["relations"]["user__clicked__content"]["source"] == \
+        "label:impression.clicked"
     assert set(store.manifest["entities"]) == {"user", "content"}  # tables read
     imp = store.relations["user__impressed__content"]
     assert imp.count > 0 and store.manifest["rows_quarantined"] == 0
@@ -137,9 +153,19 @@ def test_build_graph_holds_only_what_exists(subset_run):
     assert cats.column("group").null_count == cats.num_rows
     links = store.read_edges_arrow("content__in__category")
     assert links.num_rows == store.num_nodes("content")  # one category per item
+    # one click per clicked impression, CLICK_DELAY_S after it, never earlier
+    shown = store.read_edges_arrow("user__impressed__content").to_pandas()
+    shown = shown[shown["clicked"]]
+    clicks = store.read_edges_arrow("user__clicked__content").to_pandas()
+    key = ["src", "dst", "ts_ms", "day"]
+    expected = shown.assign(ts_ms=shown["ts_ms"] + CLICK_DELAY_S * 1000)[key]
+    assert len(clicks) == len(shown) > 0
+    assert expected.sort_values(key).to_numpy().tolist() == \
+        clicks[key].sort_values(key).to_numpy().tolist()
 
 
-def test_partition_and_a_shard_worker_train_on_the_subset(subset_run):
+def test_without_any_clicks_partition_and_a_shard_worker_train(spark, subset_logs, tmp_path):
+    """Impressions and categories only: no clicked relation at all."""
     from clickgraph.core.graph_store import open_graph_store
     from clickgraph.core.timeline import split_windows
     from trainer.data import load_graph_data, window_events
@@ -147,7 +173,12 @@ def test_partition_and_a_shard_worker_train_on_the_subset(subset_run):
     from trainer.distributed import find_free_port
     from trainer.shard import load_shard
 
-    cfg, _ = subset_run
+    from spark_jobs import build_graph, partition
+
+    logs, _, days = subset_logs
+    cfg = subset_config(tmp_path, logs, label_clicks=False)
+    build_graph.run(spark, cfg, days=days, log=quiet)
+    partition.run(spark, cfg, log=quiet)
     parts = cfg.paths.stage("partitions")
     manifest = json.loads((Path(parts) / "_MANIFEST.json").read_text())
     shard = load_shard(str(Path(parts) / manifest["parts"][0]["path"]))
@@ -171,7 +202,7 @@ def test_evaluate_and_export_run_on_the_subset(subset_run, tmp_path):
     result = run_evaluation(cfg, out_url=str(tmp_path / "eval"), log=quiet)
     assert all(0 < result["auc"][m] < 1 for m in result["auc"]), result["auc"]
     names = result["baseline_features"]
-    assert "user_impressed" in names and "content_impressed" in names
-    assert not any(r in name for name in names for r in ("clicked", "viewed", "likes"))
+    assert {"user_impressed", "user_clicked", "user_ctr", "content_ctr"} <= set(names)
+    assert not any(r in name for name in names for r in ("viewed", "likes"))
     manifest = run_export(cfg, out_url=str(tmp_path / "emb"), log=quiet)
     assert manifest["counts"]["user"] > 0 and manifest["counts"]["content"] > 0

@@ -174,6 +174,11 @@ class GraphEventsInput:
     event_types: dict[str, list[str] | None] = field(default_factory=lambda: {
         "impression": ["impression"], "click": ["click"], "view": ["view"],
         "brand_like": ["brand_like"]})
+    # A platform that logs impressions with a click label but no click events: derive
+    # one user -> content clicked edge per clicked impression, at the impression's time
+    # plus this many seconds (when the platform knows the label, e.g. its attribution
+    # window). null: clicked edges come from click events only.
+    clicks_from_labels_after_s: int | None = None
 
     def mapped_event_types(self) -> dict[str, list[str]]:
         """Event type -> source names, for the types the platform has (a non-empty list),
@@ -669,6 +674,18 @@ def _validate_graph(cfg: Config) -> None:
             raise ConfigError(f"{src}: key '{key}' maps {etype} events, but the graph has no "
                               f"{target} nodes (graph.input.entities.{target} is null and no "
                               f"table links to {target}); set '{key}: null'")
+    derive = ev.clicks_from_labels_after_s
+    if derive is not None:
+        key = "graph.input.events.clicks_from_labels_after_s"
+        if derive < 0:
+            raise ConfigError(f"{src}: key '{key}' must be >= 0")
+        if ev.event_types.get("click"):
+            raise ConfigError(f"{src}: key '{key}' derives clicks from impression labels, but "
+                              "'graph.input.events.event_types.click' maps click events too; "
+                              "set one of them to null")
+        if ev.columns.clicked is None:
+            raise ConfigError(f"{src}: key '{key}' needs the impressions' click label, but "
+                              "'graph.input.events.columns.clicked' is null")
     for etype in GRAPH_REQUIRED_EVENT_TYPES:
         if not ev.event_types.get(etype):
             raise ConfigError(f"{src}: key 'graph.input.events.event_types.{etype}' must list "

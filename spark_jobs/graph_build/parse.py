@@ -32,7 +32,7 @@ from spark_jobs.graph_build.common import (
     maybe_broadcast,
 )
 from spark_jobs.graph_build.inputs import EventSource
-from spark_jobs.schemas import EVENT_RELATIONS
+from spark_jobs.schemas import EVENT_RELATIONS, LABEL_CLICKS
 
 
 @dataclass(frozen=True)
@@ -365,7 +365,8 @@ class CheckedEvents:
 
 
 def summarise_events(checked: DataFrame, source: EventSource, days: list[str] | None,
-                     read_days: list[str] | None, max_fraction: float) -> CheckedEvents:
+                     read_days: list[str] | None, max_fraction: float,
+                     clicks_from_labels: bool = False) -> CheckedEvents:
     """Count the checked events per day, reason and event type; decide the run's days.
 
     Args:
@@ -374,13 +375,16 @@ def summarise_events(checked: DataFrame, source: EventSource, days: list[str] | 
         days: days requested, None for every day in the input.
         read_days: day partitions read (partitioned input), else None.
         max_fraction: ``graph.max_quarantine_fraction``.
+        clicks_from_labels: clicked edges are derived from clicked impressions
+            (``graph.input.events.clicks_from_labels_after_s``); counted per day too.
 
     Raises:
         GraphBuildError: no rows, a requested day without a valid event (unpartitioned
             input), or too many rows quarantined.
     """
     stats = checked.groupBy(F.coalesce("day", F.lit(UNDATED)).alias("day"), "reason", "etype") \
-        .agg(F.count("*").alias("n"), F.min("ts_ms").alias("lo"), F.max("ts_ms").alias("hi")) \
+        .agg(F.count("*").alias("n"), F.min("ts_ms").alias("lo"), F.max("ts_ms").alias("hi"),
+             F.count(F.when(F.col("clicked"), True)).alias("clicked")) \
         .collect()
     read_n = sum(r["n"] for r in stats)
     q_by_reason = counts_by_reason([(r["reason"], r["n"]) for r in stats])
@@ -398,11 +402,14 @@ def summarise_events(checked: DataFrame, source: EventSource, days: list[str] | 
             raise GraphBuildError(f"no events for day {empty[0] if empty else '(any)'} with a "
                                   f"valid time in {source.url}")
     check_share(f"events {source.url}", read_n, quarantined, q_by_reason, max_fraction)
-    return CheckedEvents(checked, read_n, quarantined, run_days, _day_stats(stats, run_days))
+    return CheckedEvents(checked, read_n, quarantined, run_days,
+                         _day_stats(stats, run_days, clicks_from_labels))
 
 
-def _day_stats(stats: list, run_days: list[str]) -> dict[str, dict[str, Any]]:
-    """Per day (and UNDATED): rows read/kept/quarantined, reasons, edges, time range."""
+def _day_stats(stats: list, run_days: list[str], clicks_from_labels: bool = False
+               ) -> dict[str, dict[str, Any]]:
+    """Per day (and UNDATED): rows read/kept/quarantined, reasons, edges (with clicks
+    derived from labels: the kept clicked impressions), time range."""
     out: dict[str, dict[str, Any]] = {}
     for day in [*run_days, UNDATED]:
         rows = [r for r in stats if r["day"] == day]
@@ -411,6 +418,8 @@ def _day_stats(stats: list, run_days: list[str]) -> dict[str, dict[str, Any]]:
         by_reason = counts_by_reason([(r["reason"], r["n"]) for r in rows])
         kept = [r for r in rows if r["reason"] is None]
         edges = {EVENT_RELATIONS[r["etype"]].name: r["n"] for r in kept}
+        if clicks_from_labels:
+            edges[LABEL_CLICKS.name] = sum(r["clicked"] for r in kept if r["etype"] == "impression")
         read_n = sum(r["n"] for r in rows)
         out[day] = {
             "rows_read": read_n, "rows_kept": read_n - sum(by_reason.values()),

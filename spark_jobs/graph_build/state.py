@@ -39,6 +39,8 @@ def store_hash(cfg: Config) -> str:
     data = {"relation_weights": g.relation_weights, "content_type_weight": g.content_type_weight,
             "events": {k: ev[k] for k in ("columns", "event_types", "timestamp_unit")},
             "entities": ents}
+    if ev["clicks_from_labels_after_s"] is not None:  # absent otherwise: older hashes hold
+        data["events"]["clicks_from_labels_after_s"] = ev["clicks_from_labels_after_s"]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
