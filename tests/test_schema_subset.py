@@ -168,12 +168,11 @@ def test_without_any_clicks_partition_and_a_shard_worker_train(spark, subset_log
     """Impressions and categories only: no clicked relation at all."""
     from clickgraph.core.graph_store import open_graph_store
     from clickgraph.core.timeline import split_windows
+    from spark_jobs import build_graph, partition
     from trainer.data import load_graph_data, window_events
     from trainer.dist_train import owned_impressions, train_worker
     from trainer.distributed import find_free_port
     from trainer.shard import load_shard
-
-    from spark_jobs import build_graph, partition
 
     logs, _, days = subset_logs
     cfg = subset_config(tmp_path, logs, label_clicks=False)
