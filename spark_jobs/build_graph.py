@@ -116,7 +116,7 @@ def run(spark: SparkSession, cfg: Config, days: list[str] | None = None,
 
     # ---- parse and check: the entity tables, then one pass over the events, staged
     entities = check_entity_tables(read_entity_tables(spark, g.input.entities, logs_url),
-                                   g.max_quarantine_fraction)
+                                   g.max_quarantine_fraction, g.input.entities.link_only_types())
     known = known_entities(entities.pool, state.id_maps)
     known_rows = entities.rows_kept + sum(state.counts.values())
     phase("entity tables read and checked")
@@ -124,12 +124,14 @@ def run(spark: SparkSession, cfg: Config, days: list[str] | None = None,
                            bounds, days, known, known_rows)
     staging_url = fs.join(out_url, "_staging", f"run={run_id}")
     events = summarise_events(stage_events(spark, checked, staging_url), source, days,
-                              read_days, g.max_quarantine_fraction)
+                              read_days, g.max_quarantine_fraction,
+                              g.input.events.clicks_from_labels_after_s is not None)
     phase(f"{events.rows_read:,} event rows read and checked for {len(events.run_days)} day(s), "
           f"{events.rows_quarantined:,} quarantined")
 
     # ---- ids, then link edges (content -> article/brand/category, article -> brand/category)
-    nodes = number_nodes(events.rows, entities.pool, state, events.run_days)
+    nodes = number_nodes(events.rows, entities.pool, state, events.run_days,
+                         g.input.entities.node_types())
     phase(f"ids assigned ({nodes.added:,} new nodes)")
     links = find_link_edges(entities.pool, nodes.nodes, known, nodes.total, g.relation_weights,
                             events.run_days)

@@ -22,13 +22,19 @@ the storage contract cannot disagree.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from clickgraph.core.config import GRAPH_ENTITY_LINKS, GRAPH_NODE_ATTRIBUTES, GRAPH_NODE_TYPES
+from clickgraph.core.config import (
+    GRAPH_ENTITY_LINKS,
+    GRAPH_NODE_ATTRIBUTES,
+    GRAPH_NODE_TYPES,
+    GraphInputConfig,
+)
 
 NODE_TYPES = GRAPH_NODE_TYPES
 DAY_PARTITION = "day"
@@ -76,6 +82,9 @@ EVENT_RELATIONS: dict[str, Relation] = {
                       T.StructField("dwell_ms", T.LongType())),
     "brand_like": _relation("user", "likes", "brand", "event:brand_like"),
 }
+LABEL_CLICKS = dataclasses.replace(EVENT_RELATIONS["click"], source="label:impression.clicked")
+"""The clicked relation derived from impression labels
+(``graph.input.events.clicks_from_labels_after_s``)."""
 LINK_RELATIONS: dict[tuple[str, str], Relation] = {
     (table, link): _relation(table, rel, dst, f"link:{table}.{link}")
     for table, links in GRAPH_ENTITY_LINKS.items() for link, (rel, dst) in links.items()
@@ -83,6 +92,24 @@ LINK_RELATIONS: dict[tuple[str, str], Relation] = {
 RELATIONS: dict[str, Relation] = {
     r.name: r for r in [*EVENT_RELATIONS.values(), *LINK_RELATIONS.values()]
 }
+
+
+
+def mapped_relations(inp: GraphInputConfig) -> dict[str, Relation]:
+    """The relations a mapping (``graph.input``) gives: those of the event types it maps
+    and of the links its entity tables carry. A platform without views or brands, say,
+    has no ``user__viewed__content`` or ``content__of__brand``; the store lists only
+    these relations (docs/graph-store.md)."""
+    events = inp.events.mapped_event_types()
+    tables = inp.entities.tables()
+    chosen = [EVENT_RELATIONS[e] for e in events]
+    if inp.events.clicks_from_labels_after_s is not None:
+        chosen.append(LABEL_CLICKS)
+    chosen += [
+        rel for (table, link), rel in LINK_RELATIONS.items()
+        if table in tables and link in tables[table].links]
+    return {r.name: r for r in chosen}
+
 
 EDGE_BASE_FIELDS = (
     T.StructField("src", T.LongType(), nullable=False),

@@ -175,7 +175,7 @@ def control_metrics(recs: Recommendations, catalogue: Tensor, catalogue_states: 
         ``users``, ``top_k``, ``catalogue_size``, ``distinct_recommended``, ``coverage``,
         ``intra_list_diversity``, ``catalogue_diversity`` (the same measure over the whole
         catalogue, the reference a list's value is read against), ``category_diversity``
-        (mean distinct categories / list length), ``video_share_topk``,
+        (mean distinct categories / list length; None in a store without categories), ``video_share_topk``,
         ``video_share_catalogue``, ``video_share_distinct`` (video among the distinct
         recommended items), ``content_type_share_topk``, ``content_type_share_catalogue``,
         ``mean_score``.
@@ -194,7 +194,7 @@ def control_metrics(recs: Recommendations, catalogue: Tensor, catalogue_states: 
     distinct_ids = torch.unique(recs.content)
     distinct = int(distinct_ids.numel())
     distinct_video = sum(names[i] == VIDEO for i in distinct_ids.tolist())
-    if num_users and k:
+    if num_users and k and bool((category >= 0).any()):  # a store without categories: None
         categories = category[recs.content]
         distinct_categories = [len(set(row)) for row in categories.tolist()]
         category_diversity = float(np.mean(distinct_categories)) / k

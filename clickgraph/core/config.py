@@ -129,6 +129,15 @@ GRAPH_ENTITY_LINKS: dict[str, dict[str, tuple[str, str]]] = {
     "article": {"brand": ("of", "brand"), "category": ("in", "category")},
 }
 GRAPH_EVENT_TYPES = ("impression", "click", "view", "brand_like")
+GRAPH_REQUIRED_NODE_TYPES = ("user", "content")
+GRAPH_REQUIRED_EVENT_TYPES = ("impression",)
+"""What every platform has: users, content and impressions (the training examples).
+Every other node type and event type may be left out of the mapping (docs/graph-store.md,
+"A platform's subset of the schema")."""
+# event type -> the event field naming its non-user end, and that end's node type
+GRAPH_EVENT_TARGETS: dict[str, tuple[str, str]] = {
+    "impression": ("content_id", "content"), "click": ("content_id", "content"),
+    "view": ("content_id", "content"), "brand_like": ("brand_id", "brand")}
 GRAPH_RELATION_NAMES = ("impressed", "clicked", "viewed", "likes", "features", "of", "in")
 
 
@@ -153,7 +162,9 @@ class GraphEventsInput:
 
     ``day_partition`` names the folder key of day partitions (``dt=YYYY-MM-DD``); with
     ``null`` the input is one unpartitioned table and an event's day is the UTC date of
-    its timestamp. ``event_types`` maps each canonical type to the source's names for it.
+    its timestamp. ``event_types`` maps each canonical type to the source's names for it;
+    a type the platform does not have is ``null``, ``[]`` or left out
+    (:meth:`mapped_event_types`).
     """
 
     path: str | None = None  # null: <paths.logs>/events/<json|parquet>
@@ -161,9 +172,20 @@ class GraphEventsInput:
     day_partition: str | None = "dt"
     timestamp_unit: Literal["ms", "s", "iso"] = "ms"
     columns: GraphEventColumns = field(default_factory=GraphEventColumns)
-    event_types: dict[str, list[str]] = field(default_factory=lambda: {
+    event_types: dict[str, list[str] | None] = field(default_factory=lambda: {
         "impression": ["impression"], "click": ["click"], "view": ["view"],
         "brand_like": ["brand_like"]})
+    # A platform that logs impressions with a click label but no click events: derive
+    # one user -> content clicked edge per clicked impression, at the impression's time
+    # plus this many seconds (when the platform knows the label, e.g. its attribution
+    # window). null: clicked edges come from click events only.
+    clicks_from_labels_after_s: int | None = None
+
+    def mapped_event_types(self) -> dict[str, list[str]]:
+        """Event type -> source names, for the types the platform has (a non-empty list),
+        in GRAPH_EVENT_TYPES order."""
+        return {t: list(self.event_types[t]) for t in GRAPH_EVENT_TYPES
+                if self.event_types.get(t)}
 
 
 @dataclass(frozen=True)
@@ -188,7 +210,13 @@ class GraphEntityInput:
 
 @dataclass(frozen=True)
 class GraphEntitiesInput:
-    """Entity tables per node type; the defaults read ``clickgraph generate`` output."""
+    """Entity tables per node type; the defaults read ``clickgraph generate`` output.
+
+    A node type whose section is ``null`` has no entity table: it is left out of the
+    graph, unless a table's link names it (content's ``category`` column, say), in which
+    case its nodes are the ids the links hold, without attributes or creation time
+    (:meth:`node_types`). ``user`` and ``content`` always need a table.
+    """
 
     user: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
         id="user_id", created_time="signup_time",
@@ -196,13 +224,36 @@ class GraphEntitiesInput:
     content: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
         id="content_id", created_time="created_time", attributes={"content_type": "content_type"},
         links={"article": "article_ids", "brand": "brand_ids", "category": "category_id"}))
-    article: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+    article: GraphEntityInput | None = field(default_factory=lambda: GraphEntityInput(
         id="article_id", attributes={"price_band": "price_band"},
         links={"brand": "brand_id", "category": "category_id"}))
-    brand: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+    brand: GraphEntityInput | None = field(default_factory=lambda: GraphEntityInput(
         id="brand_id", attributes={"name": "name", "tier": "tier"}))
-    category: GraphEntityInput = field(default_factory=lambda: GraphEntityInput(
+    category: GraphEntityInput | None = field(default_factory=lambda: GraphEntityInput(
         id="category_id", attributes={"group": "group"}))
+
+    def tables(self) -> dict[str, GraphEntityInput]:
+        """Node type -> its entity table, for the types that have one (GRAPH_NODE_TYPES
+        order)."""
+        return {t: spec for t in GRAPH_NODE_TYPES if (spec := getattr(self, t)) is not None}
+
+    def link_only_types(self) -> dict[str, list[tuple[str, str]]]:
+        """Node types without a table that a table's link names -> ``(table, link)`` of
+        those links; their nodes are the ids the links hold."""
+        tables = self.tables()
+        out: dict[str, list[tuple[str, str]]] = {}
+        for table, spec in tables.items():
+            for link in spec.links:
+                target = GRAPH_ENTITY_LINKS.get(table, {}).get(link, (None, None))[1]
+                if target is not None and target not in tables:
+                    out.setdefault(target, []).append((table, link))
+        return {t: out[t] for t in GRAPH_NODE_TYPES if t in out}
+
+    def node_types(self) -> tuple[str, ...]:
+        """The graph's node types: those with a table or named by a link (GRAPH_NODE_TYPES
+        order)."""
+        present = set(self.tables()) | set(self.link_only_types())
+        return tuple(t for t in GRAPH_NODE_TYPES if t in present)
 
 
 @dataclass(frozen=True)
@@ -607,7 +658,8 @@ def _validate_graph(cfg: Config) -> None:
     for ctype, weight in g.content_type_weight.items():
         if weight < 0:
             raise ConfigError(f"{src}: key 'graph.content_type_weight.{ctype}' must be >= 0")
-    ev = g.input.events
+    ev, entities = g.input.events, g.input.entities
+    node_types = entities.node_types()
     seen: dict[str, str] = {}
     for etype, names in ev.event_types.items():
         key = f"graph.input.events.event_types.{etype}"
@@ -615,18 +667,38 @@ def _validate_graph(cfg: Config) -> None:
             raise ConfigError(f"{src}: key '{key}': unknown event type "
                               f"(known: {', '.join(GRAPH_EVENT_TYPES)})")
         if not names:
-            raise ConfigError(f"{src}: key '{key}' must list at least one source name")
+            continue  # the platform has no such events
         for name in names:
             if name in seen:
                 raise ConfigError(f"{src}: key '{key}': source name {name!r} is already "
                                   f"mapped to {seen[name]!r}")
             seen[name] = etype
-        needs = "brand_id" if etype == "brand_like" else "content_id"
+        needs, target = GRAPH_EVENT_TARGETS[etype]
         if getattr(ev.columns, needs) is None:
             raise ConfigError(f"{src}: key 'graph.input.events.columns.{needs}' is null but "
                               f"'{key}' maps {etype} events, which need it")
-    for ntype in GRAPH_NODE_TYPES:
-        table = getattr(g.input.entities, ntype)
+        if target not in node_types:
+            raise ConfigError(f"{src}: key '{key}' maps {etype} events, but the graph has no "
+                              f"{target} nodes (graph.input.entities.{target} is null and no "
+                              f"table links to {target}); set '{key}: null'")
+    derive = ev.clicks_from_labels_after_s
+    if derive is not None:
+        key = "graph.input.events.clicks_from_labels_after_s"
+        if derive < 0:
+            raise ConfigError(f"{src}: key '{key}' must be >= 0")
+        if ev.event_types.get("click"):
+            raise ConfigError(f"{src}: key '{key}' derives clicks from impression labels, but "
+                              "'graph.input.events.event_types.click' maps click events too; "
+                              "set one of them to null")
+        if ev.columns.clicked is None:
+            raise ConfigError(f"{src}: key '{key}' needs the impressions' click label, but "
+                              "'graph.input.events.columns.clicked' is null")
+    for etype in GRAPH_REQUIRED_EVENT_TYPES:
+        if not ev.event_types.get(etype):
+            raise ConfigError(f"{src}: key 'graph.input.events.event_types.{etype}' must list "
+                              f"at least one source name: {etype} events are the training "
+                              "examples every platform needs")
+    for ntype, table in entities.tables().items():
         prefix = f"graph.input.entities.{ntype}"
         for attr in table.attributes:
             if attr not in GRAPH_NODE_ATTRIBUTES[ntype]:

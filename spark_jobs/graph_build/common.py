@@ -15,9 +15,6 @@ QUARANTINE_REASONS = ("malformed", "missing_key", "unknown_event_type", "wrong_t
                       "timestamp_out_of_range", "duplicate", "unknown_entity")
 ENTITY_FOLDERS = {"user": "users", "content": "content", "article": "articles",
                   "brand": "brands", "category": "categories"}
-# event type -> (raw id column of the non-user end, node type)
-EVENT_TARGET = {"impression": ("content_raw", "content"), "click": ("content_raw", "content"),
-                "view": ("content_raw", "content"), "brand_like": ("brand_raw", "brand")}
 QUARANTINED = "quarantined"  # staging slice of quarantined event rows (others: event type)
 UNDATED = "undated"  # quarantine bucket for rows of unpartitioned input without a valid time
 BROADCAST_MAX_ROWS = 5_000_000

@@ -147,13 +147,24 @@ def write_edges(events: CheckedEvents, links: LinkEdges, nodes: NumberedNodes, g
         if not any(events.day_stats[d]["edges"].get(rel.name) for d in events.run_days):
             continue
         # one relation's slice of the staged events: a pruned scan, not a filter of all
-        edges = event_edges(events.rows.where(F.col("slice") == etype), user_ids, target_ids,
-                            weight)
-        _append(edges, rel.name, out_url, run_id)
+        if etype == "click" and g.input.events.clicks_from_labels_after_s is not None:
+            rows = label_clicks(events.rows, g.input.events.clicks_from_labels_after_s)
+        else:
+            rows = events.rows.where(F.col("slice") == etype)
+        _append(event_edges(rows, user_ids, target_ids, weight), rel.name, out_url, run_id)
     for rel in LINK_RELATIONS.values():
         if not any(links.counts.get((rel.name, d)) for d in events.run_days):
             continue
         _append(links.edges.where(F.col("relation") == rel.name), rel.name, out_url, run_id)
+
+
+def label_clicks(staged: DataFrame, after_s: int) -> DataFrame:
+    """Click events derived from the staged impressions' labels: one per kept clicked
+    impression, at its time plus ``after_s`` seconds (when the platform knows the label;
+    ``graph.input.events.clicks_from_labels_after_s``), in the impression's day folder."""
+    return staged.where((F.col("slice") == "impression") & F.col("clicked")) \
+        .withColumn("etype", F.lit("click")) \
+        .withColumn("ts_ms", F.col("ts_ms") + F.lit(int(after_s) * 1000))
 
 
 def _append(edges: DataFrame, relation: str, out_url: str, run_id: str) -> None:

@@ -125,13 +125,18 @@ class CheckedEntities:
 
 
 def check_entity_tables(tables: Iterable[tuple[str, GraphEntityInput, DataFrame, str]],
-                        max_fraction: float) -> CheckedEntities:
-    """The five tables in one frame, checked, cached and counted.
+                        max_fraction: float,
+                        link_only: dict[str, list[tuple[str, str]]] | None = None
+                        ) -> CheckedEntities:
+    """The entity tables in one frame, checked, cached and counted.
 
     Args:
-        tables: ``(node type, spec, raw table, url)`` per node type
+        tables: ``(node type, spec, raw table, url)`` per node type with a table
             (:func:`~.inputs.read_entity_tables`).
         max_fraction: ``graph.max_quarantine_fraction``, per table.
+        link_only: node type without a table -> ``(table, link)`` of the links naming it
+            (``GraphEntitiesInput.link_only_types``): its nodes, the ids those links hold,
+            join the pool (not the rows: they were not read from any input).
 
     Raises:
         GraphBuildError: a table without rows, or with too many quarantined.
@@ -155,7 +160,29 @@ def check_entity_tables(tables: Iterable[tuple[str, GraphEntityInput, DataFrame,
         entity_stats[ntype] = {"rows_read": read_n, "rows_kept": read_n - quarantined,
                                "rows_quarantined": quarantined, "quarantine_by_reason": by_reason}
     pool = entities.where(F.col("reason").isNull()).drop("reason", "raw")
+    if link_only:
+        pool = pool.unionByName(linked_entities(pool, link_only))
     return CheckedEntities(entities, pool, entity_urls, entity_stats)
+
+
+def linked_entities(pool: DataFrame, link_only: dict[str, list[tuple[str, str]]]) -> DataFrame:
+    """Entities of node types without a table: every distinct id their links hold, in the
+    pool's columns, without creation time (always existed), attributes or links.
+
+    Args:
+        pool: valid entity rows (``t, raw_id, created_ts_ms, attrs, links``).
+        link_only: node type -> ``(table, link)`` of the links naming it.
+    """
+    frames = []
+    for ntype, sources in link_only.items():
+        for table, link in sources:
+            frames.append(pool.where(F.col("t") == table).select(
+                F.explode(F.col("links").getItem(link)).alias("raw_id"))
+                .select(F.lit(ntype).alias("t"), "raw_id"))
+    return union(frames).distinct().select(
+        "t", "raw_id", F.lit(None).cast("long").alias("created_ts_ms"),
+        F.create_map().cast("map<string,string>").alias("attrs"),
+        F.create_map().cast("map<string,array<string>>").alias("links"))
 
 
 def known_entities(pool: DataFrame, id_maps: DataFrame | None) -> DataFrame:

@@ -114,7 +114,7 @@ class NumberedNodes:
     Attributes:
         new_ids: ``(t, raw_id, id, first_day)`` of the raw ids new to the store; persisted.
         nodes: every node (:func:`store_nodes`); persisted.
-        counts: node type -> nodes after the run.
+        counts: node type -> nodes after the run, for the graph's node types.
         added: nodes new in this run.
         new_types: node types whose tables this run writes (new nodes, or none yet).
     """
@@ -131,7 +131,8 @@ class NumberedNodes:
 
 
 def number_nodes(events: DataFrame, pool: DataFrame, state: StoreState,
-                 run_days: list[str]) -> NumberedNodes:
+                 run_days: list[str], node_types: tuple[str, ...] = GRAPH_NODE_TYPES
+                 ) -> NumberedNodes:
     """Entities enter on their creation day or first reference, numbered in
     ``(first_day, raw_id)`` order after the existing ids.
 
@@ -140,13 +141,15 @@ def number_nodes(events: DataFrame, pool: DataFrame, state: StoreState,
         pool: valid entity rows.
         state: the store extended.
         run_days: days of this run, ascending.
+        node_types: the graph's node types (``GraphEntitiesInput.node_types``); a type
+            the mapping leaves out gets no table.
     """
     refs = entity_refs(events.where(F.col("slice") != QUARANTINED))
     new_ids = assign_ids(first_days(pool, refs, run_days), state.id_maps, state.counts) \
         .persist(StorageLevel.MEMORY_AND_DISK)
     added = {r["t"]: r["n"] for r in new_ids.groupBy("t").agg(F.count("*").alias("n")).collect()}
-    node_counts = {t: state.counts[t] + added.get(t, 0) for t in GRAPH_NODE_TYPES}
-    new_node_types = [t for t in GRAPH_NODE_TYPES if added.get(t) or not state.counts[t]]
+    node_counts = {t: state.counts.get(t, 0) + added.get(t, 0) for t in node_types}
+    new_node_types = [t for t in node_types if added.get(t) or not state.counts.get(t)]
     nodes = store_nodes(new_ids, pool, state.nodes).persist(StorageLevel.MEMORY_AND_DISK)
     return NumberedNodes(new_ids, nodes, node_counts, sum(added.values()), new_node_types)
 
@@ -160,7 +163,7 @@ def write_nodes(nodes: NumberedNodes, prev_manifest: dict | None, out_url: str,
         ones, or the previous run's for types without new nodes.
     """
     node_paths = {}
-    for ntype in GRAPH_NODE_TYPES:
+    for ntype in nodes.counts:
         if ntype in nodes.new_types:
             paths = (f"nodes/{ntype}/run={run_id}", f"id_maps/{ntype}/run={run_id}")
             mine = nodes.nodes.where(F.col("t") == ntype)

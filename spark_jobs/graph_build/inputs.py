@@ -11,7 +11,6 @@ from pyspark.sql import functions as F
 
 from clickgraph.core import fs
 from clickgraph.core.config import (
-    GRAPH_NODE_TYPES,
     ConfigError,
     GraphEntitiesInput,
     GraphEntityInput,
@@ -176,14 +175,13 @@ def read_entity_table(spark: SparkSession, ntype: str, spec: GraphEntityInput,
 
 def read_entity_tables(spark: SparkSession, entities: GraphEntitiesInput, logs_url: str
                        ) -> Iterator[tuple[str, GraphEntityInput, DataFrame, str]]:
-    """``(node type, spec, raw table, url)`` of every node type, read one at a time as
+    """``(node type, spec, raw table, url)`` of every node type with a table, read one at a time as
     the caller advances (a table is read after the previous one has been checked).
 
     Raises:
         GraphBuildError: a table is missing or unreadable.
     """
-    for ntype in GRAPH_NODE_TYPES:
-        spec = getattr(entities, ntype)
+    for ntype, spec in entities.tables().items():  # types left out (null) have none
         raw, url = read_entity_table(spark, ntype, spec, logs_url)
         yield ntype, spec, raw, url
 

@@ -9,7 +9,6 @@ from typing import Any
 from clickgraph.core import fs
 from clickgraph.core.config import (
     GRAPH_NODE_ATTRIBUTES,
-    GRAPH_NODE_TYPES,
     Config,
 )
 from clickgraph.core.graph_store import (
@@ -21,8 +20,8 @@ from spark_jobs.graph_build.common import ENTITY_FOLDERS, QUARANTINE_REASONS, UN
 from spark_jobs.graph_build.inputs import EventSource
 from spark_jobs.graph_build.state import store_hash
 from spark_jobs.schemas import (
-    RELATIONS,
     edge_schema,
+    mapped_relations,
 )
 
 
@@ -45,7 +44,8 @@ class BuildStats:
         day_stats: per run day (and ``UNDATED``): rows read/kept/quarantined, reasons,
             event edges per relation, time range of kept events (ms since epoch).
         link_counts: ``(relation name, day) -> link edges`` of this run.
-        node_counts: node type -> nodes in the store after the run.
+        node_counts: node type -> nodes in the store after the run, for the graph's node
+            types (a type the mapping leaves out is absent).
         node_paths: node type -> ``(node table folder, id map folder)`` relative to the
             store.
     """
@@ -88,7 +88,7 @@ def build_manifest(cfg: Config, prev: dict[str, Any] | None, stats: BuildStats) 
         undated = dict(stats.day_stats[UNDATED], run=stats.run_id)
         undated.pop("edges", None)
     relations = {}
-    for name, rel in RELATIONS.items():
+    for name, rel in mapped_relations(cfg.graph.input).items():
         parts = [{"day": d, "count": e["edges"][name],
                   "path": f"edges/{name}/day={d}/run={e['run']}"}
                  for d, e in day_index.items() if e["edges"].get(name)]
@@ -141,7 +141,7 @@ def build_manifest(cfg: Config, prev: dict[str, Any] | None, stats: BuildStats) 
         edge_counts={n: r["count"] for n, r in relations.items()},
         node_types={t: {"count": stats.node_counts[t], "path": stats.node_paths[t][0],
                         "id_map_path": stats.node_paths[t][1],
-                        "attributes": list(GRAPH_NODE_ATTRIBUTES[t])} for t in GRAPH_NODE_TYPES},
+                        "attributes": list(GRAPH_NODE_ATTRIBUTES[t])} for t in stats.node_counts},
         relations=relations,
         reverse_edges="derived: every relation is stored once as src -> dst; read it with "
                       "src and dst swapped for dst -> src",

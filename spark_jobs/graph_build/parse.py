@@ -15,6 +15,7 @@ from pyspark.sql import types as T
 
 from clickgraph.core import fs
 from clickgraph.core.config import (
+    GRAPH_EVENT_TARGETS,
     ConfigError,
     GraphConfig,
     GraphEventsInput,
@@ -31,7 +32,7 @@ from spark_jobs.graph_build.common import (
     maybe_broadcast,
 )
 from spark_jobs.graph_build.inputs import EventSource
-from spark_jobs.schemas import EVENT_RELATIONS
+from spark_jobs.schemas import EVENT_RELATIONS, LABEL_CLICKS
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ def blank(c: Column) -> Column:
 
 # --------------------------------------------------------------------------- events
 
+EVENT_TYPE_FIELDS = {"brand_id": ("brand_like",), "dwell_ms": ("view",)}
+"""Event fields read for some event types only: left unread (the column need not exist)
+when the mapping has none of them."""
+
 
 def parse_events(raw: DataFrame, ev: GraphEventsInput, fmt: str, bounds: TimeBounds,
                  partitioned: bool, source_url: str = "<events>") -> DataFrame:
@@ -149,7 +154,11 @@ def parse_events(raw: DataFrame, ev: GraphEventsInput, fmt: str, bounds: TimeBou
     Raises:
         ConfigError: a configured column is absent from a parquet input.
     """
-    columns = {k: v for k, v in dataclasses.asdict(ev.columns).items() if v is not None}
+    mapped = ev.mapped_event_types()
+    # a field only one event type carries is not read when the platform has no such events
+    unused = {f for f, types in EVENT_TYPE_FIELDS.items() if not set(types) & set(mapped)}
+    columns = {k: v for k, v in dataclasses.asdict(ev.columns).items()
+               if v is not None and k not in unused}
     if fmt == "json":
         names = list(dict.fromkeys(columns.values()))
         schema = T.StructType([T.StructField(n, T.StringType()) for n in names]
@@ -188,7 +197,7 @@ def parse_events(raw: DataFrame, ev: GraphEventsInput, fmt: str, bounds: TimeBou
         value = convert(src[key], types[key])
         return value, src[key].isNotNull() & value.isNull()
 
-    type_map = F.create_map(*[F.lit(x) for name, sources in ev.event_types.items()
+    type_map = F.create_map(*[F.lit(x) for name, sources in mapped.items()
                               for s in sources for x in (s, name)])
     etype_src = text("event_type")
     etype = F.try_element_at(type_map, etype_src)
@@ -200,7 +209,8 @@ def parse_events(raw: DataFrame, ev: GraphEventsInput, fmt: str, bounds: TimeBou
     clicked, bad_clicked = typed("clicked", _as_bool)
     dwell, bad_dwell = typed("dwell_ms", _as_long)
     user, content, brand = text("user_id"), text("content_id"), text("brand_id")
-    needs_content = etype.isin("impression", "click", "view")
+    targets_of = {node: [e for e, (_, t) in GRAPH_EVENT_TARGETS.items() if t == node]
+                  for node in ("content", "brand")}
     wrong_type = (
         (~ts_missing & ts_ms.isNull())
         | ((etype == "impression") & (bad_position | bad_clicked))
@@ -216,7 +226,8 @@ def parse_events(raw: DataFrame, ev: GraphEventsInput, fmt: str, bounds: TimeBou
         .when(blank(text("event_id")) | blank(etype_src) | ts_missing | blank(user),
               "missing_key")
         .when(etype.isNull(), "unknown_event_type")
-        .when((needs_content & blank(content)) | ((etype == "brand_like") & blank(brand)),
+        .when((etype.isin(*targets_of["content"]) & blank(content))
+              | (etype.isin(*targets_of["brand"]) & blank(brand)),
               "missing_key")
         .when(wrong_type, "wrong_type")
         .when(~in_range, "timestamp_out_of_range"))
@@ -252,9 +263,9 @@ def mark_duplicates(events: DataFrame) -> DataFrame:
 def event_targets(events: DataFrame) -> DataFrame:
     """Add ``target_t``/``target_raw``: the node type and raw id of an event's non-user
     end (content for impressions, clicks and views; brand for brand likes)."""
-    etype = F.col("etype")
-    target_t = F.when(etype.isin("impression", "click", "view"), F.lit("content")) \
-        .when(etype == "brand_like", F.lit("brand"))
+    target_t = F.try_element_at(F.create_map(*[
+        F.lit(x) for etype, (_, node) in GRAPH_EVENT_TARGETS.items() for x in (etype, node)]),
+        F.col("etype"))
     target_raw = F.when(target_t == "content", F.col("content_raw")) \
         .when(target_t == "brand", F.col("brand_raw"))
     return events.withColumn("target_t", target_t).withColumn("target_raw", target_raw)
@@ -354,7 +365,8 @@ class CheckedEvents:
 
 
 def summarise_events(checked: DataFrame, source: EventSource, days: list[str] | None,
-                     read_days: list[str] | None, max_fraction: float) -> CheckedEvents:
+                     read_days: list[str] | None, max_fraction: float,
+                     clicks_from_labels: bool = False) -> CheckedEvents:
     """Count the checked events per day, reason and event type; decide the run's days.
 
     Args:
@@ -363,13 +375,16 @@ def summarise_events(checked: DataFrame, source: EventSource, days: list[str] | 
         days: days requested, None for every day in the input.
         read_days: day partitions read (partitioned input), else None.
         max_fraction: ``graph.max_quarantine_fraction``.
+        clicks_from_labels: clicked edges are derived from clicked impressions
+            (``graph.input.events.clicks_from_labels_after_s``); counted per day too.
 
     Raises:
         GraphBuildError: no rows, a requested day without a valid event (unpartitioned
             input), or too many rows quarantined.
     """
     stats = checked.groupBy(F.coalesce("day", F.lit(UNDATED)).alias("day"), "reason", "etype") \
-        .agg(F.count("*").alias("n"), F.min("ts_ms").alias("lo"), F.max("ts_ms").alias("hi")) \
+        .agg(F.count("*").alias("n"), F.min("ts_ms").alias("lo"), F.max("ts_ms").alias("hi"),
+             F.count(F.when(F.col("clicked"), True)).alias("clicked")) \
         .collect()
     read_n = sum(r["n"] for r in stats)
     q_by_reason = counts_by_reason([(r["reason"], r["n"]) for r in stats])
@@ -387,11 +402,14 @@ def summarise_events(checked: DataFrame, source: EventSource, days: list[str] | 
             raise GraphBuildError(f"no events for day {empty[0] if empty else '(any)'} with a "
                                   f"valid time in {source.url}")
     check_share(f"events {source.url}", read_n, quarantined, q_by_reason, max_fraction)
-    return CheckedEvents(checked, read_n, quarantined, run_days, _day_stats(stats, run_days))
+    return CheckedEvents(checked, read_n, quarantined, run_days,
+                         _day_stats(stats, run_days, clicks_from_labels))
 
 
-def _day_stats(stats: list, run_days: list[str]) -> dict[str, dict[str, Any]]:
-    """Per day (and UNDATED): rows read/kept/quarantined, reasons, edges, time range."""
+def _day_stats(stats: list, run_days: list[str], clicks_from_labels: bool = False
+               ) -> dict[str, dict[str, Any]]:
+    """Per day (and UNDATED): rows read/kept/quarantined, reasons, edges (with clicks
+    derived from labels: the kept clicked impressions), time range."""
     out: dict[str, dict[str, Any]] = {}
     for day in [*run_days, UNDATED]:
         rows = [r for r in stats if r["day"] == day]
@@ -400,6 +418,8 @@ def _day_stats(stats: list, run_days: list[str]) -> dict[str, dict[str, Any]]:
         by_reason = counts_by_reason([(r["reason"], r["n"]) for r in rows])
         kept = [r for r in rows if r["reason"] is None]
         edges = {EVENT_RELATIONS[r["etype"]].name: r["n"] for r in kept}
+        if clicks_from_labels:
+            edges[LABEL_CLICKS.name] = sum(r["clicked"] for r in kept if r["etype"] == "impression")
         read_n = sum(r["n"] for r in rows)
         out[day] = {
             "rows_read": read_n, "rows_kept": read_n - sum(by_reason.values()),

@@ -32,12 +32,15 @@ def store_hash(cfg: Config) -> str:
     """Hash of the settings that shape stored data (mapping, weights); incremental runs
     must share it with the store they extend."""
     g = cfg.graph
-    ents = {t: {k: v for k, v in dataclasses.asdict(getattr(g.input.entities, t)).items()
-                if k not in ("path", "format")} for t in GRAPH_NODE_TYPES}
+    ents = {t: None if spec is None else {k: v for k, v in dataclasses.asdict(spec).items()
+                                          if k not in ("path", "format")}
+            for t in GRAPH_NODE_TYPES for spec in [getattr(g.input.entities, t)]}
     ev = dataclasses.asdict(g.input.events)
     data = {"relation_weights": g.relation_weights, "content_type_weight": g.content_type_weight,
             "events": {k: ev[k] for k in ("columns", "event_types", "timestamp_unit")},
             "entities": ents}
+    if ev["clicks_from_labels_after_s"] is not None:  # absent otherwise: older hashes hold
+        data["events"]["clicks_from_labels_after_s"] = ev["clicks_from_labels_after_s"]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
