@@ -188,3 +188,41 @@ def test_cli_json_and_a_missing_checkpoint(trained_run, tmp_path, capsys):
     assert set(printed["auc"]) == {"gnn", "baseline", "baseline_plus_embeddings"}
     assert main(["evaluate", *args, "--checkpoint", str(tmp_path / "nowhere")]) == 2
     assert "no meta.json" in capsys.readouterr().err
+
+
+def test_link_rates_count_only_clicks_and_impressions_strictly_before(trained_run, model):
+    """The trees' link features (trainer.tabular): per content link (its brands, say), the
+    smoothed click rate of every content sharing the link, from edges strictly before
+    the impression, averaged over the content's links; brute force from the store."""
+    from trainer.evaluate import model_counts
+    from trainer.tabular import baseline_features
+
+    cfg, _ = trained_run
+    data = model.data
+    imp = data.impressions
+    events = torch.arange(0, len(imp), max(1, len(imp) // 150))
+    x, names, _ = baseline_features(data, model_counts(model), events)
+    links = data.graph.csr[("brand", "rev_of", "content")]
+    click_user, click_content, click_time = _edges(cfg, "user__clicked__content")
+    _, shown_content, shown_time = _edges(cfg, "user__impressed__content")
+    brand_of = {c: links.neighbor[links.indptr[c]:links.indptr[c + 1]].tolist()
+                for c in range(data.graph.num_nodes["content"])}
+    content_of_brand: dict[int, set] = {}
+    for c, brands in brand_of.items():
+        for b in brands:
+            content_of_brand.setdefault(b, set()).add(c)
+    column = x[:, names.index("content_brand_ctr")]
+    checked = 0
+    for row, (c, t) in enumerate(zip(imp.content[events].tolist(), imp.time[events].tolist())):
+        if not brand_of[c]:
+            assert np.isnan(column[row])
+            continue
+        rates = []
+        for b in brand_of[c]:
+            mates = np.array(sorted(content_of_brand[b]))
+            clicks = int((np.isin(click_content, mates) & (click_time < t)).sum())
+            shown = int((np.isin(shown_content, mates) & (shown_time < t)).sum())
+            rates.append((clicks + 1) / (shown + 20))
+            checked += clicks
+        assert column[row] == pytest.approx(np.mean(rates), rel=1e-5), (row, c, t)
+    assert checked > 0

@@ -54,9 +54,11 @@ def _data(graph: TemporalHeteroGraph, seed_time: int) -> GraphData:
     g = torch.Generator().manual_seed(3)
     features = {
         "user": NodeFeatures(torch.randint(1, 4, (NUM["user"], 2), generator=g), [4, 4],
-                             created_time=torch.full((NUM["user"],), T0 - 10)),
+                             created_time=torch.full((NUM["user"],), T0 - 10),
+                             learn_id_embedding=True),
         "content": NodeFeatures(torch.randint(1, 3, (NUM["content"], 1), generator=g), [3],
-                                created_time=torch.full((NUM["content"],), T0 - 10)),
+                                created_time=torch.full((NUM["content"],), T0 - 10),
+                                learn_id_embedding=True),
         "brand": NodeFeatures(torch.zeros((NUM["brand"], 0), dtype=torch.int64), [],
                               learn_id_embedding=True),
     }
@@ -96,6 +98,7 @@ def test_scores_do_not_change_when_the_future_changes(strategy, conv):
     seed_time = T0 + 600
     cfg = _train_cfg(strategy=strategy, model=dataclasses.replace(_train_cfg().model, conv=conv))
     past = ClickEngine(_data(_graph(), seed_time), cfg)
+    _trained_identities(past.model)
     future = ClickEngine(_data(_graph(extra_after=seed_time), seed_time), cfg)
     future.model.load_state_dict(past.model.state_dict())
     events = torch.arange(16)
@@ -107,6 +110,14 @@ def test_scores_do_not_change_when_the_future_changes(strategy, conv):
     else:
         # uniform draws depend only on the visible counts, which the future leaves alone
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _trained_identities(model) -> None:
+    """Non-zero id vectors (a fresh model's are zero), so the identity path is live."""
+    with torch.no_grad():
+        for encoder in model.encoders.values():
+            if encoder.id_embedding is not None:
+                encoder.id_embedding.weight.normal_(generator=torch.Generator().manual_seed(1))
 
 
 def test_scores_do_change_with_the_past():
@@ -229,3 +240,66 @@ def test_pair_objective_trains_the_click_head_on_impressions_and_the_dot_product
     logits.requires_grad_(True)
     pair_objective_loss(logits, pair, examples, 0.5, world_size=None)[0].backward()
     assert torch.all(logits.grad[4:] == 0) and torch.all(logits.grad[:4] != 0)
+
+
+def test_node_identity_falls_back_for_new_and_untrained_nodes():
+    """Id vectors start at zero; an id beyond the table (a node newer than the model)
+    adds nothing; id dropout acts in training only."""
+    from trainer.model import NodeEncoder
+
+    features = NodeFeatures(torch.ones((5, 1), dtype=torch.int64), [2], learn_id_embedding=True)
+    encoder = NodeEncoder(features, 4, id_dropout=0.5).eval()
+    node, at = torch.tensor([0, 1, 4]), torch.zeros(3, dtype=torch.int64)
+    fallback = encoder(features, node, at)
+    assert torch.equal(encoder.identity(node), torch.zeros(3, 4))  # untrained: nothing
+    with torch.no_grad():
+        encoder.id_embedding.weight.fill_(1.0)
+    wider = NodeFeatures(torch.ones((7, 1), dtype=torch.int64), [2], learn_id_embedding=True)
+    got = encoder(wider, torch.tensor([0, 5, 6]), at)
+    assert torch.allclose(got[0], fallback[0] + 1.0)
+    assert torch.allclose(got[1:], fallback[1:].expand(2, -1))  # ids 5, 6: beyond the table
+    encoder.train()
+    torch.manual_seed(0)
+    dropped = encoder.identity(torch.zeros(2000, dtype=torch.int64))[:, 0]
+    assert 0.4 < float((dropped == 0).float().mean()) < 0.6
+
+
+def test_a_checkpoint_grows_to_a_graph_with_more_nodes():
+    """--continue and a later export: the id tables and their Adam moments gain zero rows
+    for the new nodes; a table larger than the graph is another graph."""
+    from trainer.checkpoint import CheckpointError, grow_id_tables
+    from trainer.model import NodeEncoder
+
+    small = NodeEncoder(NodeFeatures(torch.ones((3, 1), dtype=torch.int64), [2],
+                                     learn_id_embedding=True), 4)
+    large = NodeEncoder(NodeFeatures(torch.ones((5, 1), dtype=torch.int64), [2],
+                                     learn_id_embedding=True), 4)
+    with torch.no_grad():
+        small.id_embedding.weight.fill_(2.0)
+    optimizer = torch.optim.Adam(small.parameters())
+    small(small_features := NodeFeatures(torch.ones((3, 1), dtype=torch.int64), [2],
+                                         learn_id_embedding=True),
+          torch.tensor([0, 2]), torch.zeros(2, dtype=torch.int64)).sum().backward()
+    optimizer.step()
+    state, moments = grow_id_tables(large, small.state_dict(), optimizer.state_dict())
+    large.load_state_dict(state)
+    weight = large.id_embedding.weight
+    assert torch.equal(weight[3:], torch.zeros(2, 4)) and torch.all(weight[:3] != 0)
+    grown = torch.optim.Adam(large.parameters())
+    grown.load_state_dict(moments)
+    large(NodeFeatures(torch.ones((5, 1), dtype=torch.int64), [2], learn_id_embedding=True),
+          torch.tensor([4]), torch.zeros(1, dtype=torch.int64)).sum().backward()
+    grown.step()  # moments of the right shape
+    assert small_features.num_nodes == 3
+    with pytest.raises(CheckpointError, match="ids are reused"):
+        grow_id_tables(small, large.state_dict())
+
+
+def test_history_pairs_give_every_example_its_seed_rows_edges():
+    from trainer.history import example_edge_pairs
+
+    seed_row = torch.tensor([2, 0, 2, 1])  # examples 0 and 2 share row 2
+    edge_dst = torch.tensor([0, 2, 2, 3, 1])  # row 3 has no example
+    example, edge = example_edge_pairs(seed_row, edge_dst)
+    got = sorted(zip(example.tolist(), edge.tolist()))
+    assert got == [(0, 1), (0, 2), (1, 0), (2, 1), (2, 2), (3, 4)]
