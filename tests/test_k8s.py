@@ -548,7 +548,8 @@ def test_evaluate_export_job_is_bounded_and_cleaned_up():
     assert isinstance(job["activeDeadlineSeconds"], int) and 0 < job["activeDeadlineSeconds"] < step_timeout_s
     for rule in job.get("podFailurePolicy", {}).get("rules", []):
         if rule["action"] == "Ignore":
-            assert rule["onPodConditions"] == [{"type": "DisruptionTarget"}], "ignore only disruptions"
+            disruption = {"type": "DisruptionTarget", "status": "True"}
+            assert rule["onPodConditions"] == [disruption], "ignore only disruptions"
 
 
 def test_cronjob_never_overlaps_and_is_bounded():

@@ -63,8 +63,9 @@ def test_earlier_outputs_are_refused_without_fresh(tmp_path):
     assert (tmp_path / "graph" / "_MANIFEST.json").exists()  # nothing deleted
 
 
-def test_a_failing_stage_is_named_and_the_partial_report_is_written(tmp_path, monkeypatch):
-    """Fake Spark stages: generate succeeds, build-graph fails."""
+def test_a_failing_stage_is_named_and_the_partial_report_is_written(tmp_path, monkeypatch, capfd):
+    """Fake Spark stages: generate succeeds, build-graph fails; their library output goes
+    to their own log files, not the terminal."""
     from pyspark.sql import SparkSession
 
     from spark_jobs import build_graph, generate_logs, session
@@ -76,22 +77,31 @@ def test_a_failing_stage_is_named_and_the_partial_report_is_written(tmp_path, mo
             FakeSpark.stopped = True
 
     def failing_build(spark, cfg, days=None, log=print):
+        subprocess.run(["sh", "-c", "echo 'WARN MemoryManager: a child process line' >&2"], check=True)
         raise build_graph.GraphBuildError(f"no events for day {days[0]}")
+
+    def generate(spark, cfg, log=print):
+        print("WARN a library warning", file=sys.stderr)
+        return {"events_total": 1234, "days": days}
 
     days = ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05", "2026-03-06"]
     monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: None))
     monkeypatch.setattr(session, "get_spark", lambda cfg, suffix="": FakeSpark())
-    monkeypatch.setattr(generate_logs, "run",
-                        lambda spark, cfg, log=print: {"events_total": 1234, "days": days})
+    monkeypatch.setattr(generate_logs, "run", generate)
     monkeypatch.setattr(build_graph, "run", failing_build)
     cfg = load_config(None, tiny_overrides(tmp_path) + ["generate.num_days=5", "train.val_days=1",
                                                         "train.test_days=1"])
     lines: list[str] = []
     with pytest.raises(pipeline.PipelineError,
                        match=r"stage 2/12 build-graph \(day1\) failed: GraphBuildError: no events "
-                             r"for day 2026-03-02"):
+                             r"for day 2026-03-02 \(Spark's and Ray's output of the step: .*"
+                             r"/pipeline-logs/02-build-graph-day1.log\)"):
         pipeline.run_pipeline(cfg, log=lines.append)
     assert FakeSpark.stopped
+    logs = tmp_path / "pipeline-logs"
+    assert (logs / "01-generate.log").read_text() == "WARN a library warning\n"
+    assert (logs / "02-build-graph-day1.log").read_text() == "WARN MemoryManager: a child process line\n"
+    assert "WARN" not in "".join(capfd.readouterr())
     assert any(line.startswith("pipeline [1/12] generate done in") for line in lines)
     assert any(line.startswith("pipeline [2/12] build-graph (day1) ...") for line in lines)
     results = json.loads((tmp_path / "report" / "pipeline.json").read_text())
@@ -199,6 +209,19 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
     for name in images:
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
     assert "Not available" not in page
+
+    # a quiet terminal: Spark's and Ray's own output is in one file per step
+    terminal = (out + done.stderr).splitlines()
+    assert len(terminal) <= 180, len(terminal)   # 144 measured; 243 when the libraries printed there
+    noise = re.compile(r"\bWARN(ING)?\b|Traceback|log4j|TrainController|Reporting training result")
+    assert not [line for line in terminal if noise.search(line)]
+    logs = tmp_path / "pipeline-logs"
+    closing = rf"^pipeline: Spark's and Ray's own output, one file per step: {re.escape(str(logs))}/ \("
+    assert re.search(closing, out, re.M)
+    assert "log4j" in (logs / "01-generate.log").read_text()          # the JVM started there
+    assert "Reporting training result" in (logs / "04-train-day1.log").read_text()
+    assert [r["log"] for r in results["stages"]][3] == str(logs / "04-train-day1.log")
+    assert all(Path(r["log"]).is_file() for r in results["stages"])   # empty where nothing was printed
 
     # a second run without --fresh refuses before touching anything
     again = subprocess.run(command[:2] + command[3:], capture_output=True, text=True, timeout=120)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from clickgraph import __version__
+from clickgraph.app.stage_logs import StageLogs
 from clickgraph.core import fs
 from clickgraph.core.config import Config, replace
 from clickgraph.core.errors import ClickgraphError
@@ -153,11 +154,14 @@ class PeakMemory:
 
 
 class Progress:
-    """Numbered stage lines with elapsed time, and the stage records of the results."""
+    """Numbered stage lines with elapsed time, and the stage records of the results.
+
+    With ``logs``, each step's library output goes to its own file, named in its record.
+    """
 
     def __init__(self, steps: list[tuple[str, str | None]], records: list[dict[str, Any]],
-                 log: Callable[[str], None]):
-        self.steps, self.records, self.log = steps, records, log
+                 log: Callable[[str], None], logs: StageLogs | None = None):
+        self.steps, self.records, self.log, self.logs = steps, records, log, logs
         self.started = time.perf_counter()
 
     def elapsed(self) -> str:
@@ -175,6 +179,8 @@ class Progress:
         record: dict[str, Any] = {"step": step, "of": len(self.steps), "stage": stage, "run": run,
                                   "status": "running"}
         self.records.append(record)
+        if self.logs is not None:
+            record["log"] = str(self.logs.switch(f"{step:02d}-{stage}" + (f"-{run}" if run else "")))
         self.log(f"pipeline [{step}/{len(self.steps)}] {name} ... (elapsed {self.elapsed()})")
         t0 = time.perf_counter()
         with PeakMemory() as memory:
@@ -227,7 +233,8 @@ def _train(cfg: Config, continue_run: bool, log: Callable[[str], None]) -> dict[
 
 
 def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
-                 retrain_baseline: bool = RETRAIN_BY_DEFAULT, fresh: bool = False) -> dict[str, Any]:
+                 retrain_baseline: bool = RETRAIN_BY_DEFAULT, fresh: bool = False,
+                 stage_logs: bool = True) -> dict[str, Any]:
     """Run every stage, add one more day, write the report; returns the results.
 
     Args:
@@ -237,6 +244,9 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
             for the continue-against-retrain comparison.
         fresh: Delete earlier outputs in the stage folders (:data:`STAGE_FOLDERS`) first.
             Without it the pipeline refuses to start when they hold anything.
+        stage_logs: Send Spark's and Ray's own output (warnings, notices, Ray's reports and
+            actor tracebacks) to one file per step in :func:`log_folder` instead of the
+            terminal (:mod:`clickgraph.app.stage_logs`); ``log`` lines stay on the terminal.
 
     Returns:
         The results as described in :func:`clickgraph.app.report.write_report`, also written
@@ -246,8 +256,6 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
         PipelineError: Earlier outputs without ``fresh``, too few days, or a stage failed
             (then the report of what finished is still written).
     """
-    from clickgraph.app import report
-
     check_days(cfg)
     cfg = replace(cfg, "partition", num_parts=cfg.resources.workers)
     leftovers = existing_outputs(cfg)
@@ -260,6 +268,30 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
     for url in leftovers:
         log(f"pipeline: --fresh: removing {url}")
         fs.remove(url)
+    if not stage_logs:
+        return _run(cfg, log, retrain_baseline, None)
+    folder = log_folder(cfg)
+    with StageLogs(folder) as logs:
+        results = _run(cfg, log, retrain_baseline, logs)
+    log(f"pipeline: Spark's and Ray's own output, one file per step: {folder}/"
+        f" ({', '.join(p.name for p in logs.written)})")
+    return results
+
+
+def log_folder(cfg: Config) -> str:
+    """Local folder of the per-step library logs: ``<paths.root>/pipeline-logs``, or a new
+    temporary folder when ``paths.root`` is not on the local file system."""
+    if fs.is_local(cfg.paths.root):
+        return fs.join(cfg.paths.root, "pipeline-logs").removeprefix("file://")
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="clickgraph-pipeline-logs-")
+
+
+def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
+         logs: StageLogs | None) -> dict[str, Any]:
+    """:func:`run_pipeline` after its checks."""
+    from clickgraph.app import report
 
     steps = plan(retrain_baseline)
     started_at = dt.datetime.now(dt.UTC)
@@ -277,7 +309,7 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
                     if retrain_baseline else "not retrained from scratch (off by default: "
                     "it repeats the training and evaluation stages; --retrain turns it on)"},
     }
-    progress = Progress(steps, results["stages"], log)
+    progress = Progress(steps, results["stages"], log, logs)
     report_url = cfg.paths.stage("report")
     log(f"pipeline: {len(steps)} steps, {cfg.resources.workers} training worker(s), "
         f"{cfg.generate.num_days} days ({cfg.generate.num_users:,} users); report -> {report_url}")
@@ -297,8 +329,9 @@ def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
         if failed is None or not isinstance(error, Exception):
             raise
         name = failed["stage"] + (f" ({failed['run']})" if failed["run"] else "")
+        where = f" (Spark's and Ray's output of the step: {failed['log']})" if "log" in failed else ""
         raise PipelineError(f"stage {failed['step']}/{failed['of']} {name} failed: "
-                            f"{failed['error']}") from error
+                            f"{failed['error']}{where}") from error
     finally:
         spark.stop()
         if not ray_was_running:

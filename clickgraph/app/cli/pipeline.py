@@ -24,6 +24,8 @@ writes paths.report/index.html (plots beside it) and pipeline.json with every fi
 and stage timing. Every stage writes to its usual folder (paths.logs, paths.graph, ...);
 because the first days are built from scratch, the pipeline refuses to start when those
 folders hold an earlier run's outputs unless --fresh deletes them (docs/pipeline.md).
+Spark's and Ray's own output (routine warnings, Ray's reports) goes to one log file per
+step in paths.root/pipeline-logs, named at the end (--verbose: on the terminal instead).
 
 Exit status: 0 done; 1 a stage failed (the report of what finished is still written) or
 earlier outputs without --fresh; 2 bad config.
@@ -45,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="delete earlier outputs in paths.graph, partitions, train, eval and "
                              "embeddings first")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Spark's and Ray's own output on the terminal instead of one log "
+                             "file per step in <paths.root>/pipeline-logs")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         cfg = replace(cfg, "resources", workers=args.workers)
     retrain = RETRAIN_BY_DEFAULT if args.retrain is None else args.retrain
     try:
-        run_pipeline(cfg, retrain_baseline=retrain, fresh=args.fresh)
+        run_pipeline(cfg, retrain_baseline=retrain, fresh=args.fresh, stage_logs=not args.verbose)
     except PipelineError as error:
         print(f"clickgraph pipeline: {error}", file=sys.stderr)
         return 1
