@@ -297,7 +297,16 @@ def test_recommendation_controls_agree_with_the_lists(trained_run, default_expor
     content_states = torch.as_tensor(embedding_matrix(content))
     n = content_states.shape[0]
     cutoff = manifest["cutoff"]["seconds"]
+    from trainer.inference import PairContext
+
+    user_id = torch.tensor([exported["user"].column("id").to_pylist()[user_rows[user_raw]]])
+    content_ids = torch.tensor(content.column("id").to_pylist())
+    context = PairContext(model, user_id, content_ids, cutoff)  # history attention's summaries
+    summaries = context.summaries(user_state.expand(n, -1), content_states,
+                                  torch.zeros(n, dtype=torch.int64), torch.arange(n))
+    assert len(summaries) == 2
     scores = score_pairs(model, user_state.expand(n, -1), content_states,
-                         torch.zeros(n, dtype=torch.int64), torch.full((n,), cutoff, dtype=torch.int64))
+                         torch.zeros(n, dtype=torch.int64), torch.full((n,), cutoff, dtype=torch.int64),
+                         summaries)
     best = [catalogue[i] for i in torch.argsort(scores, descending=True, stable=True)[:k].tolist()]
     assert [i for _, i, _ in by_user[user_raw]] == best

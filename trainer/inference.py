@@ -142,12 +142,45 @@ def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | 
 
 @torch.no_grad()
 def score_pairs(model: TrainedModel, user_state: Tensor, content_state: Tensor,
-                position: Tensor, seed_time: Tensor) -> Tensor:
-    """Click probabilities from precomputed user and content states (``[B]`` each row)."""
+                position: Tensor, seed_time: Tensor, summaries: list[Tensor] = ()) -> Tensor:
+    """Click probabilities from precomputed user and content states (``[B]`` each row)
+    and, for a model with history attention, the pairs' summaries (:class:`PairContext`)."""
     engine = model.engine
     logits = engine.model.score(user_state.to(engine.device), content_state.to(engine.device),
-                                position.to(engine.device), seed_time.to(engine.device))
+                                position.to(engine.device), seed_time.to(engine.device),
+                                [t.to(engine.device) for t in summaries])
     return torch.sigmoid(logits).cpu()
+
+
+class PairContext:
+    """What a model with history attention needs to score many ``(user, content)`` pairs
+    as of one time: one sampled neighbourhood of the users and the contents as seeds at
+    ``cutoff`` (strictly earlier edges only, as every sample), from which each pair's
+    candidate-aware summaries are computed (:meth:`ClickGNN.summaries`)."""
+
+    def __init__(self, model: TrainedModel, users: Tensor, contents: Tensor, cutoff: int,
+                 seed: int = 0):
+        from trainer.engine import with_edge_weights
+
+        engine = model.engine
+        self.net = engine.model
+        at = {t: torch.full((n.numel(),), int(cutoff), dtype=torch.int64, device=engine.device)
+              for t, n in (("user", users), ("content", contents))}
+        self.batch = with_edge_weights(engine.sampler.sample(
+            {"user": (users.to(engine.device), at["user"]),
+             "content": (contents.to(engine.device), at["content"])},
+            generator=torch.Generator().manual_seed(seed)))
+        _, self.initial, self.time_codes = self.net.states(self.batch, engine.features)
+
+    def summaries(self, user_state: Tensor, content_state: Tensor, user_index: Tensor,
+                  content_index: Tensor) -> list[Tensor]:
+        """Summaries of pairs ``(users[user_index[i]], contents[content_index[i]])`` with
+        their states ``user_state[i]``, ``content_state[i]``."""
+        device = self.batch.seed_local["user"].device
+        return self.net.summaries(user_state.to(device), content_state.to(device),
+                                  self.batch.seed_local["user"][user_index.to(device)],
+                                  self.batch.seed_local["content"][content_index.to(device)],
+                                  self.batch, self.initial, self.time_codes)
 
 
 def existing_nodes(data: GraphData, node_type: str, cutoff: int) -> Tensor:

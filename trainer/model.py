@@ -249,6 +249,17 @@ class ClickGNN(nn.Module):
             x = {t: self.dropout(torch.relu(norm[t](h))) for t, h in out.items()}
         return x, initial, time_codes
 
+    def summaries(self, user: Tensor, content: Tensor, user_rows: Tensor, content_rows: Tensor,
+                  batch: SampledSubgraph, initial: dict[str, Tensor],
+                  time_codes: dict[EdgeType, Tensor]) -> list[Tensor]:
+        """The candidate-aware summaries of pairs ``[B]`` (none without
+        ``history_attention``): the content state ``content`` attending over the hop-1
+        neighbours of the user seed rows ``user_rows`` of ``batch``, and the user state
+        over the content seed rows' (:meth:`states` gives ``initial`` and ``time_codes``)."""
+        return [self.history[t](query, rows, batch, initial, time_codes)
+                for t, query, rows in (("user", content, user_rows), ("content", user, content_rows))
+                if t in self.history]
+
     def score(self, user_state: Tensor, content_state: Tensor, position: Tensor,
               seed_time: Tensor, summaries: list[Tensor] = ()) -> Tensor:
         """Click logits ``[B]`` from user and content states, the candidate-aware
@@ -275,10 +286,8 @@ class ClickGNN(nn.Module):
         counts = counts or {}
         user = self.seed_state("user", states["user"][user_local], counts.get("user"))
         content = self.seed_state("content", states["content"][content_local], counts.get("content"))
-        summaries = [self.history[t](query, rows, batch, initial, time_codes)
-                     for t, query, rows in (("user", content, user_local),
-                                            ("content", user, content_local))
-                     if t in self.history]
+        summaries = self.summaries(user, content, user_local, content_local, batch, initial,
+                                   time_codes)
         logits = self.score(user, content, position, seed_time, summaries)
         if not with_pair:
             return logits

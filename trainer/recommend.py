@@ -30,11 +30,13 @@ import torch
 from torch import Tensor
 
 from clickgraph.core.errors import InputError
-from trainer.inference import TrainedModel, score_pairs
+from trainer.inference import PairContext, TrainedModel, score_pairs
 
 VIDEO = "video"
 # scored (user, content) rows per call of the click head; bounds the memory of one call
 PAIRS_PER_CALL = 262_144
+# the same with history attention: each pair also reads its seeds' neighbours
+HISTORY_PAIRS_PER_CALL = 16_384
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ def sample_users(users: Tensor, count: int, seed: int) -> Tensor:
 
 @torch.no_grad()
 def top_k_content(model: TrainedModel, user_states: Tensor, content_states: Tensor, cutoff: int,
-                  top_k: int) -> tuple[Tensor, Tensor]:
+                  top_k: int, users: Tensor | None = None, contents: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
     """Score every (user, content) pair and keep each user's best ``top_k``.
 
     Args:
@@ -81,6 +84,8 @@ def top_k_content(model: TrainedModel, user_states: Tensor, content_states: Tens
         content_states: float32 ``[C, D]`` embeddings of the catalogue as of ``cutoff``.
         cutoff: Seed time of every pair, seconds (the hour feature reads it).
         top_k: List length; capped at ``C``.
+        users, contents: Their node ids (``[U]``, ``[C]``), required by a model with
+            history attention (its pairs' summaries read the nodes' neighbourhoods).
 
     Returns:
         ``(index, score)``, each ``[U, min(top_k, C)]``: catalogue row indices (into
@@ -93,16 +98,26 @@ def top_k_content(model: TrainedModel, user_states: Tensor, content_states: Tens
     score = torch.empty((num_users, k), dtype=torch.float32)
     if num_users == 0 or k == 0:
         return index, score
-    users_per_call = max(1, PAIRS_PER_CALL // num_content)
+    context = None
+    if model.engine.model.history:
+        if users is None or contents is None:
+            raise ValueError("a model with history attention scores pairs from node ids: "
+                             "pass users and contents")
+        context = PairContext(model, users, contents, cutoff)
+    users_per_call = max(1, (PAIRS_PER_CALL if context is None else HISTORY_PAIRS_PER_CALL)
+                         // num_content)
     for start in range(0, num_users, users_per_call):
         chunk = user_states[start:start + users_per_call]
         rows = chunk.shape[0] * num_content
+        user_index = torch.arange(start, start + chunk.shape[0]).repeat_interleave(num_content)
+        content_index = torch.arange(num_content).repeat(chunk.shape[0])
+        pair_users, pair_contents = user_states[user_index], content_states[content_index]
+        summaries = ([] if context is None else
+                     context.summaries(pair_users, pair_contents, user_index, content_index))
         probabilities = score_pairs(
-            model,
-            chunk.repeat_interleave(num_content, dim=0),
-            content_states.repeat(chunk.shape[0], 1),
+            model, pair_users, pair_contents,
             torch.zeros(rows, dtype=torch.int64),
-            torch.full((rows,), int(cutoff), dtype=torch.int64),
+            torch.full((rows,), int(cutoff), dtype=torch.int64), summaries,
         ).view(chunk.shape[0], num_content)
         ordered, order = torch.sort(probabilities, dim=1, descending=True, stable=True)
         index[start:start + chunk.shape[0]] = order[:, :k]
@@ -242,5 +257,6 @@ def recommend(model: TrainedModel, cutoff: int, users: Tensor, user_states: Tens
     chosen = sample_users(users, sample_size, seed)
     order = torch.argsort(users)
     rows = order[torch.searchsorted(users[order], chosen)]
-    index, score = top_k_content(model, user_states[rows], catalogue_states, cutoff, top_k)
+    index, score = top_k_content(model, user_states[rows], catalogue_states, cutoff, top_k,
+                                 chosen, catalogue)
     return Recommendations(user=chosen, content=catalogue[index], score=score, cutoff=int(cutoff))
