@@ -403,6 +403,9 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
     Returns:
         This rank's :class:`WorkerResult`.
     """
+    if cfg.content_type_loss_weight:
+        raise ValueError("train.content_type_loss_weight is applied by the single-process "
+                         "trainer only (clickgraph train --workers 1); set it to {} here")
     torch.set_num_threads(threads)
     created_group = not dist.is_initialized()
     if created_group:
@@ -450,7 +453,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     cache: HotNodeCache | None = (build_hot_cache(shard, hot_cache, counter=cache_counter)
                                   if hot_cache else None)
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
-                                  strategy=cfg.strategy, counter=counter, hot_cache=cache)
+                                  strategy=cfg.strategy, counter=counter, hot_cache=cache,
+                                  weighted=cfg.weighted_sampling)
     model = build_model(shard, cfg)
     if resume.model is not None:
         model.load_state_dict(resume.model)
