@@ -14,6 +14,9 @@ Planted structure (hidden from the output, visible to a model that reads the gra
 * content and brands carry a style (a community); a user clicks content of their current
   taste and of their favourite brand far more often;
 * a hidden share of users love video (device hints at it weakly);
+* users differ in how readily they click at all (a per-user propensity on the logit,
+  ``user_click_propensity_sd``), as on real platforms, where a user's past click rate is
+  one of the strongest features and a new user's is unknown: the cold-start gap;
 * click probability also falls with feed position (position bias) and content age, rises
   with a hidden per-content quality and slightly in the evening;
 * users and content arrive every day, so each day has cold-start users with no history.
@@ -189,6 +192,10 @@ class LatentModel:
     def user_activity(self, uid):
         u = self.r.u("user.activity", uid)
         return 0.15 + 0.85 * u * u
+
+    def user_propensity(self, uid):
+        """The user's own click propensity, a term of the click logit (mean 0)."""
+        return self.g.user_click_propensity_sd * self.r.normal("user.propensity", uid)
 
     def user_favourite_brand(self, uid):
         return self.user_community(uid) + self.g.num_communities * self.r.index(
@@ -395,6 +402,7 @@ def impressions_df(spark, m: LatentModel, with_truth: bool = False):
              + 1.0 * (m.content_brand(cid) == m.user_favourite_brand(uid)).cast("double")
              + 0.6 * (m.brand_style(m.content_brand(cid)) == taste_now).cast("double")
              + F.when(ctype == "video", F.when(m.user_video_lover(uid), 1.3).otherwise(-0.7)).otherwise(0.0)
+             + m.user_propensity(uid)
              + 0.5 * m.content_quality(cid)
              - 0.45 * F.log2(1 + F.col("position"))
              - 0.08 * age_days
@@ -402,7 +410,7 @@ def impressions_df(spark, m: LatentModel, with_truth: bool = False):
     p_click = 1 / (1 + F.exp(-logit))
     df = df.withColumn("p_click", p_click) if with_truth else df
     if with_truth:  # the same logit without its user x content terms: what no pair signal adds
-        base = (F.lit(-2.6) + 0.5 * m.content_quality(cid) - 0.45 * F.log2(1 + F.col("position"))
+        base = (F.lit(-2.6) + m.user_propensity(uid) + 0.5 * m.content_quality(cid) - 0.45 * F.log2(1 + F.col("position"))
                 - 0.08 * age_days + F.when((hour >= 19) & (hour < 23), 0.15).otherwise(0.0))
         df = df.withColumn("p_click_no_pair", 1 / (1 + F.exp(-base)))
     df = df.withColumn("clicked", r.u("imp.click", F.col("eid")) < p_click)

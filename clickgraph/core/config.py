@@ -103,6 +103,7 @@ class GenerateConfig:
     targeted_feed_share: float = 0.4
     video_lover_fraction: float = 0.25
     drifting_user_fraction: float = 0.2
+    user_click_propensity_sd: float = 1.0
     formats: list[Literal["json", "parquet"]] = field(
         default_factory=lambda: ["json", "parquet"]
     )
@@ -529,6 +530,8 @@ def _validate_values(cfg: Config) -> None:
     for name in fractions:
         if not 0.0 <= getattr(g, name) <= 1.0:
             raise ConfigError(f"{src}: key 'generate.{name}' must be within [0, 1]")
+    if g.user_click_propensity_sd < 0:
+        raise ConfigError(f"{src}: key 'generate.user_click_propensity_sd' must be >= 0")
     if not 0.0 <= g.bad_row_fraction < 0.5:
         raise ConfigError(f"{src}: key 'generate.bad_row_fraction' must be within [0, 0.5)")
     if not g.formats:
