@@ -74,8 +74,13 @@ def draw_examples(impressions: Impressions, events: Tensor, negatives: NegativeS
 
 def content_loss_weights(cfg: TrainConfig, data: GraphData) -> Tensor | None:
     """``train.content_type_loss_weight`` per content node: float32 ``[num_content]`` the
-    weight of an example of that content in the click loss (1 for unnamed or unknown
-    types), or ``None`` when the mapping is empty."""
+    weight of a **clicked** example of that content in the click loss (1 for unnamed or
+    unknown types), or ``None`` when the mapping is empty.
+
+    Only positives are weighted (weighted logistic regression, as YouTube's watch-time
+    weighting): the odds the model learns for a type become ``w`` times its click odds, so
+    its items rank higher. Weighing a type's clicks and non-clicks alike would leave its
+    optimal probability, hence its rank, where it was."""
     if not cfg.content_type_loss_weight:
         return None
     columns = list(data.vocab.get("content", {}))
@@ -272,7 +277,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
         pair_weight: ``train.pair_loss_weight`` under ``train.random_negative_loss:
             pair`` (:func:`pair_objective_loss`); ``None``: every example is a row of
             the click head (``click``).
-        content_weight: float ``[num_content]`` example weight by content
+        content_weight: float ``[num_content]`` weight of a clicked example by content
             (:func:`content_loss_weights`; single process, ``click`` objective): the loss
             is then the weighted mean ``sum w BCE / sum w``; ``None``: all weigh 1.
 
@@ -301,7 +306,8 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
     logits = click_logits(model, inputs)
     label = examples.label.to(logits.device)
     if content_weight is not None:
-        row_weight = content_weight[examples.content].to(logits.device)
+        row_weight = torch.where(examples.label > 0, content_weight[examples.content],
+                                 1.0).to(logits.device)
         loss = (F.binary_cross_entropy_with_logits(logits, label, weight=row_weight, reduction="sum")
                 / row_weight.sum().clamp(min=1e-12))
         loss_sum = None

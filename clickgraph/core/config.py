@@ -296,7 +296,8 @@ class TrainConfig:
     # graph.content_type_weight): a video weight of 3 makes a user's video interactions
     # 3x as likely to fill the fanout (docs/training.md)
     weighted_sampling: bool = True    # (with equal weights in a relation: plain uniform draws)
-    # content type -> weight of an impression of that type in the click loss ({} = all 1)
+    # content type -> weight of a clicked example of that type in the click loss ({} = all 1);
+    # its items' learned odds become w x their click odds (docs/training.md)
     content_type_loss_weight: dict[str, float] = field(default_factory=dict)
     random_negative_ratio: float = 0.5
     # click: random negatives are extra non-clicks of the click head (they also teach it
