@@ -89,6 +89,7 @@ from trainer.engine import (
     pair_weight,
     relation_fanouts,
     training_step,
+    weighted_sampling,
     with_edge_weights,
 )
 from trainer.model import ClickGNN, NodeFeatures
@@ -454,7 +455,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                                   if hot_cache else None)
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
                                   strategy=cfg.strategy, counter=counter, hot_cache=cache,
-                                  weighted=cfg.weighted_sampling)
+                                  weighted=weighted_sampling(cfg))
     model = build_model(shard, cfg)
     if resume.model is not None:
         model.load_state_dict(resume.model)

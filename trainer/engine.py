@@ -95,6 +95,12 @@ def content_loss_weights(cfg: TrainConfig, data: GraphData) -> Tensor | None:
     return by_code[codes.cpu()]
 
 
+def weighted_sampling(cfg: TrainConfig) -> bool:
+    """Whether the sampler draws by edge weight: ``train.weighted_sampling`` applies to
+    ``uniform`` draws; ``most_recent`` stays deterministic."""
+    return cfg.weighted_sampling and cfg.strategy == "uniform"
+
+
 def with_edge_weights(batch: SampledSubgraph) -> SampledSubgraph:
     """Per-edge weights (relation x content-type weight from the store's ``weight``
     attribute) in place of the broadcast relation weight."""
@@ -360,7 +366,7 @@ class ClickEngine:
         self.features = {t: f.to(self.device) for t, f in data.features.items()}
         self.sampler = TemporalNeighborSampler(self.graph, relation_fanouts(cfg, self.graph.edge_types),
                                                strategy=cfg.strategy,
-                                               weighted=cfg.weighted_sampling)
+                                               weighted=weighted_sampling(cfg))
         self.content_weight = content_loss_weights(cfg, data)
         self.model = ClickGNN(data.features, self.graph.edge_types, cfg.model).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate,

@@ -294,7 +294,7 @@ class TrainConfig:
     strategy: Literal["uniform", "most_recent"] = "uniform"
     # uniform draws weighted by the store's per-edge weight (graph.relation_weights x
     # graph.content_type_weight): a video weight of 3 makes a user's video interactions
-    # 3x as likely to fill the fanout (docs/training.md)
+    # 3x as likely to fill the fanout (docs/training.md); most_recent ignores it
     weighted_sampling: bool = True    # (with equal weights in a relation: plain uniform draws)
     # content type -> weight of a clicked example of that type in the click loss ({} = all 1);
     # its items' learned odds become w x their click odds (docs/training.md)
@@ -568,9 +568,6 @@ def _validate_values(cfg: Config) -> None:
     if t.content_type_loss_weight and t.random_negative_loss != "click":
         raise ConfigError(f"{src}: key 'train.content_type_loss_weight' weighs the click loss of "
                           "train.random_negative_loss: click only")
-    if t.weighted_sampling and t.strategy != "uniform":
-        raise ConfigError(f"{src}: key 'train.weighted_sampling' needs train.strategy: uniform "
-                          f"(most_recent is deterministic); got {t.strategy!r}")
     r = cfg.resources
     for name in ("workers", "threads_per_worker", "log_every_steps"):
         if getattr(r, name) < 1:
