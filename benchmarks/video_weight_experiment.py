@@ -11,7 +11,8 @@ ROC-AUC of the GNN (all test impressions), and the export's recommendation contr
 (``trainer/recommend.py``) as of the end of the graph's last day, uncontrolled and under
 the exposure controls of ``evaluate`` (``trainer/rerank.py``). For the baseline arm it also
 sweeps the diversity control (MMR lambda, category cap) on the same candidates, the
-measurement behind its default.
+measurement behind its default. ``--controls-only`` recomputes the controls and the sweep
+from the trained checkpoints (after a change of the controls, without retraining).
 
 The shift of each seed's top-20 video share, video arm minus baseline, in points, is
 ``video_share_shift_points``; the test-AUC cost, baseline minus video, in points, is
@@ -87,13 +88,19 @@ def test_auc(model, cfg) -> float | None:
     return roc_auc(data.impressions.clicked[events].numpy(), scores)
 
 
-SWEEP = [("mmr", 1.0, 0), ("mmr", 0.9, 0), ("mmr", 0.8, 0), ("mmr", 0.7, 0), ("mmr", 0.5, 0),
-         ("none", 1.0, 2), ("mmr", 0.7, 2)]
+SWEEP = [("mmr", 1.0, 0), ("mmr", 0.7, 0), ("mmr", 0.5, 0), ("mmr", 0.45, 0), ("mmr", 0.4, 0),
+         ("mmr", 0.35, 0), ("mmr", 0.3, 0), ("none", 1.0, 2), ("mmr", 0.5, 2)]
 
 
-def controls_sweep(model, cfg) -> list[dict[str, Any]]:
-    """The diversity control at several settings on one model's candidates: coverage,
-    intra-list diversity (and the catalogue's) and predicted CTR against the uncontrolled."""
+def controls_sweep(model, cfg) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """The controls of one model at the config's settings and at the settings of
+    :data:`SWEEP`, on the same candidates.
+
+    Returns:
+        ``(uncontrolled, controlled, sweep)``: the figures of the plain top-k, of the lists
+        under ``evaluate``'s controls, and per sweep setting coverage, intra-list diversity
+        (and the catalogue's), video share and predicted CTR against the uncontrolled.
+    """
     from clickgraph.core.graph_store import open_graph_store, read_table
     from trainer.export import day_end
     from trainer.inference import embed, existing_nodes
@@ -117,6 +124,8 @@ def controls_sweep(model, cfg) -> list[dict[str, Any]]:
     content_type = read_table(store.node_url("content")).sort_by("id").column("content_type").to_pylist()
     category = content_categories(model, cutoff)
     plain = control_metrics(head(candidates, ev.top_k), content, content_states, content_type, category)
+    recs, settings = apply_controls(candidates, content, content_states, content_type, category, ev)
+    controlled = {**control_metrics(recs, content, content_states, content_type, category), **settings}
     out = []
     for method, mmr_lambda, cap in SWEEP:
         setting = dataclasses.replace(ev, diversity=dataclasses.replace(
@@ -128,7 +137,30 @@ def controls_sweep(model, cfg) -> list[dict[str, Any]]:
                     "catalogue_diversity": m["catalogue_diversity"],
                     "video_share_topk": m["video_share_topk"],
                     "predicted_ctr_ratio": m["mean_score"] / plain["mean_score"]})
-    return out
+    return plain, controlled, out
+
+
+def redo_controls(path: Path, workdir: Path, overrides: list[str]) -> None:
+    """Recomputes every run's controls and the sweep from its checkpoint (after a change
+    of the controls, without retraining) and rewrites the results file."""
+    from trainer.inference import load_trained
+
+    results = json.loads(path.read_text())
+    for seed, per_arm in results["seeds"].items():
+        for arm in ("baseline", "video"):
+            r = per_arm[arm]
+            cfg = arm_config(workdir, arm, r["content_type_weight"], f"/seed{seed}",
+                             [*overrides, *r["overrides"], f"train.seed={seed}"])
+            plain, controlled, sweep = controls_sweep(load_trained(cfg), cfg)
+            r["uncontrolled"], r["controlled"] = controls_of(plain), controls_of(controlled)
+            r["diversity_sweep"] = sweep
+            c = r["controlled"]
+            print(f"seed {seed} {arm:8s}: coverage {plain['coverage']:.3f} -> {c['coverage']:.3f}, "
+                  f"diversity {plain['intra_list_diversity']:.3f} -> {c['intra_list_diversity']:.3f} "
+                  f"(catalogue {c['catalogue_diversity']:.3f}), predicted CTR "
+                  f"x{c['mean_score'] / plain['mean_score']:.3f}", flush=True)
+    results["controls_redone_with"] = " ".join([Path(sys.executable).name, *sys.argv])
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -149,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the results")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides, applied to both arms")
+    parser.add_argument("--controls-only", action="store_true",
+                        help="recompute the controls of the runs in --json from their checkpoints")
     args = parser.parse_args(argv)
+    if args.controls_only:
+        redo_controls(Path(args.json), Path(args.workdir).resolve(), args.overrides)
+        return 0
 
     from clickgraph.core import fs
     from spark_jobs import build_graph, generate_logs
@@ -199,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 "controlled": controls_of(manifest["recommendations_controlled"]),
                 "seconds": {"train": round(t1 - t0, 1),
                             "export_and_test": round(time.perf_counter() - t1, 1)}}
-            if arm == "baseline":
-                r["diversity_sweep"] = controls_sweep(model, cfg)
+            r["diversity_sweep"] = controls_sweep(model, cfg)[2]
             u, c = r["uncontrolled"], r["controlled"]
             print(f"seed {seed} {arm:8s}: val AUC {r['val_auc']:.4f}, test AUC {r['test_auc']:.4f}, "
                   f"video share top-{u['top_k']} {u['video_share_topk']:.3f} (catalogue "

@@ -254,7 +254,11 @@ def apply_controls(candidates: Recommendations, catalogue: Tensor, catalogue_sta
     quotas = type_quotas(ev.target_share, k)
     row_of = torch.full((len(content_type),), -1, dtype=torch.int64)
     row_of[catalogue] = torch.arange(catalogue.numel())
-    unit = torch.nn.functional.normalize(catalogue_states.to(torch.float32), dim=-1)
+    # Cosines of embeddings centred on the catalogue's mean: the model's content vectors
+    # share one large common direction (raw cosines of 0.9 and more), which would hide
+    # the differences MMR needs to see.
+    states = catalogue_states.to(torch.float32)
+    unit = torch.nn.functional.normalize(states - states.mean(dim=0), dim=-1)
     method = ev.diversity.method
     result = rerank(candidates.score, unit[row_of[candidates.content]],
                     type_code[candidates.content], category[candidates.content], k,

@@ -11,7 +11,8 @@ docs/export.md):
   each slot taking the candidate that maximises
   ``lambda * relevance - (1 - lambda) * max cosine to the items already listed``, where
   relevance is the click probability rescaled to [0, 1] over the user's candidates and the
-  cosine is between content embeddings; ``lambda = 1`` is the plain top-k;
+  cosine is between content embeddings (centred on the catalogue's mean by
+  :func:`trainer.recommend.apply_controls`); ``lambda = 1`` is the plain top-k;
 * **category cap**: at most ``cap`` items of one category per list (unknown categories are
   not capped).
 

@@ -346,12 +346,14 @@ class DiversityConfig:
     ``mmr``: maximal marginal relevance, greedily the candidate maximising
     ``mmr_lambda * relevance - (1 - mmr_lambda) * max cosine to the items already
     listed`` (relevance: the click probability rescaled to [0, 1] over the user's
-    candidates); ``mmr_lambda: 1`` is the plain top-k. ``category_cap``: at most this many
+    candidates; cosines of content embeddings centred on the catalogue's mean);
+    ``mmr_lambda: 1`` is the plain top-k; the default 0.35 is measured in
+    docs/experiments/video-weight.md. ``category_cap``: at most this many
     items of one category per list (0 = no cap); it applies with either method.
     """
 
     method: Literal["none", "mmr"] = "mmr"
-    mmr_lambda: float = 0.7
+    mmr_lambda: float = 0.35
     category_cap: int = 0
 
 
