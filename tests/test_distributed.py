@@ -231,6 +231,13 @@ def sampling_scenarios(rank: int) -> dict:
             random_cases[-1]["counts_together"] = sampler.activity_counts_of(
                 {node_type: case.seeds[rank].get(node_type, empty)
                  for node_type in sorted(case.graph.num_nodes)})
+        # Weighted draws (train.weighted_sampling) over the random per-edge weights.
+        counter = ByteCounter()
+        weighted = DistTemporalSampler(shard, case.fanouts, "uniform", weighted=True,
+                                       counter=counter)
+        out = weighted.sample(case.seeds[rank], torch.Generator().manual_seed(case_seed))
+        random_cases.append({"case": case_seed, "strategy": "weighted", "replace": False,
+                             "out": out, "bytes": dict(counter.as_dict())})
 
     star = star_case()
     shard = split_graph(star.graph, star.features, star.book)[rank]
@@ -580,16 +587,19 @@ def test_union_of_rank_samples_equals_the_joint_single_process_sample(sampled):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy,replace", MODES)
+@pytest.mark.parametrize("strategy,replace", [*MODES, ("weighted", False)])
 def test_no_distributed_sampled_edge_reaches_its_root_time(sampled, strategy, replace):
     """Every invariant of the single-process tests (strictly earlier edges at every
     hop, per-row counts, edge ids in the right global CSR row, no repeats without
-    replacement, most-recent = latest visible) holds for the distributed samples."""
-    for case, *per_rank in _random_results(sampled, strategy, replace):
+    replacement, most-recent = latest visible) holds for the distributed samples,
+    weighted draws included."""
+    results = list(_random_results(sampled, strategy, replace))
+    assert results
+    for case, *per_rank in results:
         for rank, entry in enumerate(per_rank):
             out = entry["out"]
-            check_invariants(case.graph, case.seeds[rank], case.fanouts, out, strategy,
-                             replace)
+            check_invariants(case.graph, case.seeds[rank], case.fanouts, out,
+                             "uniform" if strategy == "weighted" else strategy, replace)
             for edge_type, edge_time in out.edge_time.items():
                 dst_local = out.edge_index[edge_type][1]
                 assert bool((edge_time < out.node_time[edge_type[2]][dst_local]).all())

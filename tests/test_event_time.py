@@ -140,6 +140,37 @@ def test_an_impression_joins_the_export_of_its_own_day_never_a_later_one():
     assert export_cutoff(times).tolist() == [d, d, d, d, d + 86_400]
 
 
+def test_weighted_sampling_on_a_real_store_never_reaches_the_seed_second(trained_run):
+    """Seeds at the store's own impression times, where the seed impression (and often its
+    click) is an edge at exactly the seed second. Every edge is given a random weight up
+    to 1,000x, so the weighted draw runs on every relation; no sampled edge, at any hop,
+    may be at or after its root seed time."""
+    from trainer.data import load_graph_data
+    from trainer.sampler import TemporalNeighborSampler
+
+    cfg, _ = trained_run
+    data = load_graph_data(cfg.paths.stage("graph"), fit_before=0)
+    generator = torch.Generator().manual_seed(0)
+    for csr in data.graph.csr.values():
+        csr.edge_attr["weight"] = torch.rand(csr.num_edges, generator=generator) * 1000
+    imp = data.impressions
+    pick = torch.randperm(len(imp), generator=generator)[:2000]
+    seeds = {"user": (imp.user[pick], imp.time[pick]), "content": (imp.content[pick], imp.time[pick])}
+    sampler = TemporalNeighborSampler(data.graph, [3, 2], weighted=True)
+    out = sampler.sample(seeds, generator=generator)
+    ties = 0
+    for edge_type, csr in data.graph.csr.items():
+        _, _, dst_type = edge_type
+        root_time = out.node_time[dst_type][out.edge_index[edge_type][1]]
+        assert bool((out.edge_time[edge_type] < root_time).all()), edge_type
+        if dst_type in seeds:  # the seeds' own edges at the seed second exist
+            node, time = seeds[dst_type]
+            row_edges = [csr.edge_time[csr.indptr[n]:csr.indptr[n + 1]] for n in node[:200].tolist()]
+            ties += sum(int((edges == t).sum()) for edges, t in zip(row_edges, time[:200].tolist()))
+    assert ties > 0, "the test needs edges at exactly a seed's time to mean anything"
+    assert out.num_edges > 1000
+
+
 # ------------------------------------------------------------------ no creation times
 
 

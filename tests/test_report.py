@@ -225,3 +225,19 @@ def test_summary_text_has_one_row_per_stage_and_the_total(results):
     assert "failed: ValueError: boom" in report.summary_rows(results)[3][3]
     text = report.format_summary(results)
     assert text.splitlines()[0].startswith("step") and "total" in text.splitlines()[-1]
+
+
+def test_export_figures_put_the_controlled_lists_beside_the_uncontrolled(results):
+    plain = {"video_share_topk": 0.2, "coverage": 0.04, "intra_list_diversity": 0.02,
+             "catalogue_diversity": 0.11, "mean_score": 0.1}
+    steered = {"video_share_topk": 0.3, "coverage": 0.15, "intra_list_diversity": 0.07,
+               "catalogue_diversity": 0.11, "mean_score": 0.095,
+               "against_uncontrolled": {"predicted_ctr_ratio": 0.95}}
+    results["export"]["day1"] = {"drift": None, "recommendations": plain,
+                                 "recommendations_controlled": steered}
+    line = report.stage_figures(results, "export", "day1")
+    assert "uncontrolled: video 0.200, coverage 0.040, diversity 0.020" in line
+    assert "controlled: video 0.300, coverage 0.150, diversity 0.070" in line
+    assert "predicted CTR 0.0950" in line and "x0.950" in line
+    results["export"]["day1"].pop("recommendations_controlled")
+    assert "uncontrolled" not in report.stage_figures(results, "export", "day1")

@@ -34,15 +34,19 @@ def _tensor(values: list[int]) -> torch.Tensor:
 
 def _graph(num_nodes: dict[str, int],
            edges: dict[EdgeType, list[tuple[int, int, int]]],
-           weights: dict[EdgeType, float] | None = None) -> TemporalHeteroGraph:
-    """Graph from ``(src, dst, time)`` lists per forward relation, reverses added."""
+           weights: dict[EdgeType, float] | None = None,
+           edge_weights: dict[EdgeType, list[float]] | None = None) -> TemporalHeteroGraph:
+    """Graph from ``(src, dst, time)`` lists per forward relation, reverses added;
+    ``edge_weights`` gives relations a per-edge ``weight`` attribute, in list order."""
     csr = {}
     for edge_type, triples in edges.items():
         src, dst, time = (list(column) for column in zip(*triples, strict=True)) if triples \
             else ([], [], [])
+        attrs = ({"weight": torch.tensor(edge_weights[edge_type], dtype=torch.float32)}
+                 if edge_weights and edge_type in edge_weights else None)
         csr[edge_type] = TemporalCSR.from_edges(
             _tensor(src), _tensor(dst), _tensor(time), num_nodes[edge_type[2]],
-            weight=(weights or {}).get(edge_type, 1.0))
+            weight=(weights or {}).get(edge_type, 1.0), edge_attr=attrs)
     return add_reverse(TemporalHeteroGraph(num_nodes=num_nodes, csr=csr))
 
 
@@ -70,9 +74,9 @@ def _homepage_graph() -> TemporalHeteroGraph:
 
 
 def _sample(graph: TemporalHeteroGraph, seeds, fanouts, strategy="most_recent",
-            replace=False, seed=0, time_search="auto") -> SampledSubgraph:
+            replace=False, seed=0, time_search="auto", weighted=False) -> SampledSubgraph:
     sampler = TemporalNeighborSampler(graph, fanouts, strategy=strategy, replace=replace,
-                                      time_search=time_search)
+                                      time_search=time_search, weighted=weighted)
     return sampler.sample(seeds, generator=torch.Generator().manual_seed(seed))
 
 
@@ -383,6 +387,86 @@ def test_uniform_with_replacement_matches_the_uniform_edge_distribution():
     assert any(len(set(d)) < len(d) for d in _draws_per_root(out))
 
 
+def _weighted_star(times: list[int], weights: list[float]) -> TemporalHeteroGraph:
+    """User 0 impressed content ``i`` at ``times[i]`` with edge weight ``weights[i]``."""
+    impressions = [(0, i, t) for i, t in enumerate(times)]
+    return _graph({"user": 1, "content": len(times), "brand": 1},
+                  {IMPRESSED: impressions, CLICKED: [], OF_BRAND: []},
+                  edge_weights={IMPRESSED: weights, CLICKED: [], OF_BRAND: []})
+
+
+def _one_hop(edge_type: EdgeType, graph: TemporalHeteroGraph, fanout: int) -> dict:
+    return {et: [0] for et in graph.edge_types} | {edge_type: [fanout]}
+
+
+def test_weighted_sampling_excludes_the_seed_second_and_later_edges_however_heavy():
+    """The tie case: an edge at exactly the seed time, and one after it, each weighing
+    10,000 times the visible ones, are never drawn; the two visible edges always are
+    (fanout 2 of 2 visible) and, at fanout 1, the heavier visible one wins ~9 in 10."""
+    graph = _weighted_star([10, 20, 30, 40], [1.0, 9.0, 1e4, 1e4])
+    seeds = _seeds("user", [(0, 30)])
+    for fanout in (1, 2, 3):
+        for seed in range(200):
+            out = _sample(graph, seeds, _one_hop(REV_IMPRESSED, graph, fanout), "uniform",
+                          seed=seed, weighted=True)
+            drawn = out.edge_id[REV_IMPRESSED].tolist()
+            assert set(drawn) <= {0, 1}, (fanout, seed, drawn)
+            assert len(drawn) == min(fanout, 2)
+    many = _seeds("user", [(0, 21 + i % 10) for i in range(10)])  # 10 roots, all > 20
+    heavy = 0
+    for seed in range(100):
+        out = _sample(graph, many, _one_hop(REV_IMPRESSED, graph, 1), "uniform", seed=seed,
+                      weighted=True)
+        assert set(out.edge_time[REV_IMPRESSED].tolist()) <= {10, 20}
+        heavy += out.edge_id[REV_IMPRESSED].tolist().count(1)
+    assert 800 <= heavy <= 980  # expected 900 of 1000 draws
+
+
+def test_weighted_sampling_matches_successive_draws_without_replacement():
+    """Chi-square of the drawn 2-subsets of 4 visible edges weighing 1, 2, 3, 6 against
+    the exact law of two successive weighted draws without replacement (p > 0.001)."""
+    weights = [1.0, 2.0, 3.0, 6.0]
+    graph = _weighted_star([1000, 2000, 3000, 4000, 5000], [*weights, 50.0])
+    seeds = _seeds("user", [(0, 4001 + i) for i in range(999)])  # edge 4 @ 5000 invisible
+    out = _sample(graph, seeds, _one_hop(REV_IMPRESSED, graph, 2), "uniform", seed=3,
+                  weighted=True)
+    draws = _draws_per_root(out)
+    assert len(draws) == 999 and all(len(set(d)) == 2 for d in draws)
+    total = sum(weights)
+    law = {}
+    for a, b in itertools.permutations(range(4), 2):
+        pair = tuple(sorted((a, b)))
+        law[pair] = law.get(pair, 0.0) + weights[a] / total * weights[b] / (total - weights[a])
+    counts = Counter(tuple(sorted(d)) for d in draws)
+    assert set(counts) <= set(law)
+    pairs = sorted(law)
+    assert _chi_square_p_value([counts[p] for p in pairs], [999 * law[p] for p in pairs]) > 0.001
+
+
+def test_weighted_sampling_with_equal_weights_draws_as_uniform_and_zero_weights_last():
+    graph = _weighted_star([1, 2, 3, 4, 5, 6], [2.0] * 6)
+    plain = _graph({"user": 1, "content": 6, "brand": 1},
+                   {IMPRESSED: [(0, i, i + 1) for i in range(6)], CLICKED: [], OF_BRAND: []})
+    seeds = _seeds("user", [(0, 7 + i) for i in range(30)])
+    fanouts = _one_hop(REV_IMPRESSED, graph, 2)
+    weighted = _sample(graph, seeds, fanouts, "uniform", seed=4, weighted=True)
+    uniform = _sample(plain, seeds, fanouts, "uniform", seed=4)
+    assert torch.equal(weighted.edge_id[REV_IMPRESSED], uniform.edge_id[REV_IMPRESSED])
+    zeros = _weighted_star([1, 2, 3, 4, 5, 6], [0.0, 1.0, 0.0, 5.0, 0.0, 0.0])
+    out = _sample(zeros, seeds, fanouts, "uniform", seed=4, weighted=True)
+    assert all(set(d) == {1, 3} for d in _draws_per_root(out))
+
+
+def test_weighted_sampling_settings_are_checked():
+    graph = _weighted_star([1, 2], [1.0, 1.0])
+    with pytest.raises(ValueError, match="weighted"):
+        TemporalNeighborSampler(graph, [1], strategy="most_recent", weighted=True)
+    with pytest.raises(ValueError, match="weighted"):
+        TemporalNeighborSampler(graph, [1], replace=True, weighted=True)
+    with pytest.raises(ValueError, match=">= 0"):
+        TemporalNeighborSampler(_weighted_star([1, 2], [1.0, -1.0]), [1], weighted=True)
+
+
 def test_same_generator_state_gives_the_same_sample_and_another_seed_does_not():
     graph = _star_graph(20, 10)
     seeds = _seeds("user", [(0, 205 + i) for i in range(50)])
@@ -489,6 +573,30 @@ def test_no_sampled_edge_is_at_or_after_its_root_seed_time(case, mode, time_sear
 
 
 @PROPERTY_SETTINGS
+@given(case=temporal_graphs(), time_search=st.sampled_from(["auto", "bisect"]),
+       seed=st.integers(0, 2**31), data=st.data())
+def test_weighted_sampling_never_draws_an_edge_at_or_after_its_root_seed_time(
+        case, time_search, seed, data):
+    """The no-leak rule under weighted draws, with seed times tied to edge times and
+    random per-edge weights (zeros included) on every relation."""
+    graph, seeds, fanouts = case
+    weight_values = st.sampled_from([0.0, 0.1, 1.0, 3.0, 1000.0])
+    csr = {}
+    for edge_type, relation in graph.csr.items():
+        if edge_type[1].startswith("rev_"):
+            continue
+        weight = torch.tensor(data.draw(st.lists(weight_values, min_size=relation.num_edges,
+                                                 max_size=relation.num_edges)),
+                              dtype=torch.float32)
+        csr[edge_type] = TemporalCSR(relation.indptr, relation.neighbor, relation.edge_time,
+                                     relation.weight, {"weight": weight})
+    weighted_graph = add_reverse(TemporalHeteroGraph(graph.num_nodes, csr))
+    out = _sample(weighted_graph, seeds, fanouts, "uniform", False, seed, time_search,
+                  weighted=True)
+    check_invariants(weighted_graph, seeds, fanouts, out, "uniform", False)
+
+
+@PROPERTY_SETTINGS
 @given(case=temporal_graphs(), time_search=st.sampled_from(["auto", "bisect"]))
 def test_most_recent_equals_the_brute_force_reference_at_every_hop(case, time_search):
     graph, seeds, fanouts = case
@@ -559,6 +667,22 @@ def test_cuda_most_recent_equals_cpu():
         src_type, _, dst_type = edge_type
         root_time = out.node_time[dst_type][out.edge_index[edge_type][1]]
         assert bool((out.edge_time[edge_type] < root_time).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_weighted_sampling_keeps_the_no_leak_rule_and_the_weights():
+    graph = _weighted_star([10, 20, 30, 40], [1.0, 9.0, 1e4, 1e4]).to("cuda")
+    seeds = {"user": (torch.zeros(500, dtype=torch.int64, device="cuda"),
+                      torch.full((500,), 30, dtype=torch.int64, device="cuda"))}
+    seeds["user"] = (seeds["user"][0], seeds["user"][1] + torch.arange(500, device="cuda") % 10)
+    sampler = TemporalNeighborSampler(graph, _one_hop(REV_IMPRESSED, graph, 1), weighted=True)
+    out = sampler.sample(seeds, generator=torch.Generator("cuda").manual_seed(0))
+    root_time = out.node_time["user"][out.edge_index[REV_IMPRESSED][1]]
+    assert bool((out.edge_time[REV_IMPRESSED] < root_time).all())
+    # roots 30 see edges 0, 1 (weights 1 and 9); later roots also see edge 2 (1e4)
+    at_30 = root_time == 30
+    assert set(out.edge_id[REV_IMPRESSED][at_30].tolist()) <= {0, 1}
 
 
 def test_activity_count_columns_do_not_depend_on_the_graph_order():

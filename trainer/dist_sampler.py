@@ -52,7 +52,7 @@ single-process sample of the same seeds on the unpartitioned graph, tensor for t
 ``uniform`` cannot be equal draw for draw, by design: a row's draw is made by its owner
 from the owner's generator, so the random stream of one batch is split over the owners
 and interleaved with other ranks' requests. What is preserved is the distribution: each
-row's draw is the same uniform choice (Floyd subset, or independent draws with
+row's draw is the same choice (Floyd subset, weighted subset, or independent draws with
 replacement) over the same visible edges, independent across rows, so every sampled
 tree has the law of the single-process sampler's. ``tests/test_distributed.py`` checks
 that with chi-square goodness-of-fit tests against the exact law.
@@ -107,6 +107,7 @@ from trainer.sampling_core import (
     check_strategy,
     normalise_fanouts,
     sample_hops,
+    sampling_weights,
     take,
 )
 from trainer.shard import PartitionShard
@@ -302,6 +303,8 @@ class DistTemporalSampler:
         fanouts: As for :class:`~trainer.sampler.TemporalNeighborSampler`.
         strategy: ``"uniform"`` or ``"most_recent"``.
         replace: Uniform sampling with replacement.
+        weighted: Draws weighted by the per-edge ``weight`` attribute, as for the
+            single-process sampler; each owner draws from its own CSR's weights.
         time_search: Visible-prefix search, as for the single-process sampler.
         group: Process group (default: the world); its size must equal the parts.
         counter: Where to count bytes that cross partitions (a new one by default).
@@ -313,11 +316,12 @@ class DistTemporalSampler:
                  strategy: Strategy = "uniform", replace: bool = False,
                  time_search: TimeSearch = "auto", group: dist.ProcessGroup | None = None,
                  counter: ByteCounter | None = None,
-                 hot_cache: HotNodeCache | None = None) -> None:
-        check_strategy(strategy, replace)
+                 hot_cache: HotNodeCache | None = None, weighted: bool = False) -> None:
+        check_strategy(strategy, replace, weighted)
         self.shard = shard
         self.strategy: Strategy = strategy
         self.replace = replace
+        self.weighted = weighted
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
@@ -338,6 +342,8 @@ class DistTemporalSampler:
         try:
             self._validate_shard()
             self._search = {edge_type: VisibleEdgeSearch.build(csr, time_search)
+                            for edge_type, csr in shard.csr.items()}
+            self._weight = {edge_type: sampling_weights(csr, edge_type, weighted)
                             for edge_type, csr in shard.csr.items()}
         except ValueError as error:
             problem = str(error)
@@ -369,7 +375,7 @@ class DistTemporalSampler:
                              f.learn_id_embedding, int(f.categorical.shape[1])]
                          for t, f in shard.features.items()},
             "fanouts": [[list(et), list(hops)] for et, hops in self.fanouts.items()],
-            "strategy": self.strategy, "replace": self.replace,
+            "strategy": self.strategy, "replace": self.replace, "weighted": self.weighted,
             # Ranks must agree on what is cached: a node one rank reads from its cache
             # and another requests would make their messages disagree.
             "hot_cache": ({t: [int(ids.numel()), int(ids.sum())]
@@ -484,7 +490,7 @@ class DistTemporalSampler:
             local = self.shard.local_row(edge_type[2], node)
             start, end = self._search[edge_type].visible_range(local, time)
             edge_pos, query = sample_rows(start, end - start, fanout, self.strategy,
-                                          self.replace, generator)
+                                          self.replace, generator, self._weight[edge_type])
             # sample_rows groups edges by query in query order, hence by source too.
             query_source = segment_ids(query_offset[:, type_index].contiguous(),
                                        node.numel())

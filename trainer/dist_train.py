@@ -90,6 +90,7 @@ from trainer.engine import (
     pair_weight,
     relation_fanouts,
     training_step,
+    weighted_sampling,
     with_edge_weights,
 )
 from trainer.model import ClickGNN, NodeFeatures
@@ -404,6 +405,9 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
     Returns:
         This rank's :class:`WorkerResult`.
     """
+    if cfg.content_type_loss_weight:
+        raise ValueError("train.content_type_loss_weight is applied by the single-process "
+                         "trainer only (clickgraph train --workers 1); set it to {} here")
     torch.set_num_threads(threads)
     created_group = not dist.is_initialized()
     if created_group:
@@ -451,7 +455,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     cache: HotNodeCache | None = (build_hot_cache(shard, hot_cache, counter=cache_counter)
                                   if hot_cache else None)
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
-                                  strategy=cfg.strategy, counter=counter, hot_cache=cache)
+                                  strategy=cfg.strategy, counter=counter, hot_cache=cache,
+                                  weighted=weighted_sampling(cfg))
     model = build_model(shard, cfg)
     optimizer_state = resume.optimizer
     if resume.model is not None:  # --continue: the graph may have new nodes

@@ -72,6 +72,35 @@ def draw_examples(impressions: Impressions, events: Tensor, negatives: NegativeS
     return user, content, seed_time, position, label
 
 
+def content_loss_weights(cfg: TrainConfig, data: GraphData) -> Tensor | None:
+    """``train.content_type_loss_weight`` per content node: float32 ``[num_content]`` the
+    weight of a **clicked** example of that content in the click loss (1 for unnamed or
+    unknown types), or ``None`` when the mapping is empty.
+
+    Only positives are weighted (weighted logistic regression, as YouTube's watch-time
+    weighting): the odds the model learns for a type become ``w`` times its click odds, so
+    its items rank higher. Weighing a type's clicks and non-clicks alike would leave its
+    optimal probability, hence its rank, where it was."""
+    if not cfg.content_type_loss_weight:
+        return None
+    columns = list(data.vocab.get("content", {}))
+    if "content_type" not in columns:
+        raise ValueError("train.content_type_loss_weight is set but the store's content "
+                         "nodes have no content_type attribute")
+    values = data.vocab["content"]["content_type"]
+    by_code = torch.ones(len(values) + 1)
+    for code, value in enumerate(values, start=1):
+        by_code[code] = float(cfg.content_type_loss_weight.get(value, 1.0))
+    codes = data.features["content"].categorical[:, columns.index("content_type")]
+    return by_code[codes.cpu()]
+
+
+def weighted_sampling(cfg: TrainConfig) -> bool:
+    """Whether the sampler draws by edge weight: ``train.weighted_sampling`` applies to
+    ``uniform`` draws; ``most_recent`` stays deterministic."""
+    return cfg.weighted_sampling and cfg.strategy == "uniform"
+
+
 def with_edge_weights(batch: SampledSubgraph) -> SampledSubgraph:
     """Per-edge weights (relation x content-type weight from the store's ``weight``
     attribute) in place of the broadcast relation weight."""
@@ -229,8 +258,8 @@ class StepOutcome:
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: BatchSource,
                   events: Tensor, generator: torch.Generator,
-                  world_size: int | None = None, pair_weight: float | None = None
-                  ) -> StepOutcome:
+                  world_size: int | None = None, pair_weight: float | None = None,
+                  content_weight: Tensor | None = None) -> StepOutcome:
     """One optimisation step of the click model on impression indices ``events``.
 
     Draws the examples, samples their neighbourhoods and gets the model's inputs from
@@ -254,6 +283,9 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
         pair_weight: ``train.pair_loss_weight`` under ``train.random_negative_loss:
             pair`` (:func:`pair_objective_loss`); ``None``: every example is a row of
             the click head (``click``).
+        content_weight: float ``[num_content]`` weight of a clicked example by content
+            (:func:`content_loss_weights`; single process, ``click`` objective): the loss
+            is then the weighted mean ``sum w BCE / sum w``; ``None``: all weigh 1.
 
     Returns:
         The examples, the mean loss of this worker's examples and the phase times.
@@ -279,7 +311,13 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
         return StepOutcome(examples, mean_loss, StepPhases(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
     logits = click_logits(model, inputs)
     label = examples.label.to(logits.device)
-    if world_size is None:
+    if content_weight is not None:
+        row_weight = torch.where(examples.label > 0, content_weight[examples.content],
+                                 1.0).to(logits.device)
+        loss = (F.binary_cross_entropy_with_logits(logits, label, weight=row_weight, reduction="sum")
+                / row_weight.sum().clamp(min=1e-12))
+        loss_sum = None
+    elif world_size is None:
         loss = F.binary_cross_entropy_with_logits(logits, label)
         loss_sum = None
     else:
@@ -327,7 +365,9 @@ class ClickEngine:
         self.graph = data.graph.to(self.device)
         self.features = {t: f.to(self.device) for t, f in data.features.items()}
         self.sampler = TemporalNeighborSampler(self.graph, relation_fanouts(cfg, self.graph.edge_types),
-                                               strategy=cfg.strategy)
+                                               strategy=cfg.strategy,
+                                               weighted=weighted_sampling(cfg))
+        self.content_weight = content_loss_weights(cfg, data)
         self.model = ClickGNN(data.features, self.graph.edge_types, cfg.model).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate,
                                           weight_decay=cfg.weight_decay)
@@ -374,7 +414,7 @@ class ClickEngine:
         """One optimisation step on impression indices ``events``; returns the loss."""
         self.model.train()
         step = training_step(self.model, self.optimizer, self, events, generator,
-                             pair_weight=pair_weight(self.cfg))
+                             pair_weight=pair_weight(self.cfg), content_weight=self.content_weight)
         self.times.sampling += step.phases.sampling + step.phases.inputs
         self.times.compute += step.phases.compute
         return step.loss

@@ -36,7 +36,14 @@ from clickgraph.core.graph_store import read_table
 from clickgraph.core.manifest import ManifestError, new_manifest, read_manifest, write_manifest
 from clickgraph.core.timeline import SECONDS_PER_DAY, day_start, milliseconds
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
-from trainer.recommend import content_categories, control_metrics, recommend
+from trainer.recommend import (
+    apply_controls,
+    compare_controls,
+    content_categories,
+    control_metrics,
+    head,
+    recommend,
+)
 
 EMBEDDINGS_KIND = "embeddings"
 FORMAT_VERSION = 1
@@ -304,14 +311,23 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
             f"({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
-    recs = recommend(model, cutoff_s, nodes["user"], states["user"], nodes["content"],
-                     states["content"], ev.top_k, ev.recommend_users, ev.seed)
-    controls = control_metrics(recs, nodes["content"], states["content"],
-                               raw["content"]["content_type"], content_categories(model, cutoff_s))
-    log(f"export: recommendations for {controls['users']} users, top {controls['top_k']}: coverage "
-        f"{_fmt(controls['coverage'])}, intra-list diversity {_fmt(controls['intra_list_diversity'])}, "
-        f"video share {_fmt(controls['video_share_topk'])} vs catalogue "
-        f"{_fmt(controls['video_share_catalogue'])} ({time.perf_counter() - t0:.1f} s)")
+    candidates = recommend(model, cutoff_s, nodes["user"], states["user"], nodes["content"],
+                           states["content"], ev.rerank_candidates, ev.recommend_users, ev.seed)
+    category = content_categories(model, cutoff_s)
+    controls = control_metrics(head(candidates, ev.top_k), nodes["content"], states["content"],
+                               raw["content"]["content_type"], category)
+    recs, settings = apply_controls(candidates, nodes["content"], states["content"],
+                                    raw["content"]["content_type"], category, ev)
+    controlled = {**control_metrics(recs, nodes["content"], states["content"],
+                                    raw["content"]["content_type"], category), **settings}
+    controlled["against_uncontrolled"] = compare_controls(controls, controlled)
+    for label, c in (("uncontrolled", controls), ("controlled", controlled)):
+        log(f"export: {label} recommendations for {c['users']} users, top {c['top_k']}: coverage "
+            f"{_fmt(c['coverage'])}, intra-list diversity {_fmt(c['intra_list_diversity'])} "
+            f"(catalogue {_fmt(c['catalogue_diversity'])}), video share {_fmt(c['video_share_topk'])} "
+            f"vs catalogue {_fmt(c['video_share_catalogue'])}, predicted CTR {_fmt(c['mean_score'])}")
+    log(f"export: controls cost {_fmt(controlled['against_uncontrolled']['predicted_ctr_ratio'])}x "
+        f"the predicted CTR ({time.perf_counter() - t0:.1f} s)")
 
     previous = previous_version(root_url, cutoff_s)
     if previous is None:
@@ -339,6 +355,7 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
         drift=drift,
         drift_reason=drift_reason,
         recommendations=controls,
+        recommendations_controlled=controlled,
     )
     recommendations = recommendations_table(recs, raw["user"]["raw_id"], raw["content"]["raw_id"],
                                             file_metadata)

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clickgraph.core.config import EvaluateConfig
 from clickgraph.core.errors import InputError
 from trainer.inference import PairContext, TrainedModel, score_pairs
+from trainer.rerank import rerank, type_quotas
 
 VIDEO = "video"
 # scored (user, content) rows per call of the click head; bounds the memory of one call
@@ -233,6 +235,72 @@ def control_metrics(recs: Recommendations, catalogue: Tensor, catalogue_states: 
         "position": 0,
         "excluded": "nothing (seen and clicked content stays eligible)",
     }
+
+
+def head(recs: Recommendations, top_k: int) -> Recommendations:
+    """The first ``top_k`` items of every list (the uncontrolled top-k of a candidate pool)."""
+    return Recommendations(user=recs.user, content=recs.content[:, :top_k],
+                           score=recs.score[:, :top_k], cutoff=recs.cutoff)
+
+
+def apply_controls(candidates: Recommendations, catalogue: Tensor, catalogue_states: Tensor,
+                   content_type: list[str], category: Tensor, ev: EvaluateConfig
+                   ) -> tuple[Recommendations, dict[str, Any]]:
+    """The exposure controls of ``evaluate`` (``target_share``, ``diversity``) on each user's
+    candidates (:mod:`trainer.rerank`).
+
+    Args:
+        candidates: Each user's best ``evaluate.rerank_candidates`` items, best first.
+        catalogue: int64 ``[C]`` dense content ids; ``catalogue_states`` ``[C, D]`` their
+            embeddings.
+        catalogue_states: As above.
+        content_type: Content type per dense content id (as for :func:`control_metrics`).
+        category: int64 ``[num_content]`` category per dense content id.
+        ev: The ``evaluate`` section.
+
+    Returns:
+        The controlled top-``evaluate.top_k`` lists and the settings applied
+        (``target_share``, ``quotas``, ``diversity``, ``candidates``, ``relaxed_slots``).
+    """
+    k = min(ev.top_k, candidates.content.shape[1])
+    names = [t if t else "unknown" for t in content_type]
+    codes = {name: code for code, name in enumerate(sorted(set(names)))}
+    type_code = torch.tensor([codes[n] for n in names], dtype=torch.int64)
+    quotas = type_quotas(ev.target_share, k)
+    row_of = torch.full((len(content_type),), -1, dtype=torch.int64)
+    row_of[catalogue] = torch.arange(catalogue.numel())
+    # Cosines of embeddings centred on the catalogue's mean: the model's content vectors
+    # share one large common direction (raw cosines of 0.9 and more), which would hide
+    # the differences MMR needs to see.
+    states = catalogue_states.to(torch.float32)
+    unit = torch.nn.functional.normalize(states - states.mean(dim=0), dim=-1)
+    method = ev.diversity.method
+    result = rerank(candidates.score, unit[row_of[candidates.content]],
+                    type_code[candidates.content], category[candidates.content], k,
+                    quotas={codes[n]: q for n, q in quotas.items() if n in codes},
+                    mmr_lambda=ev.diversity.mmr_lambda if method == "mmr" else 1.0,
+                    category_cap=ev.diversity.category_cap)
+    controlled = Recommendations(
+        user=candidates.user, content=candidates.content.gather(1, result.position),
+        score=candidates.score.gather(1, result.position), cutoff=candidates.cutoff)
+    settings = {"target_share": dict(ev.target_share), "quotas": quotas,
+                "diversity": {"method": method, "mmr_lambda": ev.diversity.mmr_lambda,
+                              "category_cap": ev.diversity.category_cap},
+                "candidates": int(candidates.content.shape[1]),
+                "relaxed_slots": result.relaxed_slots}
+    return controlled, settings
+
+
+def compare_controls(uncontrolled: dict[str, Any], controlled: dict[str, Any]) -> dict[str, Any]:
+    """What steering cost and bought: the controlled list's predicted click-through over
+    the uncontrolled one's, and the coverage and diversity of each."""
+    base, steered = uncontrolled.get("mean_score"), controlled.get("mean_score")
+    return {"predicted_ctr_ratio": steered / base if base and steered is not None else None,
+            "coverage": [uncontrolled.get("coverage"), controlled.get("coverage")],
+            "intra_list_diversity": [uncontrolled.get("intra_list_diversity"),
+                                     controlled.get("intra_list_diversity")],
+            "video_share_topk": [uncontrolled.get("video_share_topk"),
+                                 controlled.get("video_share_topk")]}
 
 
 def recommend(model: TrainedModel, cutoff: int, users: Tensor, user_states: Tensor,

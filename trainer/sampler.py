@@ -34,6 +34,13 @@ fanout ``k``:
   vectorised over rows, in no particular order.
 * ``"uniform"``, ``replace=True``: ``k`` independent uniform draws among the ``c``
   visible edges (an edge may repeat), none when ``c == 0`` (PyG's convention).
+* ``"uniform"``, ``weighted=True`` (``train.weighted_sampling``): a subset of
+  ``min(c, k)`` visible edges drawn without replacement with probability proportional
+  to the edges' ``weight`` attribute (the store's relation x content-type weight):
+  all of them when ``c <= k``; for ``c > k`` each visible edge gets the exponential key
+  ``-log(1 - u) / w`` (``u`` uniform; Efraimidis-Spirakis) and the ``k`` smallest keys
+  win, which is successive weighted draws without replacement. Edges of weight 0 come
+  last. Only the visible edges get keys, so the no-leak rule holds as for any draw.
 * fanout ``-1``: every visible edge; fanout ``0``: none.
 
 **Local numbering.** Per node type the subgraph's rows are: the distinct seeds in order
@@ -86,6 +93,7 @@ from trainer.sampling_core import (
     expands,
     normalise_fanouts,
     sample_hops,
+    sampling_weights,
     take,
 )
 
@@ -219,9 +227,45 @@ def _floyd_offsets(count: Tensor, fanout: int, generator: torch.Generator) -> Te
     return chosen.t()
 
 
+def _weighted_offsets(start: Tensor, count: Tensor, fanout: int, weight: Tensor,
+                      generator: torch.Generator) -> Tensor:
+    """Weighted ``fanout``-subsets without replacement of every row's visible edges.
+
+    Efraimidis-Spirakis with exponential keys: edge ``e`` of a row gets
+    ``-log(1 - u_e) / weight[e]`` and the row keeps its ``fanout`` smallest keys, the law
+    of ``fanout`` successive draws proportional to weight without replacement. Only the
+    ``count[i]`` visible edges of a row get a key. Cost: one key per visible edge of
+    these rows and two sorts of the keys.
+
+    Args:
+        start: int64 ``[L]`` first edge of each row.
+        count: int64 ``[L]``, every entry ``> fanout``.
+        fanout: Subset size ``k``.
+        weight: float ``[num_edges]`` draw weights of the CSR, ``>= 0``.
+        generator: Random source.
+
+    Returns:
+        int64 ``[L, k]`` distinct offsets per row (smallest key first).
+    """
+    device = count.device
+    first = torch.cumsum(count, 0) - count
+    total = int(count.sum())
+    row = segment_ids(first, total)
+    offset = torch.arange(total, device=device) - take(first, row)
+    edge_weight = take(weight, take(start, row) + offset).to(torch.float64)
+    exponential = -torch.log1p(-_uniform_draws((total,), generator, device))
+    key = torch.where(edge_weight > 0, exponential / edge_weight.clamp(min=1e-300),
+                      torch.inf)
+    # Sort by key, then (stable) by row: each row's edges in ascending key order.
+    by_key = torch.argsort(key)
+    order = take(by_key, torch.sort(take(row, by_key), stable=True).indices)
+    slot = (first.unsqueeze(1) + torch.arange(fanout, device=device)).reshape(-1)
+    return take(offset, take(order, slot)).view(-1, fanout)
+
+
 def sample_rows(start: Tensor, count: Tensor, fanout: int, strategy: Strategy,
-                 replace: bool, generator: torch.Generator | None
-                 ) -> tuple[Tensor, Tensor]:
+                replace: bool, generator: torch.Generator | None,
+                weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Draws edges from CSR row prefixes ``start[i] .. start[i] + count[i] - 1``.
 
     Args:
@@ -231,6 +275,10 @@ def sample_rows(start: Tensor, count: Tensor, fanout: int, strategy: Strategy,
         strategy: ``"uniform"`` or ``"most_recent"``.
         replace: Uniform draws with replacement.
         generator: Random source, required for ``"uniform"``.
+        weight: float ``[num_edges]`` per-edge draw weights of the CSR
+            (:func:`~trainer.sampling_core.sampling_weights`) for weighted draws
+            without replacement; ``None``: uniform. Only read with ``"uniform"``,
+            ``replace=False``.
 
     Returns:
         ``(edge_pos, query)``: int64 ``[E]`` CSR positions and the row index in
@@ -264,7 +312,11 @@ def sample_rows(start: Tensor, count: Tensor, fanout: int, strategy: Strategy,
     if fanout > 0 and strategy == "uniform":
         large = torch.nonzero(count > fanout).view(-1)
         if large.numel():
-            chosen = _floyd_offsets(take(count, large), fanout, generator)
+            if weight is None:
+                chosen = _floyd_offsets(take(count, large), fanout, generator)
+            else:
+                chosen = _weighted_offsets(take(start, large), take(count, large), fanout,
+                                           weight, generator)
             slot = take(first_slot, large).unsqueeze(1) + torch.arange(fanout,
                                                                          device=device)
             drawn = take(start, large).unsqueeze(1) + chosen
@@ -283,6 +335,8 @@ class TemporalNeighborSampler:
             lists have the number of hops as length; ``-1`` takes every visible edge.
         strategy: ``"uniform"`` or ``"most_recent"``.
         replace: Uniform sampling with replacement (not allowed with most_recent).
+        weighted: Uniform draws without replacement weighted by the CSRs' per-edge
+            ``weight`` attribute (relations without one draw uniformly).
         time_search: ``"auto"`` (composite-key ``searchsorted`` unless it would
             overflow int64, then per-row bisection), or force ``"composite"`` /
             ``"bisect"`` (for tests and benchmarks).
@@ -290,8 +344,8 @@ class TemporalNeighborSampler:
 
     def __init__(self, graph: TemporalHeteroGraph, fanouts: Fanouts,
                  strategy: Strategy = "uniform", replace: bool = False,
-                 time_search: TimeSearch = "auto") -> None:
-        check_strategy(strategy, replace)
+                 time_search: TimeSearch = "auto", weighted: bool = False) -> None:
+        check_strategy(strategy, replace, weighted)
         if time_search not in ("auto", "composite", "bisect"):
             raise ValueError(f"time_search must be auto, composite or bisect, got "
                              f"{time_search!r}")
@@ -299,6 +353,9 @@ class TemporalNeighborSampler:
         self.graph = graph
         self.strategy: Strategy = strategy
         self.replace = replace
+        self.weighted = weighted
+        self._weight = {edge_type: sampling_weights(csr, edge_type, weighted)
+                        for edge_type, csr in graph.csr.items()}
         self.fanouts = normalise_fanouts(fanouts, graph.edge_types)
         self.num_hops = len(next(iter(self.fanouts.values()), ()))
         self._search = {edge_type: VisibleEdgeSearch.build(csr, time_search)
@@ -334,7 +391,7 @@ class TemporalNeighborSampler:
             start, end = self._search[edge_type].visible_range(
                 rows.node, take(root_time, rows.time_rank))
             edge_pos, query = sample_rows(start, end - start, fanout, self.strategy,
-                                          self.replace, generator)
+                                          self.replace, generator, self._weight[edge_type])
             drawn[edge_type] = DrawnEdges(
                 frontier_position=query, neighbor=take(csr.neighbor, edge_pos),
                 edge_time=take(csr.edge_time, edge_pos), edge_id=edge_pos,
@@ -399,9 +456,10 @@ def activity_counts(count_before, relations: Sequence[EdgeType], node: Tensor, t
 def sample_temporal_neighbors(graph: TemporalHeteroGraph, seeds: Seeds,
                               fanouts: Fanouts, strategy: Strategy = "uniform",
                               replace: bool = False,
-                              generator: torch.Generator | None = None
-                              ) -> SampledSubgraph:
+                              generator: torch.Generator | None = None,
+                              weighted: bool = False) -> SampledSubgraph:
     """One-off convenience wrapper; build a :class:`TemporalNeighborSampler` to reuse
     its per-relation search index across batches."""
-    sampler = TemporalNeighborSampler(graph, fanouts, strategy=strategy, replace=replace)
+    sampler = TemporalNeighborSampler(graph, fanouts, strategy=strategy, replace=replace,
+                                      weighted=weighted)
     return sampler.sample(seeds, generator=generator)

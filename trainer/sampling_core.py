@@ -135,17 +135,49 @@ def take(values: Tensor, index: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------ checks
 
 
-def check_strategy(strategy: str, replace: bool) -> None:
+def check_strategy(strategy: str, replace: bool, weighted: bool = False) -> None:
     """Checks a sampler's draw settings.
 
     Raises:
-        ValueError: An unknown strategy, or ``replace`` with ``"most_recent"``.
+        ValueError: An unknown strategy, ``replace`` with ``"most_recent"``, or
+            ``weighted`` with anything but ``"uniform"`` without replacement.
     """
     if strategy not in ("uniform", "most_recent"):
         raise ValueError(f"strategy must be 'uniform' or 'most_recent', got "
                          f"{strategy!r}")
     if strategy == "most_recent" and replace:
         raise ValueError("replace=True is only meaningful with strategy='uniform'")
+    if weighted and (strategy != "uniform" or replace):
+        raise ValueError("weighted sampling (train.weighted_sampling) needs "
+                         "strategy='uniform' without replacement")
+
+
+def sampling_weights(csr: TemporalCSR, edge_type: EdgeType, weighted: bool) -> Tensor | None:
+    """The per-edge draw weights of one relation's CSR under weighted sampling.
+
+    Args:
+        csr: The relation's in-edges (of the graph or of one rank's part).
+        edge_type: The relation, for error messages.
+        weighted: Whether the sampler draws by weight.
+
+    Returns:
+        float ``[num_edges]`` the CSR's ``weight`` attribute (the store's relation x
+        content-type weight), or ``None``: unweighted, a relation without per-edge
+        weights, or one whose edges all weigh the same; its draws stay uniform (Floyd,
+        O(fanout) per row instead of a key per visible edge), which is the same law.
+
+    Raises:
+        ValueError: A negative, NaN or infinite weight.
+    """
+    weight = csr.edge_attr.get("weight") if weighted else None
+    if weight is None:
+        return None
+    if weight.numel() and not bool((torch.isfinite(weight) & (weight >= 0)).all()):
+        raise ValueError(f"edge weights of {edge_type} must be finite and >= 0 for "
+                         "weighted sampling")
+    if weight.numel() == 0 or bool(weight.min() == weight.max()) and bool(weight.min() > 0):
+        return None
+    return weight
 
 
 def check_generator(strategy: Strategy, generator: torch.Generator | None) -> None:

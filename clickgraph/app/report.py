@@ -150,13 +150,27 @@ def stage_figures(results: dict[str, Any], stage: str, run: str | None) -> str:
                       ", ".join(f"{t} {fmt(_get(d, 'mean_cosine'), '.3f')}"
                                 for t, d in sorted(drift.items())
                                 if isinstance(d, dict) and "mean_cosine" in d))
-        return (f"drift (mean cosine) {drift_text}; video share top-k "
+        text = (f"drift (mean cosine) {drift_text}; video share top-k "
                 f"{fmt(rec.get('video_share_topk'), '.3f')} vs catalogue "
                 f"{fmt(rec.get('video_share_catalogue'), '.3f')}; coverage "
                 f"{fmt(rec.get('coverage'), '.3f')}")
+        steered = ex.get("recommendations_controlled")
+        if steered:
+            ratio = (steered.get("against_uncontrolled") or {}).get("predicted_ctr_ratio")
+            text += (f"; {_lists_text(rec, 'uncontrolled')}; {_lists_text(steered, 'controlled')}, "
+                     f"predicted CTR x{fmt(ratio, '.3f')}")
+        return text
     if stage == "report":
         return "index.html, plots, pipeline.json"
     return ""
+
+
+def _lists_text(rec: dict[str, Any], label: str) -> str:
+    """One recommendation list set's exposure figures (export manifest controls)."""
+    return (f"{label}: video {fmt(rec.get('video_share_topk'), '.3f')}, coverage "
+            f"{fmt(rec.get('coverage'), '.3f')}, diversity {fmt(rec.get('intra_list_diversity'), '.3f')} "
+            f"(catalogue {fmt(rec.get('catalogue_diversity'), '.3f')}), predicted CTR "
+            f"{fmt(rec.get('mean_score'), '.4f')}")
 
 
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -346,6 +346,13 @@ class TrainConfig:
     fanouts: list[int] = field(default_factory=lambda: [10, 5])
     relation_fanouts: dict[str, list[int]] = field(default_factory=lambda: {"impressed": [4, 2]})
     strategy: Literal["uniform", "most_recent"] = "uniform"
+    # uniform draws weighted by the store's per-edge weight (graph.relation_weights x
+    # graph.content_type_weight): a video weight of 3 makes a user's video interactions
+    # 3x as likely to fill the fanout (docs/training.md); most_recent ignores it
+    weighted_sampling: bool = True    # (with equal weights in a relation: plain uniform draws)
+    # content type -> weight of a clicked example of that type in the click loss ({} = all 1);
+    # its items' learned odds become w x their click odds (docs/training.md)
+    content_type_loss_weight: dict[str, float] = field(default_factory=dict)
     random_negative_ratio: float = 0.5
     # click: random negatives are extra non-clicks of the click head (they also teach it
     # "shown or not", which the test window never asks); pair: they train only the
@@ -387,6 +394,24 @@ class ResourceConfig:
 
 
 @dataclass(frozen=True)
+class DiversityConfig:
+    """Diversity control of the exported recommendations (``trainer/rerank.py``).
+
+    ``mmr``: maximal marginal relevance, greedily the candidate maximising
+    ``mmr_lambda * relevance - (1 - mmr_lambda) * max cosine to the items already
+    listed`` (relevance: the click probability rescaled to [0, 1] over the user's
+    candidates; cosines of content embeddings centred on the catalogue's mean);
+    ``mmr_lambda: 1`` is the plain top-k; the default 0.35 is measured in
+    docs/experiments/video-weight.md. ``category_cap``: at most this many
+    items of one category per list (0 = no cap); it applies with either method.
+    """
+
+    method: Literal["none", "mmr"] = "mmr"
+    mmr_lambda: float = 0.35
+    category_cap: int = 0
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Evaluation on the test window against the tabular baseline (docs/evaluation.md).
 
@@ -411,6 +436,11 @@ class EvaluateConfig:
     embedding_features: Literal["vectors", "dot"] = "dot"
     top_k: int = 20                      # recommendation controls: top-k content per user
     recommend_users: int = 500           # users sampled for the recommendation controls
+    # exposure controls applied to the model's scores (docs/export.md); the uncontrolled
+    # lists are reported beside the controlled ones
+    target_share: dict[str, float] = field(default_factory=dict)  # content type -> share of every list
+    diversity: DiversityConfig = field(default_factory=DiversityConfig)
+    rerank_candidates: int = 200         # each user's best-scored items the controls choose from
 
 
 @dataclass(frozen=True)
@@ -588,6 +618,12 @@ def _validate_values(cfg: Config) -> None:
         raise ConfigError(f"{src}: key 'train.random_negative_ratio' must be >= 0")
     if t.pair_loss_weight < 0:
         raise ConfigError(f"{src}: key 'train.pair_loss_weight' must be >= 0")
+    for ctype, weight in t.content_type_loss_weight.items():
+        if not weight > 0:
+            raise ConfigError(f"{src}: key 'train.content_type_loss_weight.{ctype}' must be > 0")
+    if t.content_type_loss_weight and t.random_negative_loss != "click":
+        raise ConfigError(f"{src}: key 'train.content_type_loss_weight' weighs the click loss of "
+                          "train.random_negative_loss: click only")
     r = cfg.resources
     for name in ("workers", "threads_per_worker", "log_every_steps"):
         if getattr(r, name) < 1:
@@ -616,6 +652,17 @@ def _validate_values(cfg: Config) -> None:
     for name in ("gbdt_max_iter", "embedding_batch_size", "top_k", "recommend_users"):
         if getattr(e, name) < 1:
             raise ConfigError(f"{src}: key 'evaluate.{name}' must be >= 1")
+    for ctype, share in e.target_share.items():
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{src}: key 'evaluate.target_share.{ctype}' must be within [0, 1]")
+    if sum(e.target_share.values()) > 1.0 + 1e-9:
+        raise ConfigError(f"{src}: key 'evaluate.target_share': the shares sum to more than 1")
+    if not 0.0 <= e.diversity.mmr_lambda <= 1.0:
+        raise ConfigError(f"{src}: key 'evaluate.diversity.mmr_lambda' must be within [0, 1]")
+    if e.diversity.category_cap < 0:
+        raise ConfigError(f"{src}: key 'evaluate.diversity.category_cap' must be >= 0")
+    if e.rerank_candidates < e.top_k:
+        raise ConfigError(f"{src}: key 'evaluate.rerank_candidates' must be >= evaluate.top_k")
     if e.gbdt_max_leaf_nodes < 2 or not 0 < e.gbdt_learning_rate <= 1:
         raise ConfigError(f"{src}: keys 'evaluate.gbdt_max_leaf_nodes' (>= 2) and "
                           "'evaluate.gbdt_learning_rate' (within (0, 1]) are out of range")
