@@ -319,7 +319,7 @@ class ModelConfig:
     num_positions: int = 64       # feed positions with an embedding of their own; later ones share the last
     context_dim: int = 8          # size of the position and hour embeddings
     id_dropout: float = 0.25      # training rows whose node-id vector is dropped (trains the fallback)
-    history_attention: bool = True  # candidate-aware attention over the user's history and the content's audience
+    history_attention: bool = True  # the candidate over the user's history, the user over the audience
     pair_score: bool = True       # a trained user . content term in the click logit (the exported dot)
 
 
