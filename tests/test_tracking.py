@@ -156,7 +156,7 @@ def test_an_export_run_has_drift_coverage_and_video_share(trained_run, tmp_path)
     uri = f"file://{tmp_path}/mlruns"
     tracked_cfg = replace(cfg, "tracking", uri=uri)
     root = str(tmp_path / "embeddings")
-    run_export(cfg, cutoff=days[-3], out_url=root, log=quiet)   # the version drift is against
+    run_export(cfg, cutoff=days[-2], out_url=root, log=quiet)   # the version drift is against
     manifest = tracking.tracked(tracked_cfg, "export", lambda: run_export(
         cfg, out_url=root, log=quiet), quiet, out_url=root)
     run = runs_of(uri)["export"]

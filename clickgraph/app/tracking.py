@@ -253,7 +253,8 @@ class Tracker:
         self._client = None
         self._experiment_id: str | None = None
         self._base_tags: dict[str, str] | None = None
-        self.seconds = 0.0  # spent in MLflow calls (import included): what tracking costs
+        self.seconds = 0.0  # spent in this tracker (MLflow's import included): what tracking costs
+        self._depth = 0
         if self.on:
             try:
                 self.uri = default_uri(cfg)
@@ -272,13 +273,6 @@ class Tracker:
         """``fn(*args, **kwargs)`` tried :data:`ATTEMPTS` times; None once tracking is off."""
         if not self.on:
             return None
-        started = time.perf_counter()
-        try:
-            return self._retried(what, fn, *args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-    def _retried(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         for attempt in range(ATTEMPTS):
             try:
                 with warnings.catch_warnings():
@@ -295,14 +289,11 @@ class Tracker:
     def _mlflow(self):
         """The client and experiment id, set up on first use."""
         if self._client is None and self.on:
-            started = time.perf_counter()
             try:
                 self._client = _make_client(self.uri)
             except ImportError as error:
                 self._off(f"mlflow is not installed ({error}); pip install mlflow-skinny")
                 return None
-            finally:
-                self.seconds += time.perf_counter() - started
             experiment = self._call("read the experiment", self._client.get_experiment_by_name,
                                     self.cfg.tracking.experiment)
             if experiment is None and self.on:
@@ -324,17 +315,36 @@ class Tracker:
                 self._base_tags["mlflow.source.git.commit"] = commit
         return self._base_tags
 
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        """Adds the block's time to :attr:`seconds` (outermost block only)."""
+        self._depth += 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds += time.perf_counter() - started
+
     # ---- runs
 
     def start(self, name: str, parent: str | None = None, tags: dict[str, str] | None = None,
               params: bool = True) -> str | None:
         """A new run (nested under ``parent``) with the flattened config as parameters;
         returns its id, or None when tracking is off."""
-        from mlflow.entities import Param
+        if not self.on:
+            return None
+        with self._timed():
+            return self._start(name, parent, tags, params)
 
+    def _start(self, name: str, parent: str | None, tags: dict[str, str] | None,
+               params: bool) -> str | None:
         client = self._mlflow()
         if client is None:
             return None
+        from mlflow.entities import Param
+
         all_tags = {**self._tags(), **(tags or {}), "mlflow.runName": name}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
@@ -352,8 +362,9 @@ class Tracker:
 
     def finish(self, run_id: str | None, ok: bool = True) -> None:
         if run_id and self._client is not None:
-            self._call("end a run", self._client.set_terminated, run_id,
-                       "FINISHED" if ok else "FAILED")
+            with self._timed():
+                self._call("end a run", self._client.set_terminated, run_id,
+                           "FINISHED" if ok else "FAILED")
 
     @contextlib.contextmanager
     def run(self, name: str, parent: str | None = None, tags: dict[str, str] | None = None
@@ -370,10 +381,15 @@ class Tracker:
     def log_metrics(self, run_id: str | None, metrics: list[MetricPoint] = (),
                     tags: dict[str, str] | None = None) -> None:
         """Metrics ``(key, value, step)`` and tags of one run."""
-        from mlflow.entities import Metric, RunTag
-
         if not run_id or self._client is None:
             return
+        with self._timed():
+            self._log_metrics(run_id, metrics, tags)
+
+    def _log_metrics(self, run_id: str, metrics: list[MetricPoint], tags: dict[str, str] | None
+                     ) -> None:
+        from mlflow.entities import Metric, RunTag
+
         now = int(time.time() * 1000)
         entries = [Metric(k, v, now, step) for k, v, step in metrics]
         for i in range(0, len(entries), _MAX_METRICS):
@@ -386,7 +402,7 @@ class Tracker:
         """Copy files (any fsspec URL; missing ones are skipped) into the run's artifacts."""
         if not run_id or self._client is None:
             return
-        with tempfile.TemporaryDirectory(prefix="clickgraph-mlflow-") as folder:
+        with self._timed(), tempfile.TemporaryDirectory(prefix="clickgraph-mlflow-") as folder:
             for url in urls:
                 if not fs.exists(url):
                     continue
@@ -413,6 +429,10 @@ class Tracker:
         name = self.cfg.tracking.registered_model
         if not name or self._client is None:
             return
+        with self._timed():
+            self._register(run_id, checkpoint_url, name)
+
+    def _register(self, run_id: str, checkpoint_url: str, name: str) -> None:
         from mlflow.exceptions import MlflowException
 
         def ensure_model() -> None:
