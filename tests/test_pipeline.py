@@ -223,6 +223,28 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
     assert [r["log"] for r in results["stages"]][3] == str(logs / "04-train-day1.log")
     assert all(Path(r["log"]).is_file() for r in results["stages"])   # empty where nothing was printed
 
+    # every step of both days is an MLflow run, nested in its day's, read back through MLflow
+    from mlflow.tracking import MlflowClient
+
+    assert results["tracking"]["uri"] == f"file://{tmp_path}/mlruns" and results["tracking"]["enabled"]
+    client = MlflowClient(results["tracking"]["uri"])
+    experiment = client.get_experiment_by_name("clickgraph").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment], max_results=100)}
+    parents = {day: runs[f"pipeline {day}"].info.run_id for day in ("day1", "day2")}
+    for stage, run in pipeline.plan(True):
+        tracked = runs[stage + (f" ({run})" if run else "")]
+        assert tracked.info.status == "FINISHED"
+        assert tracked.data.tags["mlflow.parentRunId"] == parents[pipeline.pipeline_day(stage, run)]
+    for run in ("day1", "continue", "retrain"):
+        metrics = runs[f"evaluate ({run})"].data.metrics
+        assert metrics["auc.gnn"] == pytest.approx(results["evaluate"][run]["auc"]["gnn"])
+        checkpoint = runs[f"train ({run})"].data.tags["clickgraph.checkpoint"]
+        assert checkpoint == results["train"][run]["checkpoint"]
+    assert runs["export (continue)"].data.metrics["drift.user.mean_cosine"] == pytest.approx(
+        results["export"]["continue"]["drift"]["user"]["mean_cosine"])
+    report_files = {a.path for a in client.list_artifacts(parents["day2"], "report")}
+    assert {"report/index.html", "report/roc.png", "report/pipeline.json"} <= report_files
+
     # a second run without --fresh refuses before touching anything
     again = subprocess.run(command[:2] + command[3:], capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "--fresh" in again.stderr

@@ -108,7 +108,7 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
     lr_auc = roc_auc(val_labels, logistic_baseline(data, baseline_rows, val_events))
 
     engine = ClickEngine(data, t, device)
-    epochs, trained_events, train_time = [], 0, 0.0
+    epochs, trained_events, train_time, step_losses = [], 0, 0.0, []
     for epoch in range(t.epochs):
         epoch_events = subsample(train_events, t.max_train_events, generator)
         epoch_events = epoch_events[torch.randperm(epoch_events.numel(), generator=generator)]
@@ -122,6 +122,7 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
                     f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s")
         elapsed = time.perf_counter() - start
         train_time += elapsed
+        step_losses += losses
         trained_events += epoch_events.numel()
         val = evaluate_window(engine, val_events, cfg.evaluate.cold_start_max_interactions,
                               torch.Generator().manual_seed(t.seed))
@@ -137,7 +138,7 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
         "val_auc_logistic_baseline": lr_auc, "val_auc_cold": epochs[-1]["val"]["auc_cold"],
         "val_auc_warm": epochs[-1]["val"]["auc_warm"],
         "events_per_s": trained_events / train_time, "train_seconds": train_time,
-        "time_split": engine.times.as_dict(), "epochs": epochs,
+        "time_split": engine.times.as_dict(), "epochs": epochs, "loss_per_step": step_losses,
         "windows": windows.days, "window_starts": {"val": windows.val_start,
                                                    "test": windows.test_start},
         "graph": data.store_version,
@@ -151,6 +152,7 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
                     sum(math.ceil(e["events"] / t.batch_size) for e in epochs))
     metrics["checkpoint"] = checkpoint_url
     fs.write_json(fs.join(out_url, "metrics.json"), metrics)
+    metrics["out"] = out_url  # the run folder, for the caller (not in metrics.json)
     ckpt.write_latest(cfg.paths.stage("train"), checkpoint_url, ckpt.read_meta(checkpoint_url))
     log(f"train: validation ROC-AUC {metrics['val_auc']:.4f} vs logistic regression {lr_auc:.4f}; "
         f"{metrics['events_per_s']:,.0f} training events/s -> {out_url}")

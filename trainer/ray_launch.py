@@ -566,6 +566,7 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
         "resumed_from_global_step": resumed_from,
         "steps_per_epoch": result.steps_per_epoch, "events_trained": events_all,
         "per_rank_events": counts, "bytes": result.bytes, "epochs": history,
+        "loss_per_step": [float(x) for x in result.losses],  # rank 0's, this run's steps
         "last_event_time": last_event_time, "since_time": plan.since_time,
         "continue_from": plan.continue_from, "graph": plan.graph_version,
         "id_map_version": plan.id_map_version,
@@ -702,6 +703,7 @@ def train_distributed(cfg: Config, graph_url: str | None = None, out_url: str | 
         ckpt.write_latest(cfg.paths.stage("train"), latest, ckpt.read_meta(latest))
         metrics["checkpoint"] = latest
         fs.write_json(fs.join(plan.out_url, "metrics.json"), metrics)
+    metrics["out"] = plan.out_url  # the run folder, for the caller (not in metrics.json)
     val = metrics["val_auc"]
     log(f"train: validation ROC-AUC {val if val is None else round(val, 4)}; "
         f"{metrics['events_per_s']:,.0f} training events/s; "

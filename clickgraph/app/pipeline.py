@@ -34,6 +34,7 @@ from typing import Any
 
 from clickgraph import __version__
 from clickgraph.app.stage_logs import StageLogs
+from clickgraph.app.tracking import PipelineRuns, Tracker, ui_command
 from clickgraph.core import fs
 from clickgraph.core.config import Config, replace
 from clickgraph.core.errors import ClickgraphError
@@ -153,16 +154,37 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
 
 
+# Where each stage's result lands in the results (stage -> section, keyed by run but for generate)
+RESULT_SECTIONS = {"generate": "generate", "build-graph": "graph", "partition": "partition",
+                   "train": "train", "evaluate": "evaluate", "export": "export"}
+
+
+def pipeline_day(stage: str, run: str | None) -> str:
+    """The pipeline day a step belongs to: ``day1`` (generate and the first days' stages) or
+    ``day2`` (the added day's, the continued and retrained models, the report)."""
+    return "day1" if run == "day1" or stage == "generate" else "day2"
+
+
 class Progress:
     """Numbered stage lines with elapsed time, and the stage records of the results.
 
     With ``logs``, each step's library output goes to its own file, named in its record.
+    With ``tracking``, each step is an MLflow run nested in its pipeline day's
+    (:mod:`clickgraph.app.tracking`), logged from ``results`` when the step ends.
     """
 
     def __init__(self, steps: list[tuple[str, str | None]], records: list[dict[str, Any]],
-                 log: Callable[[str], None], logs: StageLogs | None = None):
+                 log: Callable[[str], None], logs: StageLogs | None = None,
+                 tracking: PipelineRuns | None = None, results: dict[str, Any] | None = None):
         self.steps, self.records, self.log, self.logs = steps, records, log, logs
+        self.tracking, self.results = tracking, results
         self.started = time.perf_counter()
+
+    def _result(self, stage: str, run: str | None) -> dict[str, Any] | None:
+        if self.results is None or stage not in RESULT_SECTIONS:
+            return None
+        section = self.results.get(RESULT_SECTIONS[stage])
+        return section if stage == "generate" else (section or {}).get(run)
 
     def elapsed(self) -> str:
         seconds = int(time.perf_counter() - self.started)
@@ -182,17 +204,24 @@ class Progress:
         if self.logs is not None:
             record["log"] = str(self.logs.switch(f"{step:02d}-{stage}" + (f"-{run}" if run else "")))
         self.log(f"pipeline [{step}/{len(self.steps)}] {name} ... (elapsed {self.elapsed()})")
+        tracked = self.tracking.start_stage(pipeline_day(stage, run), stage, run) \
+            if self.tracking else None
         t0 = time.perf_counter()
         with PeakMemory() as memory:
             try:
                 yield record
             except BaseException as error:
-                record.update(status="failed", error=f"{type(error).__name__}: {error}")
+                record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                              seconds=round(time.perf_counter() - t0, 2))
+                if self.tracking:
+                    self.tracking.end_stage(tracked, stage, record, None)
                 raise
             finally:
                 record["seconds"] = round(time.perf_counter() - t0, 2)
         record["peak_rss_mb"] = round(memory.peak_mb, 1)
         record["status"] = "ok"
+        if self.tracking:
+            self.tracking.end_stage(tracked, stage, record, self._result(stage, run))
         self.log(f"pipeline [{step}/{len(self.steps)}] {name} done in {record['seconds']:.1f} s "
                  f"(elapsed {self.elapsed()}, peak memory {memory.peak_mb / 1024:.1f} GiB)")
 
@@ -309,7 +338,9 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
                     if retrain_baseline else "not retrained from scratch (off by default: "
                     "it repeats the training and evaluation stages; --retrain turns it on)"},
     }
-    progress = Progress(steps, results["stages"], log, logs)
+    tracker = Tracker(cfg, log)
+    tracking = PipelineRuns(tracker, results["started_at"])
+    progress = Progress(steps, results["stages"], log, logs, tracking, results)
     report_url = cfg.paths.stage("report")
     log(f"pipeline: {len(steps)} steps, {cfg.resources.workers} training worker(s), "
         f"{cfg.generate.num_days} days ({cfg.generate.num_users:,} users); report -> {report_url}")
@@ -320,6 +351,7 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
     except BaseException as error:
         results["total_seconds"] = round(time.perf_counter() - t0, 2)
         results["failed"] = f"{type(error).__name__}: {error}"
+        tracking.close(ok=False)
         failed = next((r for r in results["stages"] if r["status"] == "failed"), None)
         try:
             results["report"] = report.write_report(results, report_url)
@@ -340,13 +372,30 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
     with progress.stage("report", None):
         results["total_seconds"] = round(time.perf_counter() - t0, 2)
         results["report"] = report.write_report(results, report_url)
+    tracker.artifacts(tracking.parent("day2"), report_files(report_url), "report")
     # The page shows the report step as in progress; pipeline.json gets its final time.
     results["total_seconds"] = round(time.perf_counter() - t0, 2)
+    results["tracking"] = {"enabled": tracker.on, "uri": tracker.uri,
+                           "experiment": cfg.tracking.experiment,
+                           "seconds": round(tracker.seconds, 2)}
     fs.write_json(fs.join(report_url, "pipeline.json"), report.json_safe(results))
+    tracker.artifacts(tracking.parent("day2"), [fs.join(report_url, "pipeline.json")], "report")
+    tracking.close(ok=True)
     log("pipeline summary\n" + report.format_summary(results))
     log(f"pipeline: report {results['report']}; every figure in "
         f"{fs.join(report_url, 'pipeline.json')}")
+    if tracker.on:
+        log(f"pipeline: MLflow runs (experiment {cfg.tracking.experiment!r}, one per day, nested "
+            f"per stage) in {tracker.uri}, {tracker.seconds:.1f} s of tracking; to browse them: "
+            + ui_command(tracker.uri))
     return results
+
+
+def report_files(report_url: str) -> list[str]:
+    """The report's page and pictures (``index.html``, ``*.png``)."""
+    filesystem, path = fs.filesystem(report_url)
+    pictures = sorted(p.rsplit("/", 1)[-1] for p in filesystem.glob(f"{path}/*.png"))
+    return [fs.join(report_url, name) for name in ["index.html", *pictures]]
 
 
 class LazySpark:

@@ -444,6 +444,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking in MLflow (``clickgraph/app/tracking.py``, docs/pipeline.md).
+
+    ``uri: null`` is a local file store, ``file://<paths.root>/mlruns`` (absolute), so a
+    run needs no server; any MLflow tracking URI (``http://host:5000``, ``databricks``,
+    ``sqlite:///mlflow.db``) works. ``registered_model`` names the registry model each
+    trained checkpoint becomes a version of; ``null``: nothing is registered.
+    """
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "clickgraph"
+    registered_model: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a run."""
 
@@ -456,6 +472,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: str = "<defaults>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -668,6 +685,14 @@ def _validate_values(cfg: Config) -> None:
                           "'evaluate.gbdt_learning_rate' (within (0, 1]) are out of range")
     if cfg.spark.shuffle_partitions < 1:
         raise ConfigError(f"{src}: key 'spark.shuffle_partitions' must be >= 1")
+    tr = cfg.tracking
+    if not tr.experiment.strip():
+        raise ConfigError(f"{src}: key 'tracking.experiment' must not be empty")
+    if tr.uri is not None and not tr.uri.strip():
+        raise ConfigError(f"{src}: key 'tracking.uri' must be null (a file store under "
+                          "paths.root) or an MLflow tracking URI")
+    if tr.registered_model is not None and not tr.registered_model.strip():
+        raise ConfigError(f"{src}: key 'tracking.registered_model' must be null or a model name")
     _validate_graph(cfg)
 
 

@@ -39,10 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from clickgraph.app.tracking import tracked
     from trainer.evaluate import run_evaluation
 
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    result = run_evaluation(cfg, args.graph, args.checkpoint, args.out, log=log)
+    result = tracked(cfg, "evaluate", lambda: run_evaluation(cfg, args.graph, args.checkpoint,
+                                                             args.out, log=log), log)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -44,12 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    from clickgraph.app.tracking import tracked
     from trainer.export import run_export
 
     as_json = getattr(args, "json", False)
     log = (lambda line: print(line, file=sys.stderr)) if as_json else print
-    manifest = run_export(cfg, cutoff=args.cutoff, checkpoint=args.checkpoint,
-                          graph_url=args.graph, out_url=args.out, log=log)
+    manifest = tracked(cfg, "export", lambda: run_export(
+        cfg, cutoff=args.cutoff, checkpoint=args.checkpoint, graph_url=args.graph,
+        out_url=args.out, log=log), log, out_url=args.out)
     if as_json:
         print(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     return 0

@@ -41,11 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     if args.workers is not None:
         cfg = replace(cfg, "resources", workers=args.workers)
+    from clickgraph.app.tracking import tracked
+
     continue_run = getattr(args, "continue_run", False)
     if cfg.resources.workers == 1 and not continue_run:
         from trainer.local import train_single
 
-        train_single(cfg, args.graph, args.out)
+        tracked(cfg, "train", lambda: train_single(cfg, args.graph, args.out))
         return 0
     if cfg.resources.workers == 1:
         print("clickgraph train: --continue needs the distributed trainer; its checkpoints "
@@ -54,5 +56,6 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 2
     from trainer.ray_launch import train_distributed
 
-    train_distributed(cfg, args.graph, args.out, continue_run=continue_run)
+    tracked(cfg, "train", lambda: train_distributed(cfg, args.graph, args.out,
+                                                    continue_run=continue_run))
     return 0
