@@ -410,8 +410,9 @@ def impressions_df(spark, m: LatentModel, with_truth: bool = False):
     p_click = 1 / (1 + F.exp(-logit))
     df = df.withColumn("p_click", p_click) if with_truth else df
     if with_truth:  # the same logit without its user x content terms: what no pair signal adds
-        base = (F.lit(-2.6) + m.user_propensity(uid) + 0.5 * m.content_quality(cid) - 0.45 * F.log2(1 + F.col("position"))
-                - 0.08 * age_days + F.when((hour >= 19) & (hour < 23), 0.15).otherwise(0.0))
+        base = (F.lit(-2.6) + m.user_propensity(uid) + 0.5 * m.content_quality(cid)
+                - 0.45 * F.log2(1 + F.col("position")) - 0.08 * age_days
+                + F.when((hour >= 19) & (hour < 23), 0.15).otherwise(0.0))
         df = df.withColumn("p_click_no_pair", 1 / (1 + F.exp(-base)))
     df = df.withColumn("clicked", r.u("imp.click", F.col("eid")) < p_click)
     cols = [F.concat(F.lit("imp-"), F.col("eid").cast("string")).alias("event_id"),
