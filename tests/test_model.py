@@ -324,3 +324,20 @@ def test_content_type_loss_weight_is_per_content_and_weighs_clicks_only():
         engine = ClickEngine(data, dataclasses.replace(cfg, content_type_loss_weight=change))
         losses.append(engine.train_step(torch.arange(16), torch.Generator().manual_seed(0)))
     assert losses[0] != pytest.approx(losses[1])
+
+
+def test_history_match_reports_per_relation_statistics_of_the_earlier_edges_only():
+    """``train.model.history_match``: the attention's extra columns are per relation; the
+    model with them still scores the same when the future changes."""
+    seed_time = T0 + 600
+    base = _train_cfg(strategy="most_recent")
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, history_match=True))
+    past = ClickEngine(_data(_graph(), seed_time), cfg)
+    _trained_identities(past.model)
+    future = ClickEngine(_data(_graph(extra_after=seed_time), seed_time), cfg)
+    future.model.load_state_dict(past.model.state_dict())
+    a = past.score(torch.arange(16), torch.Generator().manual_seed(5))
+    b = future.score(torch.arange(16), torch.Generator().manual_seed(5))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    history = past.model.history["user"]
+    assert history.out_dim_extra == 2 * len(history.relations) > 0

@@ -46,11 +46,21 @@ class TargetAttention(nn.Module):
         dim: State size (queries, neighbour states and the output).
         time_dim: Size of the edge-age code.
         relations: The relations into the seed's node type it reads (hop 1 only).
+        match: Also return, per relation, the mean and the max of the query's match
+            logits with the neighbours (zeros where none): a softmax-weighted mean says
+            what the matching neighbours are, not how many there are or how well they
+            match, which DIN keeps by not normalising.
     """
 
-    def __init__(self, dim: int, time_dim: int, relations: list[EdgeType]):
+    @property
+    def out_dim_extra(self) -> int:
+        """Columns :meth:`forward` adds to ``dim``."""
+        return 2 * len(self.relations) if self.match else 0
+
+    def __init__(self, dim: int, time_dim: int, relations: list[EdgeType], match: bool = False):
         super().__init__()
         self.relations = list(relations)
+        self.match = match
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim + time_dim, dim)
         self.value = nn.Linear(dim + time_dim, dim)
@@ -58,8 +68,9 @@ class TargetAttention(nn.Module):
 
     def forward(self, query: Tensor, seed_row: Tensor, batch: SampledSubgraph,
                 x0: dict[str, Tensor], time_codes: dict[EdgeType, Tensor]) -> Tensor:
-        """``[B, dim]``: for example ``b``, the neighbours of seed row ``seed_row[b]``
-        weighted by their match with ``query[b]`` (zeros for a seed with none)."""
+        """``[B, dim (+ out_dim_extra)]``: for example ``b``, the neighbours of seed row
+        ``seed_row[b]`` weighted by their match with ``query[b]`` (zeros for a seed with
+        none), then, with ``match``, the per-relation match statistics."""
         dsts, inputs, kinds = [], [], []
         for index, edge_type in enumerate(self.relations):
             if edge_type not in batch.edge_index:
@@ -71,7 +82,7 @@ class TargetAttention(nn.Module):
             dsts.append(dst)
             inputs.append(torch.cat([x0[edge_type[0]][src], time_codes[edge_type][:n]], dim=-1))
             kinds.append(torch.full((n,), index, dtype=torch.int64, device=dst.device))
-        out = query.new_zeros(query.shape)
+        out = query.new_zeros((query.shape[0], query.shape[1] + self.out_dim_extra))
         if not dsts:
             return out
         dst, inputs, kind = torch.cat(dsts), torch.cat(inputs), torch.cat(kinds)
@@ -83,5 +94,12 @@ class TargetAttention(nn.Module):
         values = self.value(inputs) + relation
         logits = (self.query(query)[example] * keys[edge]).sum(-1) / math.sqrt(query.shape[-1])
         alpha = softmax(logits, example, num_nodes=query.shape[0])
-        return scatter(values[edge] * alpha.unsqueeze(-1), example, 0, dim_size=query.shape[0],
-                       reduce="sum")
+        summary = scatter(values[edge] * alpha.unsqueeze(-1), example, 0,
+                          dim_size=query.shape[0], reduce="sum")
+        if not self.match:
+            return summary
+        size, group = len(self.relations), example * len(self.relations) + kind[edge]
+        rows = query.shape[0] * size
+        mean = scatter(logits, group, 0, dim_size=rows, reduce="mean").view(-1, size)
+        top = scatter(logits, group, 0, dim_size=rows, reduce="max").view(-1, size)
+        return torch.cat([summary, mean, top], dim=-1)

@@ -186,10 +186,12 @@ class ClickGNN(nn.Module):
         # candidate-aware summaries: the candidate over the user's hop-1 neighbours, the
         # user over the content's
         self.history = nn.ModuleDict({
-            t: TargetAttention(dim, cfg.time_dim, sorted(et for et in self.edge_types if et[2] == t))
+            t: TargetAttention(dim, cfg.time_dim, sorted(et for et in self.edge_types if et[2] == t),
+                               match=cfg.history_match)
             for t in ("user", "content")} if cfg.history_attention else {})
+        summary_dim = sum(dim + h.out_dim_extra for h in self.history.values())
         self.head = nn.Sequential(
-            nn.Linear((3 + len(self.history)) * dim + 2 * cfg.context_dim, dim), nn.ReLU(),
+            nn.Linear(3 * dim + summary_dim + 2 * cfg.context_dim, dim), nn.ReLU(),
             nn.Dropout(cfg.dropout), nn.Linear(dim, 1))
         self.dropout = nn.Dropout(cfg.dropout)
         # A weighted mean of neighbour messages cannot tell 3 neighbours from 3,000; as-of

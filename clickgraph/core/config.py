@@ -320,6 +320,7 @@ class ModelConfig:
     context_dim: int = 8          # size of the position and hour embeddings
     id_dropout: float = 0.25      # training rows whose node-id vector is dropped (trains the fallback)
     history_attention: bool = True  # the candidate over the user's history, the user over the audience
+    history_match: bool = False   # also the per-relation mean and max match of the candidate
     pair_score: bool = True       # a trained user . content term in the click logit (the exported dot)
 
 
