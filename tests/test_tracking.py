@@ -240,3 +240,11 @@ def test_pipeline_days_are_parent_runs_with_a_nested_run_per_stage(tmp_path, mon
     assert "seconds" in runs["generate"].data.metrics
     assert "no events for day 2026-03-02" in runs["build-graph (day1)"].data.tags["clickgraph.error"]
     assert runs["generate"].data.params["generate.num_days"] == "5"
+
+
+def test_metric_names_never_nest_one_in_another():
+    """The file store keeps ``a/b`` in a folder ``a``: beside a metric ``a`` it fails."""
+    from clickgraph.app.tracking import _key
+
+    assert _key("partition.quality.metis.balance.nodes/user") == \
+        "partition.quality.metis.balance.nodes.user"

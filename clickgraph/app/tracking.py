@@ -94,7 +94,9 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _key(name: str) -> str:
-    return _KEY_UNSAFE.sub("_", name.replace(">=", "ge"))
+    """A metric or parameter name MLflow takes. A ``/`` becomes ``.``: the file store
+    makes one a folder, so ``a/b`` beside a metric ``a`` fails (partition balance keys)."""
+    return _KEY_UNSAFE.sub("_", name.replace(">=", "ge").replace("/", "."))
 
 
 def _number(value: Any) -> float | None:
