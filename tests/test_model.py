@@ -341,3 +341,11 @@ def test_history_match_reports_per_relation_statistics_of_the_earlier_edges_only
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     history = past.model.history["user"]
     assert history.out_dim_extra == 2 * len(history.relations) > 0
+
+
+def test_expand_ranges_lists_every_position_range_by_range():
+    from trainer.graph import expand_ranges
+
+    which, position = expand_ranges(torch.tensor([5, 0, 9, 2]), torch.tensor([2, 0, 3, 1]))
+    assert which.tolist() == [0, 0, 2, 2, 2, 3]
+    assert position.tolist() == [5, 6, 9, 10, 11, 2]

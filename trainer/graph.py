@@ -44,6 +44,18 @@ def segment_ids(segment_start: Tensor, total: int) -> Tensor:
     return torch.cumsum(starts_at, 0) - 1
 
 
+def expand_ranges(start: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Every position of the ranges ``start[i] .. start[i] + count[i] - 1``, range by range.
+
+    Returns:
+        ``(range, position)``, each int64 ``[count.sum()]``: which range a position is
+        in, and the position itself.
+    """
+    first = torch.cumsum(count, 0) - count
+    which = segment_ids(first, int(count.sum()))
+    return which, start[which] + torch.arange(which.numel(), device=count.device) - first[which]
+
+
 @dataclass(frozen=True)
 class TemporalCSR:
     """In-edges of one relation, grouped by destination and sorted by time.

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
-from trainer.graph import EdgeType
+from trainer.graph import EdgeType, expand_ranges
 from trainer.sampler import SampledSubgraph
 
 
@@ -32,11 +32,8 @@ def example_edge_pairs(seed_row: Tensor, edge_dst: Tensor) -> tuple[Tensor, Tens
     order = torch.argsort(seed_row)
     rows = seed_row[order]
     start = torch.searchsorted(rows, edge_dst, side="left")
-    count = torch.searchsorted(rows, edge_dst, side="right") - start
-    edge = torch.repeat_interleave(torch.arange(edge_dst.numel(), device=edge_dst.device), count)
-    offset = torch.arange(edge.numel(), device=edge.device) - torch.repeat_interleave(
-        torch.cumsum(count, 0) - count, count)
-    return order[start[edge] + offset], edge
+    edge, position = expand_ranges(start, torch.searchsorted(rows, edge_dst, side="right") - start)
+    return order[position], edge
 
 
 class TargetAttention(nn.Module):

@@ -26,7 +26,7 @@ from torch import Tensor
 from clickgraph.core.timeline import SECONDS_PER_DAY as DAY
 from trainer.asof import USER_INTERACTIONS, AsOfCounts
 from trainer.data import GraphData
-from trainer.graph import TemporalCSR
+from trainer.graph import TemporalCSR, expand_ranges
 
 CONTENT_COUNTS = ("impressed", "clicked", "viewed")
 MAX_NATIVE_CATEGORIES = 255  # HistGradientBoosting's max_bins: codes below it are native
@@ -72,10 +72,9 @@ def content_links(data: GraphData) -> dict[str, TemporalCSR]:
 
 def _expand_links(links: TemporalCSR, content: Tensor) -> tuple[Tensor, Tensor]:
     """One row per (row of ``content``, link of that content): ``(row, linked node)``."""
-    start, n = links.indptr[content], links.indptr[content + 1] - links.indptr[content]
-    row = torch.repeat_interleave(torch.arange(content.numel()), n)
-    offset = torch.arange(row.numel()) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-    return row, links.neighbor[start[row] + offset]
+    start = links.indptr[content]
+    row, position = expand_ranges(start, links.indptr[content + 1] - start)
+    return row, links.neighbor[position]
 
 
 def _row_mean(row: Tensor, values: Tensor, rows: int) -> Tensor:
@@ -106,15 +105,12 @@ def link_features(data: GraphData, counts: AsOfCounts, content: Tensor, at: Tens
                 codes = torch.where(first >= 0, feats.categorical[first.clamp(min=0), column], 0)
                 out.append((f"content_{node_type}_attr{column}", codes.to(torch.float32), True))
         # every event of a content counts for each node it links to
-        rates = {}
-        for name, ev_content, ev_time in (("shown", shown_content, shown_time),
-                                          ("clicks", click_content, click_time)):
-            event_row, group = _expand_links(links, ev_content)
-            q_row, q_group = _expand_links(links, content)
-            rates[name] = (q_row, grouped_count_before(group, ev_time[event_row], q_group,
-                                                       at[q_row]).to(torch.float32))
-        q_row, shown = rates["shown"]
-        _, clicks = rates["clicks"]
+        q_row, q_group = _expand_links(links, content)
+        shown, clicks = (
+            grouped_count_before(group, ev_time[event_row], q_group, at[q_row]).to(torch.float32)
+            for event_row, group, ev_time in (
+                (*_expand_links(links, shown_content), shown_time),
+                (*_expand_links(links, click_content), click_time)))
         out.append((f"content_{node_type}_ctr",
                     _row_mean(q_row, smoothed_rate(clicks, shown), content.numel()), False))
         out.append((f"content_{node_type}_impressed",
