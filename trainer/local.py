@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ from clickgraph.core.timeline import split_windows
 from trainer import checkpoint as ckpt
 from trainer.asof import AsOfCounts
 from trainer.data import GraphData, load_graph_data, window_events
-from trainer.engine import ClickEngine
+from trainer.engine import ClickEngine, prepare_step
+from trainer.prefetch import Prefetcher, split_threads
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -86,7 +88,8 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
     t = cfg.train
     torch.manual_seed(t.seed)
     r = cfg.resources
-    torch.set_num_threads(r.threads_per_worker)
+    compute_threads, sampling_threads = split_threads(r.threads_per_worker, r.prefetch_depth)
+    torch.set_num_threads(compute_threads)
     device = "cuda" if r.device == "cuda" or (r.device == "auto" and torch.cuda.is_available()) else "cpu"
     graph_url = graph_url or cfg.paths.stage("graph")
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -114,12 +117,19 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
         epoch_events = epoch_events[torch.randperm(epoch_events.numel(), generator=generator)]
         start, losses = time.perf_counter(), []
         batches = torch.split(epoch_events, t.batch_size)
-        for step, batch in enumerate(batches):
-            losses.append(engine.train_step(batch, generator))
-            if step % 50 == 0 or step == len(batches) - 1:
-                rate = (step + 1) * t.batch_size / max(time.perf_counter() - start, 1e-9)
-                log(f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{len(batches)} "
-                    f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s")
+        # The epoch's batches are prepared (negatives, neighbours, inputs) in order, from
+        # `generator`, up to prefetch_depth ahead on a thread; all of them before the next
+        # epoch draws from it again.
+        with Prefetcher(batches, partial(prepare_step, engine, generator=generator),
+                        r.prefetch_depth, name="train-prefetch",
+                        on_start=partial(torch.set_num_threads, sampling_threads)) as prepared:
+            for step, batch in enumerate(prepared):
+                losses.append(engine.train_prepared(batch))
+                if step % 50 == 0 or step == len(batches) - 1:
+                    rate = (step + 1) * t.batch_size / max(time.perf_counter() - start, 1e-9)
+                    log(f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{len(batches)} "
+                        f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s")
+        engine.times.other["idle"] = engine.times.other.get("idle", 0.0) + prepared.waited_s
         elapsed = time.perf_counter() - start
         train_time += elapsed
         step_losses += losses
