@@ -90,6 +90,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "e.g. content=0.1,brand=1.0 (fractions of each type's nodes)")
     parser.add_argument("--no-single", action="store_true",
                         help="skip the 1-worker runs (no speed-up ratio then)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="config override for every run, e.g. train.val_days=1 (repeatable)")
     parser.add_argument("--prefetch-depths", type=parse_depths, default=[2], metavar="N,...",
                         help="resources.prefetch_depth of the pipelined runs (default 2; "
                              "0: no pipelined runs)")
@@ -159,7 +162,8 @@ def _config(work: str, graph: str, name: str, parts: int, workers: int, args, bo
         f"resources.workers={workers}", f"resources.threads_per_worker={threads}",
         f"resources.prefetch_depth={prefetch_depth}", f"train.epochs={args.epochs}",
         f"train.max_train_events={args.events}", "train.max_eval_events=2000",
-        f"train.batch_scope={scope}", f"ray.num_cpus={max(2, workers * threads)}"])
+        f"train.batch_scope={scope}", f"ray.num_cpus={max(2, workers * threads)}",
+        *args.overrides])
 
 
 def _solo(cfg, batch_size: int, events: int, barrier) -> dict[str, Any]:

@@ -288,11 +288,11 @@ class DistBatchSource:
 
     def model_inputs(self, batch: SampledSubgraph, user: Tensor, content: Tensor,
                      seed_time: Tensor, position: Tensor) -> ModelInputs:
-        """Fetched features and owners' activity counts, moved to :attr:`device`."""
-        rows = self.sampler.fetch_features(batch)
-        counts = (self.sampler.activity_counts_of({"user": (user, seed_time),
-                                                   "content": (content, seed_time)})
-                  if self.read_counts else None)
+        """Fetched features and owners' activity counts (one pair of exchanges:
+        :meth:`DistTemporalSampler.fetch_inputs`), moved to :attr:`device`."""
+        rows, counts = self.sampler.fetch_inputs(
+            batch, {"user": (user, seed_time), "content": (content, seed_time)}
+            if self.read_counts else None)
         model_batch, features = model_inputs(batch, rows, self.num_nodes)
         model_batch = batch_to(with_edge_weights(model_batch), self.device)
         features = {t: f.to(self.device) for t, f in features.items()}
