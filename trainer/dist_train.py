@@ -56,7 +56,8 @@ Time split (seconds per rank, summed over steps):
 
 * ``examples``: drawing the batch and its negatives plus the all-reduce of the count;
 * ``sampling``: :meth:`DistTemporalSampler.sample`, its all-to-alls included;
-* ``feature_exchange``: :meth:`DistTemporalSampler.fetch_features` + input assembly;
+* ``feature_exchange``: :meth:`DistTemporalSampler.fetch_inputs` (features and activity
+  counts in one exchange pair) + input assembly;
 * ``allreduce``: the gradient all-reduces, timed inside a DDP communication hook that
   runs each bucket's all-reduce synchronously. This gives up DDP's overlap of
   communication with the rest of backward (small here: CPU, one thread per worker) so
