@@ -42,7 +42,7 @@ the current step computes, at most ``prefetch_depth`` ready ahead. Its collectiv
 their own, created at the start, so they never interleave with the main thread's (DDP's
 all-reduces, the epoch plan, the hooks'). It prepares the steps in order from the same
 generator, and the compute draws nothing from it, so the batches, hence the losses and
-parameters, are those of the plain loop (``tests/test_distributed.py``); the hooks see a
+parameters, are those of the plain loop (``tests/test_dist_pipeline.py``); the hooks see a
 copy of the generator at the state the plain loop would have, so a checkpoint resumes
 identically. An error in the thread reaches the main thread when it asks for that batch;
 a rank that dies closes its sockets and its peers' collectives fail instead of waiting.
