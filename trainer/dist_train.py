@@ -81,6 +81,7 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -518,8 +519,15 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                            hooks, resume, device, hot_cache, prefetch_threads, prefetch_depth,
                            sample_group)
     finally:
-        if sample_group is not None:
+        # Not while a prefetch thread that would not stop is still inside one of the
+        # group's collectives (Prefetcher.close warned): the process is failing anyway.
+        if sample_group is not None and not any(
+                thread.name == _prefetch_thread_name(rank) for thread in threading.enumerate()):
             dist.destroy_process_group(sample_group)
+
+
+def _prefetch_thread_name(rank: int) -> str:
+    return f"train-prefetch-rank{rank}"
 
 
 def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
@@ -587,9 +595,11 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
         # thread; each comes with the generator's state right after it was prepared, the
         # state the plain loop has after that step (what a checkpoint saves).
         with Prefetcher(plan[first_step:steps], partial(_prepare, source, generator),
-                        prefetch_depth, name=f"train-prefetch-rank{rank}",
+                        prefetch_depth, name=_prefetch_thread_name(rank),
                         on_start=partial(torch.set_num_threads, prefetch_threads)) as prepared:
+            idle_before = times["idle"]
             for step, (events, batch, generator_state) in enumerate(prepared, start=first_step):
+                times["idle"] = idle_before + prepared.waited_s
                 allreduce_before = timer.seconds
                 done = compute_step(ddp, optimizer, batch, world_size,
                                     pair_weight=pair_weight(cfg))
@@ -613,7 +623,7 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
                                   result=result, times=times, counter=counter,
                                   loss=result.losses[-1])
                 hooks.after_step(ctx)
-        times["idle"] += prepared.waited_s
+        times["idle"] = idle_before + prepared.waited_s
         if ctx is None:  # resumed exactly at an epoch's end, or an epoch of zero steps
             ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=steps,
                               steps_in_epoch=steps, global_step=global_step, model=model,
