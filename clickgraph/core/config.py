@@ -335,13 +335,13 @@ class TrainConfig:
     strictly before the impression.
     """
 
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 512
     # global: batch_size impressions per step over all workers (each takes its share; the
     # optimisation is the same whatever the worker count); worker: batch_size per worker
     # (a step sees workers x batch_size; DDP's usual weak scaling, BENCHMARKS.md)
     batch_scope: Literal["global", "worker"] = "global"
-    max_train_events: int = 150_000
+    max_train_events: int = 0
     max_eval_events: int = 40_000
     eval_batch_size: int = 512
     fanouts: list[int] = field(default_factory=lambda: [10, 5])
@@ -354,7 +354,7 @@ class TrainConfig:
     # content type -> weight of a clicked example of that type in the click loss ({} = all 1);
     # its items' learned odds become w x their click odds (docs/training.md)
     content_type_loss_weight: dict[str, float] = field(default_factory=dict)
-    random_negative_ratio: float = 0.5
+    random_negative_ratio: float = 0.0
     # click: random negatives are extra non-clicks of the click head (they also teach it
     # "shown or not", which the test window never asks); pair: they train only the
     # user . content pair score, against clicked impressions (a two-tower task whose dot
