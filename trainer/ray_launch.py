@@ -243,6 +243,50 @@ def absolute(url: str) -> str:
     return os.path.abspath(url.removeprefix("file://")) if fs.is_local(url) else url
 
 
+@dataclass(frozen=True)
+class ShardSet:
+    """A shard set checked against its graph store (:func:`check_shard_set`)."""
+
+    partitions_url: str
+    manifest: dict[str, Any]
+    graph_url: str
+    store: Any  # clickgraph.core.graph_store.GraphStore
+
+    @property
+    def parts(self) -> list[str]:
+        """The parts' folder names, part 0 first."""
+        return [p["path"] for p in sorted(self.manifest["parts"], key=lambda p: p["part"])]
+
+
+def check_shard_set(cfg: Config, workers: int, graph_url: str | None = None) -> ShardSet:
+    """The shard set at ``paths.partitions``: complete, one part per worker, and cut from
+    the graph store version at ``graph_url`` (default ``paths.graph``).
+
+    Raises:
+        InputError: Another number of parts, or shards cut from another store version.
+        clickgraph.core.manifest.ManifestError: No complete shard set.
+    """
+    from clickgraph.core.graph_store import open_graph_store
+    from clickgraph.core.manifest import read_manifest
+
+    partitions_url = absolute(cfg.paths.stage("partitions"))
+    manifest = read_manifest(partitions_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
+    if int(manifest["num_parts"]) != workers:
+        raise InputError(f"resources.workers is {workers} but the shard set {partitions_url} has "
+                         f"{manifest['num_parts']} parts: one worker per part (run clickgraph "
+                         f"partition --num-parts {workers}, or --workers {manifest['num_parts']})")
+    graph_url = absolute(graph_url or cfg.paths.stage("graph"))
+    store = open_graph_store(graph_url)
+    version = ckpt.graph_version(manifest)
+    if (store.manifest.get("created_at"), store.manifest.get("config_hash")) != \
+            (version["created_at"], version["config_hash"]):
+        raise InputError(f"the shards in {partitions_url} were cut from graph version "
+                         f"{version['created_at']} but {graph_url} is version "
+                         f"{store.manifest.get('created_at')}: run clickgraph partition "
+                         "(--place-new after an incremental build) first")
+    return ShardSet(partitions_url, manifest, graph_url, store)
+
+
 def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
              continue_run: bool = False) -> RunPlan:
     """Every check that can fail before training starts.
@@ -254,25 +298,11 @@ def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = No
             incompatible checkpoint to continue from.
         clickgraph.core.manifest.ManifestError: no complete shard set.
     """
-    from clickgraph.core.graph_store import open_graph_store
-    from clickgraph.core.manifest import read_manifest
-
     r = cfg.resources
-    partitions_url = absolute(cfg.paths.stage("partitions"))
-    manifest = read_manifest(partitions_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
-    if int(manifest["num_parts"]) != r.workers:
-        raise InputError(f"resources.workers is {r.workers} but the shard set {partitions_url} has "
-                         f"{manifest['num_parts']} parts: one worker per part (run clickgraph "
-                         f"partition --num-parts {r.workers}, or --workers {manifest['num_parts']})")
-    graph_url = absolute(graph_url or cfg.paths.stage("graph"))
-    store = open_graph_store(graph_url)
+    shards = check_shard_set(cfg, r.workers, graph_url)
+    partitions_url, manifest, graph_url, store = (shards.partitions_url, shards.manifest,
+                                                  shards.graph_url, shards.store)
     version = ckpt.graph_version(manifest)
-    if (store.manifest.get("created_at"), store.manifest.get("config_hash")) != \
-            (version["created_at"], version["config_hash"]):
-        raise InputError(f"the shards in {partitions_url} were cut from graph version "
-                         f"{version['created_at']} but {graph_url} is version "
-                         f"{store.manifest.get('created_at')}: run clickgraph partition "
-                         "(--place-new after an incremental build) first")
     vocab = fs.read_json(fs.join(partitions_url, VOCAB_FILE))
     id_maps = ckpt.id_map_version(store.manifest)
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -293,7 +323,7 @@ def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = No
     out = absolute(out_url or fs.join(train_root, run_id))
     return RunPlan(cfg=cfg, run_id=run_id, graph_url=graph_url, partitions_url=partitions_url,
                    partitions_version=str(manifest.get("created_at")),
-                   parts=[p["path"] for p in sorted(manifest["parts"], key=lambda p: p["part"])],
+                   parts=shards.parts,
                    out_url=out, checkpoint_root=checkpoint_root, graph_version=version,
                    id_map_version=id_maps, vocab=vocab, continue_from=continue_from,
                    since_time=since_time, fail_at=fail_at)
@@ -439,29 +469,41 @@ def worker_loop(config: dict[str, Any]) -> None:
     With ``plan.rendezvous`` it forms the process group itself (see the module
     docstring) and destroys it at the end.
     """
+    plan: RunPlan = config["plan"]
+    with worker_group(plan.backend, plan.rendezvous) as (rank, world_size, device):
+        _worker(plan, rank, world_size, device)
+
+
+@contextlib.contextmanager
+def worker_group(backend: str, rendezvous: tuple[str, int] | None
+                 ) -> Iterator[tuple[int, int, torch.device]]:
+    """Inside a Ray Train worker: ``(rank, world_size, device)`` in a process group.
+
+    With ``rendezvous`` the workers form the group themselves there (see the module
+    docstring) and destroy it on the way out; without, Ray Train has set it up.
+    """
     import ray.train
     import torch.distributed as dist
 
     from trainer.distributed import init_process_group
 
-    plan: RunPlan = config["plan"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = torch.device("cpu")
-    if plan.backend == "nccl":
+    if backend == "nccl":
         import ray.train.torch
 
         device = ray.train.torch.get_device()
-    if plan.rendezvous is None:
-        _worker(plan, rank, world_size, device)
+    if rendezvous is None:
+        yield rank, world_size, device
         return
     # local_rank = the device index: init_process_group makes that GPU the current one.
     # Ray Train's collective timeout: the other ranks wait in one while rank 0 validates.
-    init_process_group(rank, world_size, *plan.rendezvous, backend=plan.backend,
+    init_process_group(rank, world_size, *rendezvous, backend=backend,
                        timeout_s=GROUP_TIMEOUT_S,
                        local_rank=device.index if device.type == "cuda" else None)
     try:
-        _worker(plan, rank, world_size, device)
+        yield rank, world_size, device
     finally:
         dist.destroy_process_group()
 

@@ -170,14 +170,20 @@ class GraphStore:
         return out
 
 
-def read_table(url: str):
+def read_table(url: str, columns: list[str] | None = None, row_filter=None):
     """A parquet folder (local path or fsspec URL) as one pyarrow table; files whose names
-    start with ``_`` or ``.`` are skipped."""
+    start with ``_`` or ``.`` are skipped.
+
+    Args:
+        columns: Only these columns (default: all).
+        row_filter: A ``pyarrow.compute`` expression applied while reading, batch by
+            batch, so only matching rows are ever held (e.g. ``pc.field("id").isin(ids)``).
+    """
     import pyarrow.dataset as ds
 
     filesystem, path = fs.filesystem(url)
     return ds.dataset(path, filesystem=filesystem, format="parquet",
-                      ignore_prefixes=["_", "."]).to_table()
+                      ignore_prefixes=["_", "."]).to_table(columns=columns, filter=row_filter)
 
 
 def _arrow_type(spark_type: str):

@@ -1,0 +1,163 @@
+"""``clickgraph evaluate/export --workers N``: the distributed paths against the one-process
+ones on the same store, checkpoint and (deterministic, ``most_recent``) sampling.
+
+Two gloo ranks run in spawned processes (``tests.test_distributed.run_ranks``) over a
+2-part shard set of the session's trained tiny store; the one-process path runs here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from clickgraph.core import fs
+from clickgraph.core.config import load_config
+from tests.conftest import TINY_TRAIN, tiny_overrides
+from tests.test_distributed import run_ranks
+
+pytestmark = [pytest.mark.spark, pytest.mark.distributed]
+
+quiet = lambda *_: None
+
+
+@pytest.fixture(scope="module")
+def sharded(trained_run, spark, tmp_path_factory):
+    """The trained store cut in 2 parts, with every output of this module elsewhere:
+    ``cfg`` (``most_recent`` sampling) reading the trained run's store and checkpoint."""
+    from spark_jobs import partition
+
+    cfg, _ = trained_run
+    out = tmp_path_factory.mktemp("dist_inference")
+    overrides = tiny_overrides(cfg.paths.root) + TINY_TRAIN + [
+        f"paths.partitions={out}/partitions", f"paths.eval={out}/eval",
+        f"paths.embeddings={out}/embeddings", "partition.num_parts=2",
+        "train.strategy=most_recent", "evaluate.embedding_batch_size=64",
+        "train.eval_batch_size=100"]
+    sharded_cfg = load_config(None, overrides)
+    partition.run(spark, sharded_cfg, log=quiet)
+    return sharded_cfg, out
+
+
+def _evaluate(rank: int, plan):
+    from trainer.dist_inference import evaluate_part
+
+    return evaluate_part(plan, rank, 2)
+
+
+def _export(rank: int, plan):
+    from trainer.dist_inference import export_part
+
+    return export_part(plan, rank, 2)
+
+
+def _plan(cfg, **changes):
+    from trainer.dist_inference import plan_inference
+
+    return dataclasses.replace(plan_inference(cfg, 2), **changes)
+
+
+def test_distributed_evaluation_equals_the_one_process_one(sharded):
+    from trainer.evaluate import run_evaluation
+    from trainer.local import roc_auc
+
+    cfg, out = sharded
+    single = run_evaluation(cfg, out_url=str(out / "eval1"), log=quiet)
+    results = run_ranks(_evaluate, _plan(cfg, out_url=str(out / "eval2")), timeout_s=240)
+    dist_result = results[0]
+    assert results[1] is None
+    one = pq.read_table(out / "eval1" / "scores.parquet").to_pydict()
+    two = pq.read_table(out / "eval2" / "scores.parquet").to_pydict()
+    # the same impressions in the same order, each scored the same
+    for column in ("time", "user", "content", "label", "past_interactions", "cold", "day"):
+        assert list(two[column]) == list(one[column]), column
+    np.testing.assert_allclose(two["gnn"], one["gnn"], rtol=0, atol=1e-5)
+    assert dist_result["events"] == single["events"] > 0
+    per_worker = dist_result["events_per_worker"]
+    assert len(per_worker) == 2 and min(per_worker) > 0 and sum(per_worker) == single["events"]
+    # the AUC of the merged arrays (not an average of per-worker AUCs)
+    assert dist_result["auc"]["gnn"] == pytest.approx(
+        roc_auc(np.array(two["label"]), np.array(two["gnn"])), abs=1e-12)
+    assert dist_result["auc"]["gnn"] == pytest.approx(single["auc"]["gnn"], abs=1e-6)
+    for key in ("auc_cold", "auc_warm"):
+        assert dist_result[key]["gnn"] == pytest.approx(single[key]["gnn"], abs=1e-6)
+    assert [d["events"] for d in dist_result["per_day"]] == [d["events"] for d in single["per_day"]]
+    assert dist_result["auc"]["baseline"] is None and "baseline" in dist_result["not_scored"]
+    assert fs.read_json(str(out / "eval2" / "evaluation.json"))["auc"] == dist_result["auc"]
+
+
+def _by_id(table) -> tuple[np.ndarray, list[str], np.ndarray]:
+    from trainer.export import embedding_matrix
+
+    table = table.sort_by("id")
+    return (table.column("id").to_numpy(), table.column("raw_id").to_pylist(),
+            embedding_matrix(table))
+
+
+def test_distributed_export_equals_the_one_process_one_and_names_every_file(sharded):
+    from trainer.export import read_version, run_export
+
+    cfg, out = sharded
+    single = run_export(cfg, out_url=str(out / "emb1"), log=quiet)
+    cutoff = single["cutoff"]
+    folder = out / "emb2" / cutoff["date"]
+    results = run_ranks(_export, _plan(cfg, out_url=str(folder), cutoff=cutoff["seconds"]),
+                        timeout_s=240)
+    manifest = results[0]
+    assert results[1] is None
+    assert read_version(str(folder)) == manifest  # written, and valid
+    assert manifest["format_version"] == 2 and manifest["workers"] == 2
+    assert manifest["counts"] == single["counts"]
+    assert manifest["recommendations"] is None and manifest["recommendations_reason"]
+    listed = sorted(p for files in manifest["parts"].values() for p in files)
+    on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet")
+                     if p.is_file())
+    assert listed == on_disk and len(listed) == 4  # 2 types x 2 workers
+    for node_type in ("user", "content"):
+        ids1, raw1, emb1 = _by_id(pq.read_table(out / "emb1" / cutoff["date"] / f"{node_type}.parquet"))
+        ids2, raw2, emb2 = _by_id(pq.read_table(folder / manifest["files"][node_type]))
+        assert np.array_equal(ids1, ids2) and raw1 == raw2
+        np.testing.assert_allclose(emb2, emb1, rtol=0, atol=1e-5)
+        # each worker wrote exactly the nodes its part owns
+        for rank, name in enumerate(manifest["parts"][node_type]):
+            assert name.endswith(f"part-{rank:05d}.parquet")
+    # a second run at the same cutoff replaces the folder and sees no drift
+    again = run_ranks(_export, _plan(cfg, out_url=str(folder), cutoff=cutoff["seconds"]),
+                      timeout_s=240)[0]
+    for node_type in ("user", "content"):
+        assert again["drift"][node_type]["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+        assert again["drift"][node_type]["new_share"] == 0
+
+
+def test_the_shard_sets_vocabularies_must_be_the_checkpoints(sharded, tmp_path):
+    import shutil
+
+    from clickgraph.core.config import replace
+    from clickgraph.core.shards import VOCAB_FILE
+    from trainer import checkpoint as ckpt
+    from trainer.dist_inference import plan_inference
+
+    cfg, out = sharded
+    copy = tmp_path / "partitions"
+    shutil.copytree(out / "partitions", copy)
+    vocab = fs.read_json(str(copy / VOCAB_FILE))
+    node_type = sorted(vocab)[0]
+    vocab[node_type] = {**vocab[node_type], "extra": ["x"]}
+    fs.write_json(str(copy / VOCAB_FILE), vocab)
+    with pytest.raises(ckpt.CheckpointError, match="vocabularies differ"):
+        plan_inference(replace(cfg, "paths", partitions=str(copy)), 2)
+    with pytest.raises(ValueError, match="one worker per part"):
+        plan_inference(cfg, 3)
+
+
+def test_chunks_pad_to_the_lockstep_count():
+    from trainer.scoring import chunks
+
+    column = torch.arange(5)
+    got = chunks((column,), 2, steps=4)
+    assert [c[0].tolist() for c in got] == [[0, 1], [2, 3], [4], []]
+    with pytest.raises(ValueError, match="need 3 chunks"):
+        chunks((column,), 2, steps=2)
