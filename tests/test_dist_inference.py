@@ -35,8 +35,11 @@ def sharded(trained_run, spark, tmp_path_factory):
     overrides = tiny_overrides(cfg.paths.root) + TINY_TRAIN + [
         f"paths.partitions={out}/partitions", f"paths.eval={out}/eval",
         f"paths.embeddings={out}/embeddings", "partition.num_parts=2",
-        "train.strategy=most_recent", "evaluate.embedding_batch_size=64",
-        "train.eval_batch_size=100"]
+        "train.strategy=most_recent", "evaluate.max_test_events=400",
+        # One seed per sampler call: seeds sharing a root time in one call share their
+        # (node, time) rows, so a node's tree depends on which seeds it was batched with
+        # (docs/evaluation.md), and the workers' batches are not the one process's.
+        "train.eval_batch_size=1", "evaluate.embedding_batch_size=1"]
     sharded_cfg = load_config(None, overrides)
     partition.run(spark, sharded_cfg, log=quiet)
     return sharded_cfg, out
@@ -61,11 +64,14 @@ def _plan(cfg, **changes):
 
 
 def test_distributed_evaluation_equals_the_one_process_one(sharded):
+    from clickgraph.core.config import replace
     from trainer.evaluate import run_evaluation
     from trainer.local import roc_auc
 
     cfg, out = sharded
-    single = run_evaluation(cfg, out_url=str(out / "eval1"), log=quiet)
+    # (the trees' embedding features, one process only, need not be one per call)
+    single = run_evaluation(replace(cfg, "evaluate", embedding_batch_size=4096),
+                            out_url=str(out / "eval1"), log=quiet)
     results = run_ranks(_evaluate, _plan(cfg, out_url=str(out / "eval2")), timeout_s=240)
     dist_result = results[0]
     assert results[1] is None
@@ -161,3 +167,35 @@ def test_chunks_pad_to_the_lockstep_count():
     assert [c[0].tolist() for c in got] == [[0, 1], [2, 3], [4], []]
     with pytest.raises(ValueError, match="need 3 chunks"):
         chunks((column,), 2, steps=2)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_cli_workers_2_runs_on_ray_workers(sharded, capsys, tmp_path):
+    import json
+
+    import ray
+
+    from clickgraph.app.cli import main
+
+    cfg, out = sharded
+    overrides = tiny_overrides(cfg.paths.root) + TINY_TRAIN + [
+        f"paths.partitions={out}/partitions", "train.strategy=most_recent",
+        "evaluate.max_test_events=400", "train.eval_batch_size=1",
+        "evaluate.embedding_batch_size=1", "ray.num_cpus=2", "tracking.enabled=false"]
+    args = [a for o in overrides for a in ("--set", o)]
+    try:
+        assert main(["evaluate", *args, "--workers", "2", "--json",
+                     "--out", str(tmp_path / "eval")]) == 0
+        evaluation = json.loads(capsys.readouterr().out)
+        assert main(["export", *args, "--workers", "2", "--json",
+                     "--out", str(tmp_path / "emb")]) == 0
+        manifest = json.loads(capsys.readouterr().out)
+    finally:
+        ray.shutdown()
+    assert evaluation["workers"] == 2 and sum(evaluation["events_per_worker"]) == 400
+    written = fs.read_json(str(tmp_path / "eval" / "evaluation.json"))
+    assert evaluation["auc"]["gnn"] is not None
+    assert evaluation["auc"]["gnn"] == written["auc"]["gnn"]
+    assert manifest["workers"] == 2 and manifest["format_version"] == 2
+    assert (tmp_path / "emb" / manifest["cutoff"]["date"] / "_MANIFEST.json").exists()
