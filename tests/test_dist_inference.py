@@ -138,6 +138,42 @@ def test_distributed_export_equals_the_one_process_one_and_names_every_file(shar
         assert again["drift"][node_type]["new_share"] == 0
 
 
+def _validate(rank: int, plan):
+    from clickgraph.core.graph_store import open_graph_store
+    from trainer.dist_inference import DistValidator, open_worker
+
+    worker = open_worker(plan, rank, 2)
+    worker.model.train()
+    validator = DistValidator(plan.cfg, worker.shard, open_graph_store(plan.graph_url), rank, 2)
+    figures = validator(worker.model)
+    assert worker.model.training  # left as it was
+    return figures, len(validator.owned)
+
+
+def test_distributed_validation_equals_the_one_process_one(sharded):
+    from clickgraph.core.timeline import split_windows
+    from trainer.data import window_events
+    from trainer.inference import load_trained
+    from trainer.local import evaluate_window, subsample
+
+    cfg, _ = sharded
+    t = cfg.train
+    model = load_trained(cfg)
+    windows = split_windows(model.data.days, t.val_days, t.test_days)
+    events = subsample(window_events(model.data.impressions, windows, "val"), t.max_eval_events,
+                       torch.Generator().manual_seed(t.seed + 1))
+    single = evaluate_window(model.engine, events, cfg.evaluate.cold_start_max_interactions,
+                             torch.Generator().manual_seed(t.seed))
+    results = run_ranks(_validate, _plan(cfg), timeout_s=240)
+    figures = results[0][0]
+    assert results[1][0] is None
+    assert min(owned for _, owned in results) > 0
+    assert sum(owned for _, owned in results) == figures["events"] == single["events"] > 0
+    assert figures["cold_events"] == single["cold_events"]
+    for key in ("auc", "auc_cold", "auc_warm"):
+        assert figures[key] == pytest.approx(single[key], abs=1e-6)
+
+
 def test_the_shard_sets_vocabularies_must_be_the_checkpoints(sharded, tmp_path):
     import shutil
 

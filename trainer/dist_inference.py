@@ -187,13 +187,21 @@ def open_worker(plan: InferencePlan, rank: int, world_size: int) -> InferenceWor
         raise ckpt.CheckpointError(f"{plan.checkpoint}: parameters do not fit the configured "
                                    f"model (train.model): {str(error).splitlines()[0]}") from None
     model.eval()
-    sampler = DistTemporalSampler(shard, relation_fanouts(t, shard.edge_types),
-                                  strategy=t.strategy, weighted=weighted_sampling(t))
+    return worker_on(shard, t, model, rank, world_size)
+
+
+def worker_on(shard: PartitionShard, cfg: TrainConfig, model: ClickGNN, rank: int,
+              world_size: int) -> InferenceWorker:
+    """An :class:`InferenceWorker` of ``model`` (already on its device) over ``shard``,
+    with a sampler of its own (collective)."""
+    sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
+                                  strategy=cfg.strategy, weighted=weighted_sampling(cfg))
     empty = Impressions(*(torch.empty(0, dtype=torch.int64) for _ in range(4)),
                         clicked=torch.empty(0))
+    device = next(model.parameters()).device
     source = DistBatchSource(sampler, empty, NegativeSampler(torch.empty(0, dtype=torch.int64)),
-                             0.0, shard.num_nodes, bool(model.count_relations), torch.device("cpu"))
-    return InferenceWorker(rank, world_size, shard, t, model, source)
+                             0.0, shard.num_nodes, bool(model.count_relations), device)
+    return InferenceWorker(rank, world_size, shard, cfg, model, source)
 
 
 def lockstep_steps(rows: int, batch_size: int) -> int:
@@ -274,6 +282,62 @@ def window_sample(store, windows: Windows, window: str, limit: int, generator: t
     return impressions.take(subsample(rows, limit, generator))
 
 
+def owned_rows(sample: Impressions, shard: PartitionShard) -> Impressions:
+    """The impressions of ``sample`` whose user ``shard``'s part owns, in their order."""
+    return sample.take(torch.nonzero(shard.owner("user", sample.user) == shard.part).view(-1))
+
+
+class DistValidator:
+    """Per-epoch validation of distributed training on the workers (collective).
+
+    Every rank draws the validation sample ``--workers 1`` validates on (the validation
+    window's impressions, ``train.max_eval_events`` of them with seed ``train.seed + 1``),
+    scores those of its users with the model being trained and the distributed sampler,
+    and flags its cold users; rank 0 computes the AUCs of the gathered rows
+    (:func:`trainer.local.window_aucs`). No rank loads the graph store.
+
+    Args:
+        cfg: The run's config.
+        shard: This rank's shard.
+        store: The graph store (its validation window's impressions are read).
+        rank: This rank.
+        world_size: Number of ranks.
+    """
+
+    def __init__(self, cfg: Config, shard: PartitionShard, store, rank: int, world_size: int):
+        t = cfg.train
+        windows = split_windows(store.days, t.val_days, t.test_days)
+        sample = window_sample(store, windows, "val", t.max_eval_events,
+                               torch.Generator().manual_seed(t.seed + 1), cfg.graph.log_day_slack_s)
+        self.cfg, self.shard, self.rank, self.world_size = cfg, shard, rank, world_size
+        self.owned = owned_rows(sample, shard)
+        self.worker: InferenceWorker | None = None
+
+    def __call__(self, model: ClickGNN) -> dict[str, Any] | None:
+        """The validation figures on rank 0, ``None`` elsewhere; ``model`` is left in
+        the mode it was in."""
+        from trainer.local import window_aucs
+
+        t = self.cfg.train
+        if self.worker is None:
+            self.worker = worker_on(self.shard, t, model, self.rank, self.world_size)
+        self.worker.model = model
+        was_training = model.training
+        model.eval()
+        try:
+            scores = score_owned(self.worker, self.owned, torch.Generator().manual_seed(t.seed))
+        finally:
+            model.train(was_training)
+        cold_max = self.cfg.evaluate.cold_start_max_interactions
+        cold = AsOfCounts(self.worker.sampler, self.shard.edge_types).cold(
+            self.owned.user, self.owned.time, cold_max)
+        rows = gather_columns({"label": self.owned.clicked.numpy(), "score": scores,
+                               "cold": cold.numpy()}, self.rank)
+        if rows is None:
+            return None
+        return window_aucs(rows["label"], rows["score"], rows["cold"], cold_max)
+
+
 def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
                   ) -> dict[str, Any] | None:
     """One rank's share of the distributed evaluation (collective, module docstring).
@@ -295,7 +359,7 @@ def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
                            torch.Generator().manual_seed(e.seed), c.graph.log_day_slack_s)
     if all_reduce_int(len(sample), "sum") == 0:
         raise InputError(f"the graph's test window {windows.days['test']} has no impressions")
-    owned = sample.take(torch.nonzero(worker.shard.owner("user", sample.user) == rank).view(-1))
+    owned = owned_rows(sample, worker.shard)
     load_seconds = time.perf_counter() - started
     log(f"evaluate: {world_size} workers; scoring {len(sample):,} test impressions "
         f"({', '.join(windows.days['test'])}) by their users' parts; rank 0 owns {len(owned):,}")

@@ -23,10 +23,11 @@ A worker (:func:`worker_loop`, rank ``r``):
    (:mod:`trainer.checkpoint`); after a failure Ray Train restarts every worker and
    ``ray.train.get_checkpoint()`` gives the latest one, from which the loop resumes at
    the exact step with the same random streams;
-5. at each epoch's end rank 0 scores the validation window's impressions with the
-   single-process :class:`~trainer.engine.ClickEngine` on the whole graph store (the
-   same events as ``--workers 1``, so the AUCs compare directly) while the other ranks
-   wait; at the end rank 0 writes ``metrics.json``.
+5. at each epoch's end every rank scores the validation impressions of its own users
+   (the same sample as ``--workers 1`` validates on, so the AUCs compare directly) with
+   the distributed sampler, and rank 0 computes the AUCs of the gathered scores
+   (:class:`trainer.dist_inference.DistValidator`; no rank loads the graph store); at the
+   end rank 0 writes ``metrics.json``.
 
 Devices (:func:`choose_placement`): with ``resources.device: auto`` the run asks Ray for one
 GPU per worker and an NCCL group when the cluster has at least one GPU per worker, and
@@ -367,8 +368,8 @@ class RayHooks(TrainHooks):
     def after_epoch(self, ctx: StepContext) -> None:
         start = time.perf_counter()
         metrics: dict[str, Any] = {"epoch": ctx.epoch + 1}
+        val = self.validator(ctx.model)  # collective; the figures on rank 0
         if ctx.rank == 0:
-            val = self.validator(ctx.model)
             metrics.update({"val_auc": val["auc"], "val": val,
                             "loss": float(np.nanmean(ctx.result.losses[-ctx.steps_in_epoch:]))
                             if ctx.result.losses else float("nan")})
@@ -427,31 +428,6 @@ def progress_line(ctx: StepContext, world_size: int, train_seconds: float) -> st
             f"| {bytes_per_event:,.0f} B/event sent (rank 0)")
 
 
-def _make_validator(plan: RunPlan):
-    """Rank 0's per-epoch validation: the single-process engine on the whole store."""
-    from trainer.data import load_graph_data, window_events
-    from trainer.engine import ClickEngine
-    from trainer.local import evaluate_window, subsample
-
-    t = plan.cfg.train
-    cache: dict[str, Any] = {}
-
-    def validate(model: torch.nn.Module) -> dict[str, Any]:
-        if not cache:
-            data = load_graph_data(plan.graph_url, vocab=plan.vocab)
-            windows = split_windows(data.days, t.val_days, t.test_days)
-            cache["engine"] = ClickEngine(data, t, "cpu")
-            cache["events"] = subsample(window_events(data.impressions, windows, "val"),
-                                        t.max_eval_events, torch.Generator().manual_seed(t.seed + 1))
-        engine = cache["engine"]
-        engine.model.load_state_dict(model.state_dict())
-        return evaluate_window(engine, cache["events"],
-                               plan.cfg.evaluate.cold_start_max_interactions,
-                               torch.Generator().manual_seed(t.seed))
-
-    return validate
-
-
 def _console(line: str) -> None:
     """Writes one line to this worker's stdout, which Ray forwards to the driver.
 
@@ -498,7 +474,7 @@ def worker_group(backend: str, rendezvous: tuple[str, int] | None
         yield rank, world_size, device
         return
     # local_rank = the device index: init_process_group makes that GPU the current one.
-    # Ray Train's collective timeout: the other ranks wait in one while rank 0 validates.
+    # Ray Train's collective timeout: the other ranks wait in one while rank 0 checkpoints.
     init_process_group(rank, world_size, *rendezvous, backend=backend,
                        timeout_s=GROUP_TIMEOUT_S,
                        local_rank=device.index if device.type == "cuda" else None)
@@ -518,6 +494,7 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     import torch.distributed as dist
 
     from clickgraph.core.graph_store import open_graph_store
+    from trainer.dist_inference import DistValidator
     from trainer.dist_train import train_worker
     from trainer.distributed import all_reduce_int
     from trainer.shard import load_shard
@@ -572,7 +549,8 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
             + f" (loaded in {load_seconds:.1f} s)")
 
     hooks = RayHooks(plan, rank, world_size, last_event_time, history,
-                     _make_validator(plan) if rank == 0 else None, log or (lambda _: None))
+                     DistValidator(plan.cfg, shard, store, rank, world_size),
+                     log or (lambda _: None))
     # With train.batch_scope=global, train.batch_size is the GLOBAL batch, as in
     # --workers 1: each rank takes its share, so a step sees as many impressions, and an
     # epoch has as many steps, as there. With "worker" each rank takes batch_size.
