@@ -235,3 +235,36 @@ def test_cli_workers_2_runs_on_ray_workers(sharded, capsys, tmp_path):
     assert evaluation["auc"]["gnn"] == written["auc"]["gnn"]
     assert manifest["workers"] == 2 and manifest["format_version"] == 2
     assert (tmp_path / "emb" / manifest["cutoff"]["date"] / "_MANIFEST.json").exists()
+
+
+def test_each_worker_reads_only_its_users_training_impressions(sharded):
+    from clickgraph.core.graph_store import open_graph_store
+    from clickgraph.core.timeline import split_windows
+    from trainer.data import window_events
+    from trainer.ray_launch import owned_window_impressions
+    from trainer.shard import load_shard
+
+    cfg, out = sharded
+    store = open_graph_store(cfg.paths.stage("graph"))
+    windows = split_windows(store.days, cfg.train.val_days, cfg.train.test_days)
+    shards = [load_shard(str(out / "partitions" / f"part-{p:05d}")) for p in range(2)]
+    reads = []
+    original = store.read_edges_arrow
+
+    def spy(*args, **kwargs):
+        table = original(*args, **kwargs)
+        reads.append(table)
+        return table
+
+    store.read_edges_arrow = spy
+    parts = [owned_window_impressions(store, windows, "train", shard, cfg.graph.log_day_slack_s)
+             for shard in shards]
+    for shard, read, owned in zip(shards, reads, parts, strict=True):
+        # the filter ran inside the read: no other part's user came back from it
+        users = torch.tensor(read.column("src").to_numpy())
+        assert bool((shard.owner("user", users) == shard.part).all()) and len(owned) > 0
+    from trainer.data import load_graph_data
+
+    data = load_graph_data(cfg.paths.stage("graph"), fit_before=windows.val_start)
+    expected = window_events(data.impressions, windows, "train")
+    assert sum(len(p) for p in parts) == expected.numel()

@@ -12,10 +12,10 @@ A worker (:func:`worker_loop`, rank ``r``):
 
 1. copies its shard ``part-r`` to local disk when the shard set is at a remote URL
    (:func:`local_shard_folder`) and memory-maps it (:func:`trainer.shard.load_shard`);
-2. reads the training window's impressions from the graph store and keeps those whose
-   user it owns (the shard set has no per-part impression table; every worker reads the
-   window and filters, which is fine at this size and is the first thing to push into the
-   partition job for large graphs), plus the creation time of all content (negatives);
+2. reads the training window's impressions of the users it owns from the graph store
+   (the filter is pushed into the parquet read: only its users' rows are ever held; every
+   worker still scans the window's files), plus the creation time of all content
+   (negatives);
 3. with ``--continue``: keeps only impressions after the checkpoint's last trained time,
    plus ``train.replay_fraction`` per new event of older ones, drawn at random;
 4. trains; every ``resources.checkpoint_every_steps`` steps and at each epoch's end all ranks
@@ -138,8 +138,14 @@ def owned_window_impressions(store, windows: Windows, window: str, shard, slack_
             (``graph.log_day_slack_s``): the folders read are those that may hold the
             window's events; the rows kept are decided by their time alone.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Only this part's users' rows are read (the filter runs batch by batch in the read).
+    users = pa.array(shard.owned["user"].numpy(), pa.int64())
     imp = store.read_edges_arrow(IMPRESSIONS, windows.folders(window, store.days, slack_s),
-                                 columns=["src", "dst", "ts_ms", "position", "clicked"])
+                                 columns=["src", "dst", "ts_ms", "position", "clicked"],
+                                 row_filter=pc.field("src").isin(users))
     out = Impressions.from_arrow(imp)
     keep = windows.mask(window, out.time) & (shard.owner("user", out.user) == shard.part)
     return out.take(torch.nonzero(keep).view(-1))
