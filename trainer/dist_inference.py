@@ -32,6 +32,7 @@ with ``uniform`` they agree in distribution (each row's draw is made by its owne
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -624,8 +625,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
         result = run(plan, rank, world_size, log=_console)
     if rank == 0:
         with open(config["result"], "w") as handle:
-            import json
-
             json.dump(result, handle, default=str)
 
 
