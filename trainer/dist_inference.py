@@ -32,9 +32,7 @@ with ``uniform`` they agree in distribution (each row's draw is made by its owne
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -593,27 +591,22 @@ def run_on_workers(plan: InferencePlan, task: str, workers: int, log=print) -> d
                                  float(ray.cluster_resources().get("GPU", 0)), workers)
     rendezvous = ("127.0.0.1", find_free_port("127.0.0.1")) if on_loopback else None
     plan = dataclasses.replace(plan, backend=placement.backend, rendezvous=rendezvous)
-    result_file = os.path.join(tempfile.mkdtemp(prefix=f"clickgraph-{task}-"), "result.json")
-    storage = os.path.dirname(result_file)
     trainer = TorchTrainer(
-        _worker_loop, train_loop_config={"plan": plan, "task": task, "result": result_file},
+        _worker_loop, train_loop_config={"plan": plan, "task": task},
         torch_config=(own_group_torch_config(placement.backend) if on_loopback
                       else TorchConfig(backend=placement.backend)),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=placement.use_gpu,
                                      resources_per_worker={
                                          "CPU": cfg.resources.threads_per_worker,
                                          **({"GPU": 1} if placement.use_gpu else {})}),
-        run_config=RunConfig(name=task, storage_path=storage))
+        # Ray Train's own run records (no checkpoints here) go to a scratch folder
+        run_config=RunConfig(name=task, storage_path=tempfile.mkdtemp(prefix="clickgraph-")))
     trainer.fit()
-    if not on_loopback:  # rank 0 wrote its result on another machine: read it where it went
-        return fs.read_json(_result_url(plan, task))
-    return fs.read_json(result_file)
-
-
-def _result_url(plan: InferencePlan, task: str) -> str:
-    if task == "evaluate":
-        return fs.join(plan.out_url, "evaluation.json")
-    return fs.join(plan.out_url, fs.MANIFEST_NAME)
+    # What rank 0 wrote, read back from where it went (any machine of the cluster).
+    if task == "export":
+        return fs.read_json(fs.join(plan.out_url, fs.MANIFEST_NAME))
+    result = fs.read_json(fs.join(plan.out_url, "evaluation.json"))
+    return {**result, "out": plan.out_url, "scores": fs.join(plan.out_url, "scores.parquet")}
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -622,9 +615,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
     plan: InferencePlan = config["plan"]
     with worker_group(plan.backend, plan.rendezvous) as (rank, world_size, _):
         run = {"evaluate": evaluate_part, "export": export_part}[config["task"]]
-        result = run(plan, rank, world_size, log=_console)
-    if rank == 0:
-        with open(config["result"], "w") as handle:
-            json.dump(result, handle, default=str)
+        run(plan, rank, world_size, log=_console)
 
 
