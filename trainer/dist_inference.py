@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -542,10 +543,11 @@ def _export_into(plan: InferencePlan, rank: int, world_size: int, staging: str |
 
 def evaluate_distributed(cfg: Config, workers: int, graph_url: str | None = None,
                          checkpoint: str | None = None, out_url: str | None = None,
-                         log=print) -> dict[str, Any]:
+                         log=print, progress_to_stderr: bool = False) -> dict[str, Any]:
     """``clickgraph evaluate --workers N``: the GNN's figures on the test window, scored on
     ``workers`` workers (module docstring); returns ``evaluation.json`` plus ``out`` and
-    ``scores`` URLs."""
+    ``scores`` URLs. ``progress_to_stderr``: the workers' progress lines go to stderr
+    (stdout is kept for ``--json``)."""
     from clickgraph.core.graph_store import open_graph_store
 
     plan = plan_inference(cfg, workers, graph_url, checkpoint)
@@ -553,15 +555,16 @@ def evaluate_distributed(cfg: Config, workers: int, graph_url: str | None = None
     plan = dataclasses.replace(plan, out_url=absolute(
         out_url or fs.join(cfg.paths.stage("eval"), days[-1])))
     log(f"evaluate: {plan.checkpoint} on {workers} workers over {plan.partitions_url}")
-    return run_on_workers(plan, "evaluate", workers, log)
+    return run_on_workers(plan, "evaluate", workers, log, progress_to_stderr)
 
 
 def export_distributed(cfg: Config, workers: int, cutoff: str | None = None,
                        checkpoint: str | None = None, graph_url: str | None = None,
-                       out_url: str | None = None, log=print) -> dict[str, Any]:
+                       out_url: str | None = None, log=print,
+                       progress_to_stderr: bool = False) -> dict[str, Any]:
     """``clickgraph export --workers N``: user and content embeddings as of ``cutoff``
     (default: the end of the store's last day), written by ``workers`` workers; returns
-    the manifest."""
+    the manifest. ``progress_to_stderr`` as in :func:`evaluate_distributed`."""
     from clickgraph.core.graph_store import open_graph_store
     from trainer.export import check_cutoff, parse_cutoff, version_name
 
@@ -571,12 +574,14 @@ def export_distributed(cfg: Config, workers: int, cutoff: str | None = None,
     root_url = (out_url or cfg.paths.stage("embeddings")).rstrip("/")
     plan = dataclasses.replace(plan, cutoff=cutoff_s,
                                out_url=absolute(fs.join(root_url, version_name(cutoff_s))))
-    return run_on_workers(plan, "export", workers, log)
+    return run_on_workers(plan, "export", workers, log, progress_to_stderr)
 
 
-def run_on_workers(plan: InferencePlan, task: str, workers: int, log=print) -> dict[str, Any]:
+def run_on_workers(plan: InferencePlan, task: str, workers: int, log=print,
+                   progress_to_stderr: bool = False) -> dict[str, Any]:
     """Runs ``task`` (``"evaluate"`` or ``"export"``) on ``workers`` Ray Train workers,
-    one per part; returns rank 0's result."""
+    one per part; returns rank 0's result. Rank 0's progress lines reach the driver's
+    stdout (Ray forwards them), or its stderr with ``progress_to_stderr``."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -592,7 +597,8 @@ def run_on_workers(plan: InferencePlan, task: str, workers: int, log=print) -> d
     rendezvous = ("127.0.0.1", find_free_port("127.0.0.1")) if on_loopback else None
     plan = dataclasses.replace(plan, backend=placement.backend, rendezvous=rendezvous)
     trainer = TorchTrainer(
-        _worker_loop, train_loop_config={"plan": plan, "task": task},
+        _worker_loop, train_loop_config={"plan": plan, "task": task,
+                                         "stderr": progress_to_stderr},
         torch_config=(own_group_torch_config(placement.backend) if on_loopback
                       else TorchConfig(backend=placement.backend)),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=placement.use_gpu,
@@ -615,6 +621,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     plan: InferencePlan = config["plan"]
     with worker_group(plan.backend, plan.rendezvous) as (rank, world_size, _):
         run = {"evaluate": evaluate_part, "export": export_part}[config["task"]]
-        run(plan, rank, world_size, log=_console)
+        run(plan, rank, world_size, log=_to_stderr if config["stderr"] else _console)
+
+
+def _to_stderr(line: str) -> None:
+    """A worker's progress line on its stderr, which Ray forwards to the driver's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 

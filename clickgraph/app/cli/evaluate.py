@@ -57,7 +57,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         from trainer.dist_inference import evaluate_distributed
 
         result = tracked(cfg, "evaluate", lambda: evaluate_distributed(
-            cfg, workers, args.graph, args.checkpoint, args.out, log=log), log)
+            cfg, workers, args.graph, args.checkpoint, args.out, log=log,
+            progress_to_stderr=args.json), log)
     else:
         result = tracked(cfg, "evaluate", lambda: run_evaluation(
             cfg, args.graph, args.checkpoint, args.out, log=log), log)

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
         manifest = tracked(cfg, "export", lambda: export_distributed(
             cfg, workers, cutoff=args.cutoff, checkpoint=args.checkpoint, graph_url=args.graph,
-            out_url=args.out, log=log), log, out_url=args.out)
+            out_url=args.out, log=log, progress_to_stderr=as_json), log, out_url=args.out)
     else:
         manifest = tracked(cfg, "export", lambda: run_export(
             cfg, cutoff=args.cutoff, checkpoint=args.checkpoint, graph_url=args.graph,
