@@ -237,8 +237,8 @@ def test_cli_workers_2_runs_on_ray_workers(sharded, capsys, tmp_path):
     assert (tmp_path / "emb" / manifest["cutoff"]["date"] / "_MANIFEST.json").exists()
 
 
-def test_each_worker_reads_only_its_users_training_impressions(sharded):
-    from clickgraph.core.graph_store import open_graph_store
+def test_each_worker_reads_only_its_users_training_impressions(sharded, monkeypatch):
+    from clickgraph.core.graph_store import GraphStore, open_graph_store
     from clickgraph.core.timeline import split_windows
     from trainer.data import window_events
     from trainer.ray_launch import owned_window_impressions
@@ -249,14 +249,14 @@ def test_each_worker_reads_only_its_users_training_impressions(sharded):
     windows = split_windows(store.days, cfg.train.val_days, cfg.train.test_days)
     shards = [load_shard(str(out / "partitions" / f"part-{p:05d}")) for p in range(2)]
     reads = []
-    original = store.read_edges_arrow
+    original = GraphStore.read_edges_arrow
 
-    def spy(*args, **kwargs):
-        table = original(*args, **kwargs)
+    def spy(self, *args, **kwargs):
+        table = original(self, *args, **kwargs)
         reads.append(table)
         return table
 
-    store.read_edges_arrow = spy
+    monkeypatch.setattr(GraphStore, "read_edges_arrow", spy)
     parts = [owned_window_impressions(store, windows, "train", shard, cfg.graph.log_day_slack_s)
              for shard in shards]
     for shard, read, owned in zip(shards, reads, parts, strict=True):
