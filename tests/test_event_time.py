@@ -70,6 +70,9 @@ class _OnePart:
 
     part = 0
 
+    def __init__(self, num_users: int):
+        self.owned = {"user": torch.arange(num_users)}
+
     @staticmethod
     def owner(node_type, node):
         return torch.zeros_like(node)
@@ -111,7 +114,7 @@ def test_late_filed_events_give_the_same_windows_cutoffs_and_evaluation(trained_
         assert events.numel() > 0
         assert (lo is None or bool((time >= lo).all())) and (hi is None or bool((time < hi).all()))
         # the distributed trainer's per-shard read picks the same rows from the folders
-        owned = owned_window_impressions(store_b, windows, window, _OnePart(),
+        owned = owned_window_impressions(store_b, windows, window, _OnePart(store_b.num_nodes("user")),
                                          cfg_b.graph.log_day_slack_s)
         assert torch.equal(owned.time, time)
         assert torch.equal(owned.user, data[1].impressions.user[events])

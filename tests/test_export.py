@@ -159,14 +159,14 @@ def test_an_export_that_dies_leaves_the_previous_version_whole(trained_run, tmp_
     first = run_export(cfg, out_url=str(root), log=quiet)
     folder = root / first["cutoff"]["date"]
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    write = export._write_parquet
+    write = export.write_parquet
 
     def dies_on_recommendations(url, table):
         if url.endswith("recommendations.parquet"):
             raise OSError("disk full (simulated)")
         write(url, table)
 
-    monkeypatch.setattr(export, "_write_parquet", dies_on_recommendations)
+    monkeypatch.setattr(export, "write_parquet", dies_on_recommendations)
     with pytest.raises(OSError, match="simulated"):
         run_export(cfg, out_url=str(root), log=quiet)
     assert [p.name for p in root.iterdir()] == [folder.name]  # no staging folder left

@@ -677,6 +677,16 @@ class DistTemporalSampler:
             reader.finish()
         return out
 
+    def count_before(self, edge_type: EdgeType, node: Tensor, time: Tensor) -> Tensor:
+        """:meth:`TemporalNeighborSampler.count_before` for nodes this rank OWNS (local,
+        not collective): ``edge_type`` edges into ``node[i]`` strictly before ``time[i]``.
+        With it :class:`~trainer.asof.AsOfCounts` counts the owned users' interactions.
+
+        Raises:
+            ValueError: A node of ``node`` is not owned here.
+        """
+        return self._count_local(edge_type, self.shard.local_row(edge_type[2], node), time)
+
     def _count_local(self, edge_type: EdgeType, row: Tensor, time: Tensor) -> Tensor:
         """Visible in-edges of owned LOCAL rows (``count_before`` of this shard)."""
         start, end = self._search[edge_type].visible_range(row, time)

@@ -27,6 +27,7 @@ from clickgraph.core.config import TrainConfig
 from trainer.data import GraphData, Impressions, NegativeSampler
 from trainer.model import ClickGNN, NodeFeatures
 from trainer.sampler import SampledSubgraph, TemporalNeighborSampler
+from trainer.scoring import chunked_scores
 
 
 def pair_weight(cfg: TrainConfig) -> float | None:
@@ -492,15 +493,7 @@ class ClickEngine:
         gets a progress line every ``log_every_s`` seconds."""
         self.model.eval()
         imp = self.data.impressions
-        out, done = [], 0
-        start = last = time.perf_counter()
-        for chunk in torch.split(events, self.cfg.eval_batch_size):
-            logits = self.forward(imp.user[chunk], imp.content[chunk], imp.time[chunk],
-                                  imp.position[chunk], generator)
-            out.append(torch.sigmoid(logits).cpu().numpy())
-            done += chunk.numel()
-            if log is not None and time.perf_counter() - last >= log_every_s:
-                last = time.perf_counter()
-                log(f"  scored {done:,}/{events.numel():,} impressions "
-                    f"({done / (last - start):,.0f}/s)")
-        return np.concatenate(out) if out else np.empty(0)
+        return chunked_scores(lambda u, c, t, p: self.forward(u, c, t, p, generator),
+                              imp.user[events], imp.content[events], imp.time[events],
+                              imp.position[events], self.cfg.eval_batch_size, log=log,
+                              log_every_s=log_every_s)

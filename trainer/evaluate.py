@@ -102,10 +102,11 @@ def fit_trees(x: np.ndarray, y: np.ndarray, categorical: list[bool], cfg: Config
 
 def aucs(labels: np.ndarray, scores: dict[str, np.ndarray], mask: np.ndarray | None = None
          ) -> dict[str, float | None]:
+    """ROC-AUC of each of :data:`MODELS` (``None``: one class only, or a model not scored)."""
     if mask is not None:
         labels = labels[mask]
         scores = {name: s[mask] for name, s in scores.items()}
-    return {name: roc_auc(labels, scores[name]) for name in MODELS}
+    return {name: roc_auc(labels, scores[name]) if name in scores else None for name in MODELS}
 
 
 def _gap(warm: dict, cold: dict) -> dict[str, float | None]:
@@ -173,30 +174,11 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
 
     imp = data.impressions
     past = counts.interactions(imp.user[test_events], imp.time[test_events]).numpy()
-    cold = past <= e.cold_start_max_interactions
-    day_number = torch.div(imp.time[test_events], DAY, rounding_mode="floor").numpy()
-    day_names = {n: utc_day(n * DAY) for n in np.unique(day_number).tolist()}
-    day = np.array([day_names[n] for n in day_number.tolist()], dtype=object)
-    result: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "auc": aucs(labels, scores), "auc_cold": aucs(labels, scores, cold),
-        "auc_warm": aucs(labels, scores, ~cold),
-    }
-    result["warm_minus_cold"] = _gap(result["auc_warm"], result["auc_cold"])
-    result["per_day"] = [  # by the impression's own UTC day
-        {"day": d, "events": int((day == d).sum()),
-         "auc": aucs(labels, scores, day == d), "auc_cold": aucs(labels, scores, (day == d) & cold),
-         "auc_warm": aucs(labels, scores, (day == d) & ~cold)} for d in sorted(set(day.tolist()))]
-    result["auc_by_past_interactions"] = [
-        {"bucket": f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi is not None else f">={lo}"),
-         "lo": lo, "hi": hi,
-         "events": int(((past >= lo) & (past <= (hi if hi is not None else past.max()))).sum()),
-         "auc": aucs(labels, scores, (past >= lo) & (past <= (hi if hi is not None else past.max())))}
-        for lo, hi in PAST_BUCKETS]
+    result, columns = window_metrics(labels, scores, past, imp.time[test_events].numpy(),
+                                     imp.user[test_events].numpy(),
+                                     imp.content[test_events].numpy(),
+                                     e.cold_start_max_interactions)
     result.update({
-        "events": int(test_events.numel()), "cold_events": int(cold.sum()),
-        "click_rate": float(labels.mean()),
-        "cold_start_max_interactions": e.cold_start_max_interactions,
         "test_days": windows.days["test"], "test_start": windows.test_start,
         "fit_days": windows.days["val"], "fit_start": windows.val_start,
         "fit_events": int(fit_events.numel()),
@@ -210,14 +192,65 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
 
     out_url = out_url or fs.join(cfg.paths.stage("eval"), data.days[-1])
-    _write(out_url, result, {
-        "day": day, "time": imp.time[test_events].numpy(), "user": imp.user[test_events].numpy(),
-        "content": imp.content[test_events].numpy(), "label": labels, "past_interactions": past,
-        "cold": cold, **scores})
+    _write(out_url, result, columns)
     result["out"] = out_url
     result["scores"] = fs.join(out_url, "scores.parquet")
     log(summary_line(result) + f" -> {out_url}")
     return result
+
+
+def window_metrics(labels: np.ndarray, scores: dict[str, np.ndarray], past: np.ndarray,
+                   time: np.ndarray, user: np.ndarray, content: np.ndarray,
+                   cold_start_max_interactions: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The evaluation's figures of scored impressions, each array ``[N]`` in one order.
+
+    One place for the one-process and the distributed evaluation (:mod:`trainer.dist_inference`
+    gathers every worker's rows first: the AUCs are those of the merged arrays, never an
+    average of per-worker AUCs).
+
+    Args:
+        labels: 1 for a click, else 0.
+        scores: Model name (of :data:`MODELS`) -> click probabilities; models absent
+            get ``None`` AUCs.
+        past: The user's interactions strictly before the impression (:mod:`trainer.asof`).
+        time: The impression's time, seconds.
+        user: Its user's dense id.
+        content: Its content's dense id.
+        cold_start_max_interactions: ``evaluate.cold_start_max_interactions``.
+
+    Returns:
+        ``(figures, columns)``: the AUCs overall, cold, warm, per day and by past
+        interactions with the counts; and the columns of ``scores.parquet`` (``day``,
+        ``time``, ``user``, ``content``, ``label``, ``past_interactions``, ``cold``, then
+        one per model scored).
+    """
+    cold = past <= cold_start_max_interactions
+    day_number = np.floor_divide(time, DAY)
+    day_names = {n: utc_day(n * DAY) for n in np.unique(day_number).tolist()}
+    day = np.array([day_names[n] for n in day_number.tolist()], dtype=object)
+    result: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "auc": aucs(labels, scores), "auc_cold": aucs(labels, scores, cold),
+        "auc_warm": aucs(labels, scores, ~cold),
+    }
+    result["warm_minus_cold"] = _gap(result["auc_warm"], result["auc_cold"])
+    result["per_day"] = [  # by the impression's own UTC day
+        {"day": d, "events": int((day == d).sum()),
+         "auc": aucs(labels, scores, day == d), "auc_cold": aucs(labels, scores, (day == d) & cold),
+         "auc_warm": aucs(labels, scores, (day == d) & ~cold)} for d in sorted(set(day.tolist()))]
+    top = past.max() if past.size else 0
+    result["auc_by_past_interactions"] = [
+        {"bucket": f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi is not None else f">={lo}"),
+         "lo": lo, "hi": hi,
+         "events": int(((past >= lo) & (past <= (hi if hi is not None else top))).sum()),
+         "auc": aucs(labels, scores, (past >= lo) & (past <= (hi if hi is not None else top)))}
+        for lo, hi in PAST_BUCKETS]
+    result.update({"events": int(labels.size), "cold_events": int(cold.sum()),
+                   "click_rate": float(labels.mean()) if labels.size else None,
+                   "cold_start_max_interactions": cold_start_max_interactions})
+    columns = {"day": day, "time": time, "user": user, "content": content, "label": labels,
+               "past_interactions": past, "cold": cold, **scores}
+    return result, columns
 
 
 def _write(out_url: str, result: dict[str, Any], columns: dict[str, Any]) -> None:

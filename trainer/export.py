@@ -32,7 +32,7 @@ import torch
 from clickgraph.core import fs
 from clickgraph.core.config import Config
 from clickgraph.core.errors import InputError
-from clickgraph.core.graph_store import read_table
+from clickgraph.core.graph_store import open_graph_store, read_table
 from clickgraph.core.manifest import ManifestError, new_manifest, read_manifest, write_manifest
 from clickgraph.core.timeline import SECONDS_PER_DAY, day_start, milliseconds
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
@@ -46,8 +46,11 @@ from trainer.recommend import (
 )
 
 EMBEDDINGS_KIND = "embeddings"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 1  # one process: one parquet file per type
+# --workers N (trainer.dist_inference): a type's ``files`` entry is a parquet dataset folder,
+# ``parts`` names every file in it, and there are no recommendation lists
+DIST_FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 EXPORTED_TYPES = ("user", "content")
 RECOMMENDATIONS_FILE = "recommendations.parquet"
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -123,14 +126,16 @@ def embedding_matrix(table) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
 
 
-def _write_parquet(url: str, table) -> None:
+def write_parquet(url: str, table) -> None:
+    """Writes pyarrow ``table`` as one parquet file at ``url``."""
     import pyarrow.parquet as pq
 
     filesystem, path = fs.filesystem(url)
     pq.write_table(table, path, filesystem=filesystem)
 
 
-def _read_parquet(url: str):
+def read_parquet(url: str):
+    """One parquet file, or a folder of them (a distributed export's type), as a table."""
     import pyarrow.parquet as pq
 
     filesystem, path = fs.filesystem(url)
@@ -221,7 +226,7 @@ def embedding_drift(previous_url: str, previous_manifest: dict[str, Any],
     }
     for node_type, table in tables.items():
         name = previous_manifest.get("files", {}).get(node_type, f"{node_type}.parquet")
-        out[node_type] = type_drift(table, _read_parquet(fs.join(previous_url, name)))
+        out[node_type] = type_drift(table, read_parquet(fs.join(previous_url, name)))
     return out
 
 
@@ -268,29 +273,14 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
     cutoff_s = parse_cutoff(cutoff) if cutoff is not None else None  # fail before loading
     model = load_trained(cfg, graph_url, checkpoint)
     data = model.data
-    last_day = data.days[-1]
-    if cutoff_s is None:
-        cutoff_s = day_end(last_day)
-    elif cutoff_s > day_end(last_day):
-        raise InputError(f"cutoff {cutoff_iso(cutoff_s)} is after the end of {graph_url}'s last day "
-                         f"{last_day} ({cutoff_iso(day_end(last_day))}); the store has no events "
-                         "past it, so the embeddings would not be as of the cutoff")
+    cutoff_s = check_cutoff(cutoff_s, data.days, graph_url)
     name = version_name(cutoff_s)
     folder_url = fs.join(root_url, name)
-    trained_until = model.meta.get("last_event_time")
-    after_cutoff = trained_until is not None and int(trained_until) >= cutoff_s
-    log(f"export: model {model.checkpoint} (global step {model.meta.get('global_step')}); "
-        f"graph {graph_url} days {data.days[0]}..{last_day}; cutoff {cutoff_iso(cutoff_s)}")
-    if after_cutoff:
-        log(f"export: warning: the model was trained on events up to {cutoff_iso(int(trained_until))}, "
-            "at or after the cutoff; the embeddings use no later edge, but the parameters learned "
-            "from later events (recorded as model_trained_after_cutoff)")
+    log_model(model.checkpoint, model.meta, graph_url, data.days, cutoff_s, log)
 
     ev = cfg.evaluate
     model_version = model.version
-    graph_version = {"url": graph_url, "created_at": data.store_version.get("graph_created_at"),
-                     "config_hash": data.store_version.get("config_hash"),
-                     "format_version": data.store_version.get("format_version"), "days": data.days}
+    graph_version = graph_version_of(graph_url, open_graph_store(graph_url))
     file_metadata = {"cutoff": cutoff_iso(cutoff_s), "cutoff_seconds": cutoff_s,
                      "model": model_version, "graph": graph_version}
     nodes, states, tables, raw = {}, {}, {}, {}
@@ -329,46 +319,97 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
     log(f"export: controls cost {_fmt(controlled['against_uncontrolled']['predicted_ctr_ratio'])}x "
         f"the predicted CTR ({time.perf_counter() - t0:.1f} s)")
 
-    previous = previous_version(root_url, cutoff_s)
-    if previous is None:
-        drift, drift_reason = None, f"no earlier export with a manifest under {root_url}"
-        log(f"export: drift: none ({drift_reason})")
-    else:
-        drift, drift_reason = embedding_drift(previous[0], previous[1], tables), None
-        log("export: drift against " + previous[0] + ": " + "; ".join(
-            f"{t} mean cosine {_fmt(drift[t]['mean_cosine'])}, {drift[t]['in_both']:,} in both, "
-            f"new {_fmt(drift[t]['new_share'])}" for t in EXPORTED_TYPES))
-
+    drift, drift_reason = drift_against_previous(root_url, cutoff_s, tables, log)
     files = {t: f"{t}.parquet" for t in EXPORTED_TYPES}
     files["recommendations"] = RECOMMENDATIONS_FILE
-    manifest = new_manifest(
-        EMBEDDINGS_KIND, FORMAT_VERSION, cfg, ("train", "evaluate"),
-        cutoff={"iso": cutoff_iso(cutoff_s), "seconds": cutoff_s, "date": name},
-        model=model_version,
-        model_trained_until=trained_until,
-        model_trained_after_cutoff=after_cutoff,
-        graph=graph_version,
+    manifest = export_manifest(
+        cfg, FORMAT_VERSION, cutoff_s, model_version, graph_version,
         counts={t: int(nodes[t].numel()) for t in EXPORTED_TYPES},
-        dim=int(states["user"].shape[1]),
-        seed=ev.seed,
-        files=files,
-        drift=drift,
-        drift_reason=drift_reason,
-        recommendations=controls,
-        recommendations_controlled=controlled,
-    )
+        dim=int(states["user"].shape[1]), files=files, drift=drift, drift_reason=drift_reason,
+        recommendations=controls, recommendations_controlled=controlled)
     recommendations = recommendations_table(recs, raw["user"]["raw_id"], raw["content"]["raw_id"],
                                             file_metadata)
     with fs.staged_output(folder_url) as staging:
         filesystem, staging_path = fs.filesystem(staging)
         filesystem.makedirs(staging_path, exist_ok=True)
         for node_type in EXPORTED_TYPES:
-            _write_parquet(fs.join(staging, files[node_type]), tables[node_type])
-        _write_parquet(fs.join(staging, RECOMMENDATIONS_FILE), recommendations)
+            write_parquet(fs.join(staging, files[node_type]), tables[node_type])
+        write_parquet(fs.join(staging, RECOMMENDATIONS_FILE), recommendations)
         write_manifest(staging, manifest)
     log(f"export: wrote {', '.join(f'{n:,} {t}' for t, n in manifest['counts'].items())} embeddings "
         f"(dim {manifest['dim']}) -> {folder_url} in {time.perf_counter() - started:.1f} s")
     return manifest
+
+
+def check_cutoff(cutoff_s: int | None, days: list[str], graph_url: str) -> int:
+    """``cutoff_s``, or by default the end of the store's last day.
+
+    Raises:
+        InputError: A cutoff after the end of the last day (no events past it are stored,
+            so the embeddings would not be as of the cutoff).
+    """
+    last_day = sorted(days)[-1]
+    if cutoff_s is None:
+        return day_end(last_day)
+    if cutoff_s > day_end(last_day):
+        raise InputError(f"cutoff {cutoff_iso(cutoff_s)} is after the end of {graph_url}'s last day "
+                         f"{last_day} ({cutoff_iso(day_end(last_day))}); the store has no events "
+                         "past it, so the embeddings would not be as of the cutoff")
+    return cutoff_s
+
+
+def log_model(checkpoint: str, meta: dict[str, Any], graph_url: str, days: list[str],
+              cutoff_s: int, log) -> None:
+    """Logs what is exported, with a warning when the model trained on events at or
+    after the cutoff (``model_trained_after_cutoff``)."""
+    trained_until = meta.get("last_event_time")
+    after_cutoff = trained_until is not None and int(trained_until) >= cutoff_s
+    days = sorted(days)
+    log(f"export: model {checkpoint} (global step {meta.get('global_step')}); "
+        f"graph {graph_url} days {days[0]}..{days[-1]}; cutoff {cutoff_iso(cutoff_s)}")
+    if after_cutoff:
+        log(f"export: warning: the model was trained on events up to {cutoff_iso(int(trained_until))}, "
+            "at or after the cutoff; the embeddings use no later edge, but the parameters learned "
+            "from later events (recorded as model_trained_after_cutoff)")
+
+
+def graph_version_of(graph_url: str, store) -> dict[str, Any]:
+    """The ``graph`` entry of an export's manifest and files: the version of ``store``
+    (:class:`clickgraph.core.graph_store.GraphStore`) at ``graph_url``."""
+    m = store.manifest
+    return {"url": graph_url, "created_at": m.get("created_at"),
+            "config_hash": m.get("config_hash"), "format_version": m.get("format_version"),
+            "days": sorted(store.days)}
+
+
+def drift_against_previous(root_url: str, cutoff_s: int, tables: dict[str, Any], log
+                           ) -> tuple[dict[str, Any] | None, str | None]:
+    """``(drift, reason)``: :func:`embedding_drift` of ``tables`` against the export
+    :func:`previous_version` finds, or ``(None, why not)``."""
+    previous = previous_version(root_url, cutoff_s)
+    if previous is None:
+        reason = f"no earlier export with a manifest under {root_url}"
+        log(f"export: drift: none ({reason})")
+        return None, reason
+    drift = embedding_drift(previous[0], previous[1], tables)
+    log("export: drift against " + previous[0] + ": " + "; ".join(
+        f"{t} mean cosine {_fmt(drift[t]['mean_cosine'])}, {drift[t]['in_both']:,} in both, "
+        f"new {_fmt(drift[t]['new_share'])}" for t in EXPORTED_TYPES))
+    return drift, None
+
+
+def export_manifest(cfg: Config, format_version: int, cutoff_s: int, model: dict[str, Any],
+                    graph: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """An export's ``_MANIFEST.json`` (docs/export.md): cutoff, model and graph versions,
+    whether the model trained past the cutoff, the seed, and ``fields`` (counts, dim,
+    files, drift, recommendation controls, ...)."""
+    trained_until = model.get("last_event_time")
+    return new_manifest(
+        EMBEDDINGS_KIND, format_version, cfg, ("train", "evaluate"),
+        cutoff={"iso": cutoff_iso(cutoff_s), "seconds": cutoff_s, "date": version_name(cutoff_s)},
+        model=model, model_trained_until=trained_until,
+        model_trained_after_cutoff=trained_until is not None and int(trained_until) >= cutoff_s,
+        graph=graph, seed=cfg.evaluate.seed, **fields)
 
 
 def recommendations_table(recs, user_raw_ids: list[str], content_raw_ids: list[str],

@@ -22,6 +22,7 @@ from clickgraph.core.config import Config, TrainConfig
 from trainer import checkpoint as ckpt
 from trainer.data import GraphData, load_graph_data
 from trainer.engine import ClickEngine, with_edge_weights
+from trainer.scoring import chunked_states
 
 
 @dataclass
@@ -45,11 +46,15 @@ class TrainedModel:
     @property
     def version(self) -> dict[str, Any]:
         """What produced the model: checkpoint, run, step, graph version trained on."""
-        m = self.meta
-        return {"checkpoint": self.checkpoint, "run": m.get("run"),
-                "global_step": m.get("global_step"),
-                "last_event_time": m.get("last_event_time"),
-                "graph_version": m.get("graph_version")}
+        return model_version(self.checkpoint, self.meta)
+
+
+def model_version(checkpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """What produced a model: checkpoint, run, step, graph version trained on."""
+    return {"checkpoint": checkpoint, "run": meta.get("run"),
+            "global_step": meta.get("global_step"),
+            "last_event_time": meta.get("last_event_time"),
+            "graph_version": meta.get("graph_version")}
 
 
 def resolve_checkpoint(cfg: Config, checkpoint: str | None = None) -> str:
@@ -67,6 +72,25 @@ def train_config_of(meta: dict[str, Any], cfg: TrainConfig) -> TrainConfig:
     recorded = {"activity_counts": False, **recorded}
     model = dataclasses.replace(cfg.model, **{k: v for k, v in recorded.items() if k in known})
     return dataclasses.replace(cfg, model=model)
+
+
+def check_lineage(url: str, meta: dict[str, Any], graph_url: str, manifest: dict[str, Any]
+                  ) -> None:
+    """Refuses a store of another lineage than checkpoint ``url`` (``meta``) trained on:
+    it must have the same build config and days that extend the checkpoint's.
+
+    Raises:
+        CheckpointError: Another ``config_hash``, or days that do not extend the model's.
+    """
+    trained_on = meta.get("graph_version", {})
+    if trained_on.get("config_hash") != manifest.get("config_hash"):
+        raise ckpt.CheckpointError(
+            f"{url}: trained on a graph built with config_hash {trained_on.get('config_hash')}, "
+            f"{graph_url} was built with {manifest.get('config_hash')}")
+    days = sorted(manifest.get("days", []))
+    if days[:len(trained_on.get("days", []))] != list(trained_on.get("days", [])):
+        raise ckpt.CheckpointError(f"{url}: the graph's days {days} do not extend the days the "
+                                   f"model was trained on, {trained_on.get('days')}")
 
 
 def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | None = None,
@@ -88,16 +112,7 @@ def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | No
     url = resolve_checkpoint(cfg, checkpoint)
     meta = ckpt.read_meta(url)
     graph_url = graph_url or cfg.paths.stage("graph")
-    manifest = open_graph_store(graph_url).manifest
-    trained_on = meta.get("graph_version", {})
-    if trained_on.get("config_hash") != manifest.get("config_hash"):
-        raise ckpt.CheckpointError(
-            f"{url}: trained on a graph built with config_hash {trained_on.get('config_hash')}, "
-            f"{graph_url} was built with {manifest.get('config_hash')}")
-    days = sorted(manifest.get("days", []))
-    if days[:len(trained_on.get("days", []))] != list(trained_on.get("days", [])):
-        raise ckpt.CheckpointError(f"{url}: the graph's days {days} do not extend the days the "
-                                   f"model was trained on, {trained_on.get('days')}")
+    check_lineage(url, meta, graph_url, open_graph_store(graph_url).manifest)
     state = ckpt.read_state(url)
     data = load_graph_data(graph_url, vocab=meta.get("vocab"))
     engine = ClickEngine(data, train_config_of(meta, cfg.train), device)
@@ -126,18 +141,16 @@ def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | 
     times = (at_time.to(torch.int64) if isinstance(at_time, Tensor)
              else torch.full_like(nodes, int(at_time)))
     generator = torch.Generator().manual_seed(seed)
-    out = []
-    for node_chunk, time_chunk in zip(torch.split(nodes, batch_size), torch.split(times, batch_size)):
-        batch = engine.sampler.sample({node_type: (node_chunk.to(engine.device),
-                                                   time_chunk.to(engine.device))},
-                                      generator=generator)
+
+    def states(node_chunk: Tensor, time_chunk: Tensor) -> Tensor:
+        node_chunk, time_chunk = node_chunk.to(engine.device), time_chunk.to(engine.device)
+        batch = engine.sampler.sample({node_type: (node_chunk, time_chunk)}, generator=generator)
         states = engine.model.embed(with_edge_weights(batch), engine.features)
-        counts = engine.sampler.activity_counts(node_type, node_chunk.to(engine.device),
-                                                time_chunk.to(engine.device))
-        out.append(engine.model.seed_state(node_type, states[node_type][batch.seed_local[node_type]],
-                                           counts).cpu())
-    dim = engine.model.cfg.hidden_dim
-    return torch.cat(out) if out else torch.empty((0, dim))
+        counts = engine.sampler.activity_counts(node_type, node_chunk, time_chunk)
+        return engine.model.seed_state(node_type, states[node_type][batch.seed_local[node_type]],
+                                       counts)
+
+    return chunked_states(states, nodes, times, batch_size, engine.model.cfg.hidden_dim)
 
 
 @torch.no_grad()

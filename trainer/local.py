@@ -78,8 +78,16 @@ def evaluate_window(engine: ClickEngine, events: Tensor, cold_start_max_interact
     counts = AsOfCounts(engine.sampler, engine.graph.edge_types)
     cold = counts.cold(data.impressions.user[events], data.impressions.time[events],
                        cold_start_max_interactions).numpy()
+    return window_aucs(labels, scores, cold, cold_start_max_interactions)
+
+
+def window_aucs(labels: np.ndarray, scores: np.ndarray, cold: np.ndarray,
+                cold_start_max_interactions: int) -> dict[str, Any]:
+    """Validation figures of scored impressions (each ``[N]``): AUC overall, of the cold
+    users' impressions and of the others, with the counts. The distributed validation
+    (:class:`trainer.dist_inference.DistValidator`) calls it on the gathered rows."""
     return {"auc": roc_auc(labels, scores), "auc_cold": roc_auc(labels[cold], scores[cold]),
-            "auc_warm": roc_auc(labels[~cold], scores[~cold]), "events": int(events.numel()),
+            "auc_warm": roc_auc(labels[~cold], scores[~cold]), "events": int(labels.size),
             "cold_events": int(cold.sum()), "cold_start_max_interactions": cold_start_max_interactions}
 
 

@@ -12,10 +12,10 @@ A worker (:func:`worker_loop`, rank ``r``):
 
 1. copies its shard ``part-r`` to local disk when the shard set is at a remote URL
    (:func:`local_shard_folder`) and memory-maps it (:func:`trainer.shard.load_shard`);
-2. reads the training window's impressions from the graph store and keeps those whose
-   user it owns (the shard set has no per-part impression table; every worker reads the
-   window and filters, which is fine at this size and is the first thing to push into the
-   partition job for large graphs), plus the creation time of all content (negatives);
+2. reads the training window's impressions of the users it owns from the graph store
+   (the filter is pushed into the parquet read: only its users' rows are ever held; every
+   worker still scans the window's files), plus the creation time of all content
+   (negatives);
 3. with ``--continue``: keeps only impressions after the checkpoint's last trained time,
    plus ``train.replay_fraction`` per new event of older ones, drawn at random;
 4. trains; every ``resources.checkpoint_every_steps`` steps and at each epoch's end all ranks
@@ -23,10 +23,11 @@ A worker (:func:`worker_loop`, rank ``r``):
    (:mod:`trainer.checkpoint`); after a failure Ray Train restarts every worker and
    ``ray.train.get_checkpoint()`` gives the latest one, from which the loop resumes at
    the exact step with the same random streams;
-5. at each epoch's end rank 0 scores the validation window's impressions with the
-   single-process :class:`~trainer.engine.ClickEngine` on the whole graph store (the
-   same events as ``--workers 1``, so the AUCs compare directly) while the other ranks
-   wait; at the end rank 0 writes ``metrics.json``.
+5. at each epoch's end every rank scores the validation impressions of its own users
+   (the same sample as ``--workers 1`` validates on, so the AUCs compare directly) with
+   the distributed sampler, and rank 0 computes the AUCs of the gathered scores
+   (:class:`trainer.dist_inference.DistValidator`; no rank loads the graph store); at the
+   end rank 0 writes ``metrics.json``.
 
 Devices (:func:`choose_placement`): with ``resources.device: auto`` the run asks Ray for one
 GPU per worker and an NCCL group when the cluster has at least one GPU per worker, and
@@ -137,8 +138,14 @@ def owned_window_impressions(store, windows: Windows, window: str, shard, slack_
             (``graph.log_day_slack_s``): the folders read are those that may hold the
             window's events; the rows kept are decided by their time alone.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Only this part's users' rows are read (the filter runs batch by batch in the read).
+    users = pa.array(shard.owned["user"].numpy(), pa.int64())
     imp = store.read_edges_arrow(IMPRESSIONS, windows.folders(window, store.days, slack_s),
-                                 columns=["src", "dst", "ts_ms", "position", "clicked"])
+                                 columns=["src", "dst", "ts_ms", "position", "clicked"],
+                                 row_filter=pc.field("src").isin(users))
     out = Impressions.from_arrow(imp)
     keep = windows.mask(window, out.time) & (shard.owner("user", out.user) == shard.part)
     return out.take(torch.nonzero(keep).view(-1))
@@ -243,6 +250,50 @@ def absolute(url: str) -> str:
     return os.path.abspath(url.removeprefix("file://")) if fs.is_local(url) else url
 
 
+@dataclass(frozen=True)
+class ShardSet:
+    """A shard set checked against its graph store (:func:`check_shard_set`)."""
+
+    partitions_url: str
+    manifest: dict[str, Any]
+    graph_url: str
+    store: Any  # clickgraph.core.graph_store.GraphStore
+
+    @property
+    def parts(self) -> list[str]:
+        """The parts' folder names, part 0 first."""
+        return [p["path"] for p in sorted(self.manifest["parts"], key=lambda p: p["part"])]
+
+
+def check_shard_set(cfg: Config, workers: int, graph_url: str | None = None) -> ShardSet:
+    """The shard set at ``paths.partitions``: complete, one part per worker, and cut from
+    the graph store version at ``graph_url`` (default ``paths.graph``).
+
+    Raises:
+        InputError: Another number of parts, or shards cut from another store version.
+        clickgraph.core.manifest.ManifestError: No complete shard set.
+    """
+    from clickgraph.core.graph_store import open_graph_store
+    from clickgraph.core.manifest import read_manifest
+
+    partitions_url = absolute(cfg.paths.stage("partitions"))
+    manifest = read_manifest(partitions_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
+    if int(manifest["num_parts"]) != workers:
+        raise InputError(f"resources.workers is {workers} but the shard set {partitions_url} has "
+                         f"{manifest['num_parts']} parts: one worker per part (run clickgraph "
+                         f"partition --num-parts {workers}, or --workers {manifest['num_parts']})")
+    graph_url = absolute(graph_url or cfg.paths.stage("graph"))
+    store = open_graph_store(graph_url)
+    version = ckpt.graph_version(manifest)
+    if (store.manifest.get("created_at"), store.manifest.get("config_hash")) != \
+            (version["created_at"], version["config_hash"]):
+        raise InputError(f"the shards in {partitions_url} were cut from graph version "
+                         f"{version['created_at']} but {graph_url} is version "
+                         f"{store.manifest.get('created_at')}: run clickgraph partition "
+                         "(--place-new after an incremental build) first")
+    return ShardSet(partitions_url, manifest, graph_url, store)
+
+
 def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
              continue_run: bool = False) -> RunPlan:
     """Every check that can fail before training starts.
@@ -254,25 +305,11 @@ def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = No
             incompatible checkpoint to continue from.
         clickgraph.core.manifest.ManifestError: no complete shard set.
     """
-    from clickgraph.core.graph_store import open_graph_store
-    from clickgraph.core.manifest import read_manifest
-
     r = cfg.resources
-    partitions_url = absolute(cfg.paths.stage("partitions"))
-    manifest = read_manifest(partitions_url, PARTITIONS_KIND, (PARTITIONS_FORMAT_VERSION,))
-    if int(manifest["num_parts"]) != r.workers:
-        raise InputError(f"resources.workers is {r.workers} but the shard set {partitions_url} has "
-                         f"{manifest['num_parts']} parts: one worker per part (run clickgraph "
-                         f"partition --num-parts {r.workers}, or --workers {manifest['num_parts']})")
-    graph_url = absolute(graph_url or cfg.paths.stage("graph"))
-    store = open_graph_store(graph_url)
+    shards = check_shard_set(cfg, r.workers, graph_url)
+    partitions_url, manifest, graph_url, store = (shards.partitions_url, shards.manifest,
+                                                  shards.graph_url, shards.store)
     version = ckpt.graph_version(manifest)
-    if (store.manifest.get("created_at"), store.manifest.get("config_hash")) != \
-            (version["created_at"], version["config_hash"]):
-        raise InputError(f"the shards in {partitions_url} were cut from graph version "
-                         f"{version['created_at']} but {graph_url} is version "
-                         f"{store.manifest.get('created_at')}: run clickgraph partition "
-                         "(--place-new after an incremental build) first")
     vocab = fs.read_json(fs.join(partitions_url, VOCAB_FILE))
     id_maps = ckpt.id_map_version(store.manifest)
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -293,7 +330,7 @@ def plan_run(cfg: Config, graph_url: str | None = None, out_url: str | None = No
     out = absolute(out_url or fs.join(train_root, run_id))
     return RunPlan(cfg=cfg, run_id=run_id, graph_url=graph_url, partitions_url=partitions_url,
                    partitions_version=str(manifest.get("created_at")),
-                   parts=[p["path"] for p in sorted(manifest["parts"], key=lambda p: p["part"])],
+                   parts=shards.parts,
                    out_url=out, checkpoint_root=checkpoint_root, graph_version=version,
                    id_map_version=id_maps, vocab=vocab, continue_from=continue_from,
                    since_time=since_time, fail_at=fail_at)
@@ -337,8 +374,8 @@ class RayHooks(TrainHooks):
     def after_epoch(self, ctx: StepContext) -> None:
         start = time.perf_counter()
         metrics: dict[str, Any] = {"epoch": ctx.epoch + 1}
+        val = self.validator(ctx.model)  # collective; the figures on rank 0
         if ctx.rank == 0:
-            val = self.validator(ctx.model)
             metrics.update({"val_auc": val["auc"], "val": val,
                             "loss": float(np.nanmean(ctx.result.losses[-ctx.steps_in_epoch:]))
                             if ctx.result.losses else float("nan")})
@@ -397,31 +434,6 @@ def progress_line(ctx: StepContext, world_size: int, train_seconds: float) -> st
             f"| {bytes_per_event:,.0f} B/event sent (rank 0)")
 
 
-def _make_validator(plan: RunPlan):
-    """Rank 0's per-epoch validation: the single-process engine on the whole store."""
-    from trainer.data import load_graph_data, window_events
-    from trainer.engine import ClickEngine
-    from trainer.local import evaluate_window, subsample
-
-    t = plan.cfg.train
-    cache: dict[str, Any] = {}
-
-    def validate(model: torch.nn.Module) -> dict[str, Any]:
-        if not cache:
-            data = load_graph_data(plan.graph_url, vocab=plan.vocab)
-            windows = split_windows(data.days, t.val_days, t.test_days)
-            cache["engine"] = ClickEngine(data, t, "cpu")
-            cache["events"] = subsample(window_events(data.impressions, windows, "val"),
-                                        t.max_eval_events, torch.Generator().manual_seed(t.seed + 1))
-        engine = cache["engine"]
-        engine.model.load_state_dict(model.state_dict())
-        return evaluate_window(engine, cache["events"],
-                               plan.cfg.evaluate.cold_start_max_interactions,
-                               torch.Generator().manual_seed(t.seed))
-
-    return validate
-
-
 def _console(line: str) -> None:
     """Writes one line to this worker's stdout, which Ray forwards to the driver.
 
@@ -439,29 +451,41 @@ def worker_loop(config: dict[str, Any]) -> None:
     With ``plan.rendezvous`` it forms the process group itself (see the module
     docstring) and destroys it at the end.
     """
+    plan: RunPlan = config["plan"]
+    with worker_group(plan.backend, plan.rendezvous) as (rank, world_size, device):
+        _worker(plan, rank, world_size, device)
+
+
+@contextlib.contextmanager
+def worker_group(backend: str, rendezvous: tuple[str, int] | None
+                 ) -> Iterator[tuple[int, int, torch.device]]:
+    """Inside a Ray Train worker: ``(rank, world_size, device)`` in a process group.
+
+    With ``rendezvous`` the workers form the group themselves there (see the module
+    docstring) and destroy it on the way out; without, Ray Train has set it up.
+    """
     import ray.train
     import torch.distributed as dist
 
     from trainer.distributed import init_process_group
 
-    plan: RunPlan = config["plan"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = torch.device("cpu")
-    if plan.backend == "nccl":
+    if backend == "nccl":
         import ray.train.torch
 
         device = ray.train.torch.get_device()
-    if plan.rendezvous is None:
-        _worker(plan, rank, world_size, device)
+    if rendezvous is None:
+        yield rank, world_size, device
         return
     # local_rank = the device index: init_process_group makes that GPU the current one.
-    # Ray Train's collective timeout: the other ranks wait in one while rank 0 validates.
-    init_process_group(rank, world_size, *plan.rendezvous, backend=plan.backend,
+    # Ray Train's collective timeout: the other ranks wait in one while rank 0 checkpoints.
+    init_process_group(rank, world_size, *rendezvous, backend=backend,
                        timeout_s=GROUP_TIMEOUT_S,
                        local_rank=device.index if device.type == "cuda" else None)
     try:
-        _worker(plan, rank, world_size, device)
+        yield rank, world_size, device
     finally:
         dist.destroy_process_group()
 
@@ -476,6 +500,7 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     import torch.distributed as dist
 
     from clickgraph.core.graph_store import open_graph_store
+    from trainer.dist_inference import DistValidator
     from trainer.dist_train import train_worker
     from trainer.distributed import all_reduce_int
     from trainer.shard import load_shard
@@ -530,7 +555,8 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
             + f" (loaded in {load_seconds:.1f} s)")
 
     hooks = RayHooks(plan, rank, world_size, last_event_time, history,
-                     _make_validator(plan) if rank == 0 else None, log or (lambda _: None))
+                     DistValidator(plan.cfg, shard, store, rank, world_size),
+                     log or (lambda _: None))
     # With train.batch_scope=global, train.batch_size is the GLOBAL batch, as in
     # --workers 1: each rank takes its share, so a step sees as many impressions, and an
     # epoch has as many steps, as there. With "worker" each rank takes batch_size.

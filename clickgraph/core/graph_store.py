@@ -137,7 +137,8 @@ class GraphStore:
         return table
 
     def read_edges_arrow(self, relation: str, days: list[str] | None = None,
-                         columns: list[str] | None = None, reverse: bool = False):
+                         columns: list[str] | None = None, reverse: bool = False,
+                         row_filter=None):
         """Edges of ``relation`` as a ``pyarrow.Table`` with a ``day`` column.
 
         Args:
@@ -145,6 +146,9 @@ class GraphStore:
             days: days to read (default: all in the manifest).
             columns: file columns to read (default: all).
             reverse: swap ``src`` and ``dst`` (the reverse relation).
+            row_filter: a ``pyarrow.compute`` expression over the file columns, applied
+                while reading, batch by batch (only matching rows are ever held), e.g.
+                ``pc.field("src").isin(users)``.
         """
         import pyarrow as pa
         import pyarrow.dataset as ds
@@ -157,7 +161,8 @@ class GraphStore:
         for day, url in self.edge_urls(relation, days).items():
             filesystem, path = fs.filesystem(url)
             table = ds.dataset(path, filesystem=filesystem, format="parquet",
-                               ignore_prefixes=["_", "."]).to_table(columns=file_schema.names)
+                               ignore_prefixes=["_", "."]).to_table(columns=file_schema.names,
+                                                                   filter=row_filter)
             table = table.cast(file_schema)
             tables.append(table.append_column("day", pa.array([day] * table.num_rows, pa.string())))
         if tables:
@@ -170,14 +175,20 @@ class GraphStore:
         return out
 
 
-def read_table(url: str):
+def read_table(url: str, columns: list[str] | None = None, row_filter=None):
     """A parquet folder (local path or fsspec URL) as one pyarrow table; files whose names
-    start with ``_`` or ``.`` are skipped."""
+    start with ``_`` or ``.`` are skipped.
+
+    Args:
+        columns: Only these columns (default: all).
+        row_filter: A ``pyarrow.compute`` expression applied while reading, batch by
+            batch, so only matching rows are ever held (e.g. ``pc.field("id").isin(ids)``).
+    """
     import pyarrow.dataset as ds
 
     filesystem, path = fs.filesystem(url)
     return ds.dataset(path, filesystem=filesystem, format="parquet",
-                      ignore_prefixes=["_", "."]).to_table()
+                      ignore_prefixes=["_", "."]).to_table(columns=columns, filter=row_filter)
 
 
 def _arrow_type(spark_type: str):

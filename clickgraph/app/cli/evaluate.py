@@ -20,9 +20,15 @@ by the user's number of past interactions (docs/evaluation.md).
 
 Writes evaluation.json and scores.parquet to paths.eval/<last day of the graph>.
 
+--workers N (N > 1) scores on N workers, one per part of the shard set (paths.partitions,
+cut from this store): each loads only its shard and scores the impressions of the users
+its part owns; the AUCs are computed over the merged scores. Only the GNN is scored there
+(the tree baselines need the whole graph in one process; docs/evaluation.md).
+
 examples:
   clickgraph evaluate
   clickgraph evaluate --json | jq .auc
+  clickgraph evaluate --workers 2              # the GNN on the 2-part shard set
   clickgraph evaluate --checkpoint runs/local/train/checkpoints/<run>/checkpoint_0000600
 """
 
@@ -34,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", metavar="URL", help="graph store (default: paths.graph)")
     parser.add_argument("--out", metavar="URL",
                         help="output folder (default: paths.eval/<last day of the graph>)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="score on N workers, one per part of the shard set (default 1: "
+                             "this process, whole store, all three models)")
     parser.add_argument("--json", action="store_true",
                         help="print the evaluation as JSON on stdout (progress goes to stderr)")
 
@@ -43,8 +52,16 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from trainer.evaluate import run_evaluation
 
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    result = tracked(cfg, "evaluate", lambda: run_evaluation(cfg, args.graph, args.checkpoint,
-                                                             args.out, log=log), log)
+    workers = getattr(args, "workers", 1) or 1
+    if workers > 1:
+        from trainer.dist_inference import evaluate_distributed
+
+        result = tracked(cfg, "evaluate", lambda: evaluate_distributed(
+            cfg, workers, args.graph, args.checkpoint, args.out, log=log,
+            progress_to_stderr=args.json), log)
+    else:
+        result = tracked(cfg, "evaluate", lambda: run_evaluation(
+            cfg, args.graph, args.checkpoint, args.out, log=log), log)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0
