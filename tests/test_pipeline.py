@@ -27,7 +27,7 @@ PIPELINE_OVERRIDES = [
     "generate.num_days=5", "train.val_days=1", "train.test_days=1", "train.epochs=2",
     "train.batch_size=64", "train.max_train_events=512", "train.max_eval_events=400",
     "train.eval_batch_size=512", "train.fanouts=[3, 2]", "train.relation_fanouts={}",
-    "train.model.hidden_dim=16", "train.model.time_dim=8", "resources.log_every_steps=4",
+    "train.model.hidden_dim=16", "train.model.time_dim=8", "resources.progress_every_s=10",
     "resources.workers=2", "ray.num_cpus=2", "spark.master=local[2]", "spark.driver_memory=2g",
     "spark.shuffle_partitions=4", "evaluate.gbdt_max_iter=20", "evaluate.max_fit_events=2000",
     "evaluate.recommend_users=40", "evaluate.top_k=5", "evaluate.embedding_batch_size=512"]

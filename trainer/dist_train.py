@@ -72,6 +72,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from clickgraph.core.config import TrainConfig
+from clickgraph.core.progress import RateProgress
 from trainer.checkpoint import grow_id_tables
 from trainer.data import Impressions, NegativeSampler
 from trainer.dist_sampler import DistTemporalSampler, HotNodeCache, build_hot_cache, model_inputs
@@ -365,7 +366,8 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                  backend: Backend = "gloo", log: Callable[[str], None] | None = None,
                  hooks: TrainHooks | None = None, resume: ResumeState | None = None,
                  device: torch.device | str | None = None,
-                 hot_cache: dict[str, float] | None = None, threads: int = 1) -> WorkerResult:
+                 hot_cache: dict[str, float] | None = None, threads: int = 1,
+                 log_every_s: float = 15.0) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
     Uses the current default process group when one is initialised (Ray Train sets it
@@ -386,7 +388,8 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
         master_port: Its port.
         backend: Process-group backend when one is created here (``"auto"``: NCCL
             when CUDA is available).
-        log: Progress lines (rank 0 only), e.g. ``print``.
+        log: Progress lines (rank 0 only, one per ``log_every_s`` seconds with the run's
+            steps, rate and ETA), e.g. ``print``.
         hooks: Called after every step and epoch on every rank (checkpoints, progress,
             validation: see :class:`TrainHooks`); ``None``: no calls.
         resume: Where to start (parameters, optimiser, position in the run, random
@@ -436,7 +439,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             who = f"rank {rank}" if foreign else "another rank"
             raise ValueError(f"{who} was given impressions of users it does not own")
         return _train(rank, world_size, shard, cfg, impressions, content_created, log,
-                      hooks or TrainHooks(), resume, device, hot_cache or {})
+                      hooks or TrainHooks(), resume, device, hot_cache or {}, log_every_s)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -446,7 +449,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
            impressions: Impressions, content_created: Tensor,
            log: Callable[[str], None] | None, hooks: TrainHooks,
            resume: ResumeState | None, device: torch.device,
-           hot_cache: dict[str, float]) -> WorkerResult:
+           hot_cache: dict[str, float], log_every_s: float) -> WorkerResult:
     resume = resume or ResumeState()
     counter = ByteCounter()
     # Built before the sampler (both are collective); its one-off bytes are reported
@@ -491,6 +494,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     own_batches = math.ceil(min(len(impressions), cap) / cfg.batch_size)
     global_step = resume.global_step
     start_all = time.perf_counter()
+    progress = None
     for epoch in range(resume.epoch, cfg.epochs):
         steps = all_reduce_int(own_batches, "max")
         fewest = all_reduce_int(own_batches, "min")
@@ -501,6 +505,9 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
         plan = _epoch_events(len(impressions), cap, steps, cfg.batch_size,
                              epoch_plan_generator(cfg.seed, rank, epoch))
         first_step = resume.step if epoch == resume.epoch else 0
+        if progress is None:   # every epoch has this epoch's number of steps
+            progress = RateProgress(cfg.epochs * steps, "steps", log if rank == 0 else None,
+                                    log_every_s, done_at_start=epoch * steps + first_step)
         ctx = None
         for step in range(first_step, steps):
             events = plan[step]
@@ -516,9 +523,10 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
             result.events_trained += events.numel()
             result.examples_trained += done.examples.label.numel()
             result.losses.append(done.loss)
-            if log is not None and rank == 0 and (step % 50 == 0 or step == steps - 1):
-                log(f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
-                    f"loss {result.losses[-1]:.4f}")
+            if progress.due():
+                progress.update(epoch * steps + step + 1,
+                                prefix=f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
+                                       f"loss {result.losses[-1]:.4f} | ")
             ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=step + 1,
                               steps_in_epoch=steps, global_step=global_step, model=model,
                               optimizer=optimizer, generator=generator, result=result,

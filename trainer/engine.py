@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clickgraph.core.config import TrainConfig
+from clickgraph.core.progress import RateProgress
 from trainer.data import GraphData, Impressions, NegativeSampler
 from trainer.model import ClickGNN, NodeFeatures
 from trainer.sampler import SampledSubgraph, TemporalNeighborSampler
@@ -421,20 +422,17 @@ class ClickEngine:
 
     @torch.no_grad()
     def score(self, events: Tensor, generator: torch.Generator, log=None,
-              log_every_s: float = 30.0) -> np.ndarray:
+              log_every_s: float = 15.0) -> np.ndarray:
         """Click probabilities of impressions ``events`` (no negatives added); ``log``
-        gets a progress line every ``log_every_s`` seconds."""
+        gets a progress line (done, rate, ETA) every ``log_every_s`` seconds."""
         self.model.eval()
         imp = self.data.impressions
         out, done = [], 0
-        start = last = time.perf_counter()
+        progress = RateProgress(events.numel(), "impressions", log, log_every_s)
         for chunk in torch.split(events, self.cfg.eval_batch_size):
             logits = self.forward(imp.user[chunk], imp.content[chunk], imp.time[chunk],
                                   imp.position[chunk], generator)
             out.append(torch.sigmoid(logits).cpu().numpy())
             done += chunk.numel()
-            if log is not None and time.perf_counter() - last >= log_every_s:
-                last = time.perf_counter()
-                log(f"  scored {done:,}/{events.numel():,} impressions "
-                    f"({done / (last - start):,.0f}/s)")
+            progress.update(done, prefix="  scored ")
         return np.concatenate(out) if out else np.empty(0)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from clickgraph.core.config import Config, TrainConfig
+from clickgraph.core.progress import RateProgress
 from trainer import checkpoint as ckpt
 from trainer.data import GraphData, load_graph_data
 from trainer.engine import ClickEngine, with_edge_weights
@@ -112,10 +113,11 @@ def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | No
 
 @torch.no_grad()
 def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | int,
-          batch_size: int = 4096, seed: int = 0) -> Tensor:
+          batch_size: int = 4096, seed: int = 0, log=None, log_every_s: float = 15.0) -> Tensor:
     """States of ``nodes`` (the embeddings) as of ``at_time`` (seconds, scalar or ``[N]``).
 
-    Deterministic for a given ``seed`` (uniform neighbour sampling draws from it).
+    Deterministic for a given ``seed`` (uniform neighbour sampling draws from it). ``log``
+    gets a progress line (done, rate, ETA) every ``log_every_s`` seconds.
 
     Returns:
         float32 ``[N, hidden_dim]`` on the CPU.
@@ -127,6 +129,7 @@ def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | 
              else torch.full_like(nodes, int(at_time)))
     generator = torch.Generator().manual_seed(seed)
     out = []
+    progress = RateProgress(nodes.numel(), f"{node_type} nodes", log, log_every_s)
     for node_chunk, time_chunk in zip(torch.split(nodes, batch_size), torch.split(times, batch_size)):
         batch = engine.sampler.sample({node_type: (node_chunk.to(engine.device),
                                                    time_chunk.to(engine.device))},
@@ -136,6 +139,7 @@ def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | 
                                                 time_chunk.to(engine.device))
         out.append(engine.model.seed_state(node_type, states[node_type][batch.seed_local[node_type]],
                                            counts).cpu())
+        progress.update(sum(len(chunk) for chunk in out), prefix="  embedded ")
     dim = engine.model.cfg.hidden_dim
     return torch.cat(out) if out else torch.empty((0, dim))
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from clickgraph.core import fs
 from clickgraph.core.config import Config
 from clickgraph.core.graph_store import open_graph_store
+from clickgraph.core.progress import RateProgress
 from clickgraph.core.timeline import split_windows
 from trainer import checkpoint as ckpt
 from trainer.asof import AsOfCounts
@@ -109,17 +110,22 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
 
     engine = ClickEngine(data, t, device)
     epochs, trained_events, train_time, step_losses = [], 0, 0.0, []
+    progress = None
     for epoch in range(t.epochs):
         epoch_events = subsample(train_events, t.max_train_events, generator)
         epoch_events = epoch_events[torch.randperm(epoch_events.numel(), generator=generator)]
         start, losses = time.perf_counter(), []
         batches = torch.split(epoch_events, t.batch_size)
+        if progress is None:   # every epoch has the same number of steps
+            progress = RateProgress(t.epochs * len(batches), "steps", log,
+                                    cfg.resources.progress_every_s)
         for step, batch in enumerate(batches):
             losses.append(engine.train_step(batch, generator))
-            if step % 50 == 0 or step == len(batches) - 1:
+            if progress.due():
                 rate = (step + 1) * t.batch_size / max(time.perf_counter() - start, 1e-9)
-                log(f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{len(batches)} "
-                    f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s")
+                progress.update(epoch * len(batches) + step + 1,
+                                prefix=f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{len(batches)} "
+                                       f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s | ")
         elapsed = time.perf_counter() - start
         train_time += elapsed
         step_losses += losses

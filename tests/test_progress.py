@@ -1,0 +1,50 @@
+"""Progress lines at a steady rate with the ETA (clickgraph.core.progress), on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from clickgraph.core.progress import RateProgress, clock_text
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lines_come_at_most_once_per_period_with_rate_and_eta():
+    clock, lines = FakeClock(), []
+    progress = RateProgress(800, "steps", lines.append, every_s=10, clock=clock)
+    for done in range(1, 801):         # one step every 1/8 s: 100 s in all
+        clock.now += 0.125
+        progress.update(done, prefix="  train ")
+    assert len(lines) == 10            # at 10 s, 20 s, ... 100 s; not one per step
+    assert lines[0] == "  train 80/800 steps (10%), 8.0 steps/s, ETA 1:30"
+    assert lines[-1] == "  train 800/800 steps (100%), 8.0 steps/s, ETA 0:00"
+
+
+def test_a_short_loop_prints_nothing_and_no_log_costs_nothing():
+    clock, lines = FakeClock(), []
+    progress = RateProgress(5, "impressions", lines.append, every_s=15, clock=clock)
+    clock.now += 14
+    assert not progress.update(5) and lines == []
+    silent = RateProgress(5, "impressions", None, every_s=1, clock=clock)
+    clock.now += 10
+    assert not silent.due() and not silent.update(3)
+
+
+def test_a_resumed_run_counts_its_earlier_steps_in_done_not_in_the_rate():
+    clock, lines = FakeClock(), []
+    progress = RateProgress(100, "steps", lines.append, every_s=5, done_at_start=50, clock=clock)
+    clock.now += 10
+    progress.update(60)                # 10 steps in 10 s since the resume, 40 to go
+    assert lines == ["60/100 steps (60%), 1.0 steps/s, ETA 0:40"]
+
+
+def test_clock_text_and_a_bad_period():
+    assert clock_text(59.6) == "1:00" and clock_text(3725) == "1:02:05" and clock_text(-3) == "0:00"
+    with pytest.raises(ValueError, match="every_s"):
+        RateProgress(10, "steps", print, every_s=0)
