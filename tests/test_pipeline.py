@@ -19,7 +19,7 @@ import pytest
 
 from clickgraph.app import pipeline
 from clickgraph.core.config import load_config
-from tests.conftest import tiny_overrides
+from tests.conftest import FakeSparkSession, tiny_overrides
 
 BIN = Path(sys.executable).parent
 
@@ -71,11 +71,8 @@ def test_a_failing_stage_is_named_and_the_partial_report_is_written(tmp_path, mo
 
     from spark_jobs import build_graph, generate_logs, session
 
-    class FakeSpark:
+    class FakeSpark(FakeSparkSession):
         stopped = False
-
-        def stop(self):
-            FakeSpark.stopped = True
 
     def failing_build(spark, cfg, days=None, log=print):
         subprocess.run(["sh", "-c", "echo 'WARN MemoryManager: a child process line' >&2"], check=True)
@@ -231,6 +228,11 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
     from mlflow.tracking import MlflowClient
 
     assert results["tracking"]["uri"] == f"file://{tmp_path}/mlruns" and results["tracking"]["enabled"]
+    # what tracking cost, counted inside the tracker's calls: recorded with its share
+    cost = results["tracking"]
+    assert 0 < cost["seconds"] < results["total_seconds"], cost
+    assert cost["share"] == pytest.approx(cost["seconds"] / results["total_seconds"], abs=1e-3)
+    assert re.search(r"tracking took [0-9.]+ s \([0-9.]+% of the pipeline\)", out)
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # as clickgraph sets it for file stores
     client = MlflowClient(results["tracking"]["uri"])
     experiment = client.get_experiment_by_name("clickgraph").experiment_id

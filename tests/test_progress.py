@@ -48,3 +48,38 @@ def test_clock_text_and_a_bad_period():
     assert clock_text(59.6) == "1:00" and clock_text(3725) == "1:02:05" and clock_text(-3) == "0:00"
     with pytest.raises(ValueError, match="every_s"):
         RateProgress(10, "steps", print, every_s=0)
+
+
+class ScriptedTracker:
+    """A Spark status tracker whose stages advance as the test says."""
+
+    def __init__(self):
+        self.stages: dict[int, tuple[int, int]] = {}   # id -> (done, total)
+
+    def getActiveStageIds(self):  # noqa: N802 - pyspark's name
+        return list(self.stages)
+
+    def getStageInfo(self, stage_id):  # noqa: N802 - pyspark's name
+        from types import SimpleNamespace
+
+        if stage_id not in self.stages:
+            return None
+        done, total = self.stages[stage_id]
+        return SimpleNamespace(numCompletedTasks=done, numTasks=total)
+
+
+def test_spark_progress_names_running_stages_with_tasks_and_eta():
+    from types import SimpleNamespace
+
+    from clickgraph.app.spark_progress import SparkProgress
+
+    tracker, clock = ScriptedTracker(), FakeClock()
+    spark = SimpleNamespace(sparkContext=SimpleNamespace(statusTracker=lambda: tracker))
+    progress = SparkProgress(spark, "partition (day1)", print, every_s=30, clock=clock)
+    assert progress.line() is None                     # no stage running: no line
+    tracker.stages = {7: (10, 40)}
+    progress.line()                                    # first seen: 10 tasks done at 0 s
+    clock.now += 30
+    tracker.stages = {7: (25, 40), 9: (0, 8)}
+    assert progress.line() == ("  spark: partition (day1) running 0:30; stage 7 25/40 tasks, "
+                               "ETA 0:30; stage 9 0/8 tasks")

@@ -18,7 +18,7 @@ from clickgraph.app import pipeline, tracking
 from clickgraph.app.cli import main
 from clickgraph.core import fs
 from clickgraph.core.config import ConfigError, load_config, replace
-from tests.conftest import TINY_TRAIN, tiny_overrides
+from tests.conftest import TINY_TRAIN, FakeSparkSession, tiny_overrides
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -208,9 +208,8 @@ def test_pipeline_days_are_parent_runs_with_a_nested_run_per_stage(tmp_path, mon
 
     from spark_jobs import build_graph, generate_logs, session
 
-    class FakeSpark:
-        def stop(self):
-            pass
+    class FakeSpark(FakeSparkSession):
+        pass
 
     days = ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05", "2026-03-06"]
 

@@ -367,7 +367,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                  hooks: TrainHooks | None = None, resume: ResumeState | None = None,
                  device: torch.device | str | None = None,
                  hot_cache: dict[str, float] | None = None, threads: int = 1,
-                 log_every_s: float = 15.0) -> WorkerResult:
+                 log_every_s: float = 30.0) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
     Uses the current default process group when one is initialised (Ray Train sets it

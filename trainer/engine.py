@@ -422,7 +422,7 @@ class ClickEngine:
 
     @torch.no_grad()
     def score(self, events: Tensor, generator: torch.Generator, log=None,
-              log_every_s: float = 15.0) -> np.ndarray:
+              log_every_s: float = 30.0) -> np.ndarray:
         """Click probabilities of impressions ``events`` (no negatives added); ``log``
         gets a progress line (done, rate, ETA) every ``log_every_s`` seconds."""
         self.model.eval()

@@ -65,7 +65,7 @@ def export_cutoff(time: Tensor) -> Tensor:
 
 
 def day_start_embeddings(model: TrainedModel, events: Tensor, batch_size: int, seed: int,
-                         log=None, log_every_s: float = 15.0) -> np.ndarray:
+                         log=None, log_every_s: float = 30.0) -> np.ndarray:
     """User and content embeddings of each impression as of :func:`export_cutoff` of its
     own time (NaN for nodes not known before that cutoff), plus their dot product:
     ``[N, 2 * dim + 1]``. ``log`` gets a progress line every ``log_every_s`` seconds."""

@@ -113,7 +113,7 @@ def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | No
 
 @torch.no_grad()
 def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | int,
-          batch_size: int = 4096, seed: int = 0, log=None, log_every_s: float = 15.0) -> Tensor:
+          batch_size: int = 4096, seed: int = 0, log=None, log_every_s: float = 30.0) -> Tensor:
     """States of ``nodes`` (the embeddings) as of ``at_time`` (seconds, scalar or ``[N]``).
 
     Deterministic for a given ``seed`` (uniform neighbour sampling draws from it). ``log``

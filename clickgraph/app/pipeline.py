@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from clickgraph import __version__
+from clickgraph.app.spark_progress import SparkProgress
 from clickgraph.app.stage_logs import StageLogs
 from clickgraph.app.tracking import PipelineRuns, Tracker, ui_command
 from clickgraph.core import fs
@@ -191,8 +192,11 @@ class Progress:
         return f"{seconds // 60:d}:{seconds % 60:02d}"
 
     @contextlib.contextmanager
-    def stage(self, stage: str, run: str | None) -> Iterator[dict[str, Any]]:
-        """Time one step; yields its record (the body may add to it).
+    def stage(self, stage: str, run: str | None, spark: LazySpark | None = None
+              ) -> Iterator[dict[str, Any]]:
+        """Time one step; yields its record (the body may add to it). With ``spark``, a
+        step of Spark jobs: its running stages get a progress line every
+        ``resources.progress_every_s`` seconds (:class:`SparkProgress`).
 
         A failing body marks the record ``failed`` with the error and re-raises.
         """
@@ -207,7 +211,9 @@ class Progress:
         tracked = self.tracking.start_stage(pipeline_day(stage, run), stage, run) \
             if self.tracking else None
         t0 = time.perf_counter()
-        with PeakMemory() as memory:
+        spark_progress = (SparkProgress(spark.get(), name, self.log, spark.cfg.resources.progress_every_s)
+                          if spark is not None else contextlib.nullcontext())
+        with PeakMemory() as memory, spark_progress:
             try:
                 yield record
             except BaseException as error:
@@ -408,7 +414,7 @@ class LazySpark:
     """
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg = cfg   # the whole config: spark.* for the session, resources.* for progress
         self.session = None
         self.owned = False
 
@@ -454,16 +460,16 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
 
     eval_root = cfg.paths.stage("eval")
     # ---- the first days
-    with progress.stage("generate", None):
+    with progress.stage("generate", None, spark):
         logs = generate_logs.run(spark.get(), cfg, log=log)
         results["generate"] = _logs_result(logs)
     days = list(logs["days"])
     first, added = days[:-1], days[-1]
     results["days"] = {"first": first, "added": added}
-    with progress.stage("build-graph", "day1"):
+    with progress.stage("build-graph", "day1", spark):
         results["graph"]["day1"] = _graph_result(build_graph.run(spark.get(), cfg, days=first, log=log),
                                                  first)
-    with progress.stage("partition", "day1"):
+    with progress.stage("partition", "day1", spark):
         results["partition"]["day1"] = _partition_result(partition.run(spark.get(), cfg, log=log))
     with progress.stage("train", "day1"):
         results["train"]["day1"] = _train(cfg, continue_run=False, log=log)
@@ -475,10 +481,10 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
         results["export"]["day1"] = run_export(cfg, checkpoint=day1_checkpoint, log=log)
 
     # ---- one more day
-    with progress.stage("build-graph", "day2"):
+    with progress.stage("build-graph", "day2", spark):
         results["graph"]["day2"] = _graph_result(build_graph.run(spark.get(), cfg, days=[added], log=log),
                                                  [added])
-    with progress.stage("partition", "day2"):
+    with progress.stage("partition", "day2", spark):
         results["partition"]["day2"] = _partition_result(
             partition.run(spark.get(), cfg, place_new_nodes=True, log=log))
     with progress.stage("train", "continue"):

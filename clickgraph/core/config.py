@@ -387,7 +387,7 @@ class ResourceConfig:
     checkpoint_url: str | None = None  # null: <paths.train>/checkpoints
     checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
     max_failures: int = 1              # worker failures Ray Train recovers from per run
-    progress_every_s: float = 15.0     # seconds between progress lines of long loops (ETA)
+    progress_every_s: float = 30.0     # seconds between progress lines of long loops (ETA)
     # node type -> fraction of its highest-degree nodes whose static features every worker
     # replicates (trainer/dist_sampler.build_hot_cache); {} = off (BENCHMARKS.md: it saves
     # 0.3-8 % of the bytes, the sampling responses dominate)

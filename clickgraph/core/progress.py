@@ -36,7 +36,7 @@ class RateProgress:
     """
 
     def __init__(self, total: int, unit: str, log: Callable[[str], None] | None,
-                 every_s: float = 15.0, done_at_start: int = 0,
+                 every_s: float = 30.0, done_at_start: int = 0,
                  clock: Callable[[], float] = time.perf_counter):
         if every_s <= 0:
             raise ValueError(f"every_s must be > 0, got {every_s}")

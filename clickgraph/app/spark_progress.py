@@ -1,0 +1,79 @@
+"""Progress of a pipeline step that runs Spark jobs: a line at a steady rate with the Spark
+stages running, their tasks done and an ETA each.
+
+Spark's own console progress bar goes to the step's log file with the rest of its output
+(:mod:`clickgraph.app.stage_logs`), so the terminal would show nothing between a Spark
+step's start and end lines; this reads the same figures from the driver's status tracker
+(``SparkContext.statusTracker()``) in a background thread. A stage's ETA is its remaining
+tasks at its task rate since this thread first saw it (Spark does not say how many stages
+a job will have, so there is no ETA of the whole step).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from clickgraph.core.progress import clock_text
+
+
+class SparkProgress:
+    """While the block runs, every ``every_s`` seconds one line through ``log`` (none while
+    Spark runs no stage).
+
+    Args:
+        spark: The SparkSession the step uses.
+        name: The step's name in the line (``partition (day1)``).
+        log: Where the lines go.
+        every_s: Seconds between lines.
+        clock: Seconds, monotonic (tests pass a fake one).
+    """
+
+    def __init__(self, spark: Any, name: str, log: Callable[[str], None], every_s: float,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.tracker = spark.sparkContext.statusTracker()
+        self.name, self.log, self.every_s, self.clock = name, log, every_s, clock
+        self.started = clock()
+        self.first_seen: dict[int, tuple[float, int]] = {}  # stage id -> (time, tasks done)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def line(self) -> str | None:
+        """The progress line now, or None when no Spark stage is running."""
+        now = self.clock()
+        stages = []
+        for stage_id in sorted(self.tracker.getActiveStageIds()):
+            info = self.tracker.getStageInfo(stage_id)
+            if info is None:   # finished between the two calls
+                continue
+            done, total = info.numCompletedTasks, info.numTasks
+            seen_at, done_then = self.first_seen.setdefault(stage_id, (now, done))
+            rate = (done - done_then) / (now - seen_at) if now > seen_at else 0.0
+            eta = f", ETA {clock_text((total - done) / rate)}" if rate > 0 else ""
+            stages.append(f"stage {stage_id} {done}/{total} tasks{eta}")
+        if not stages:
+            return None
+        return (f"  spark: {self.name} running {clock_text(now - self.started)}; "
+                + "; ".join(stages))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                text = self.line()
+            except Exception:  # the status tracker of a stopping session: no line, not a failure
+                return
+            if text:
+                self.log(text)
+
+    def __enter__(self) -> SparkProgress:
+        self.line()   # note the stages already running, so their rates start now
+        self._thread = threading.Thread(target=self._run, name="spark-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
