@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import platform
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +38,7 @@ from clickgraph.app.tracking import PipelineRuns, Tracker, ui_command
 from clickgraph.core import fs
 from clickgraph.core.config import Config, replace
 from clickgraph.core.errors import ClickgraphError
+from clickgraph.core.progress import BackgroundTicks
 
 # Retraining from scratch on the extended store repeats the two longest stages (train and
 # evaluate). Measured on the 2-core development VM at the default size (docs/pipeline.md),
@@ -116,15 +116,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-class PeakMemory:
+class PeakMemory(BackgroundTicks):
     """Samples the resident memory of this process and all its children (the Spark JVM,
     Ray's processes) in a background thread; ``peak_mb`` is the highest sum seen."""
 
     def __init__(self, interval_s: float = 0.5):
-        self.interval_s = interval_s
+        super().__init__(interval_s, "peak-memory")
         self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @staticmethod
     def tree_rss_mb() -> float:
@@ -137,22 +135,16 @@ class PeakMemory:
                 total += proc.memory_info().rss
         return total / 2**20
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
-            self._stop.wait(self.interval_s)
+    def tick(self) -> None:
+        self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
 
     def __enter__(self) -> PeakMemory:
         self.peak_mb = self.tree_rss_mb()
-        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
+        super().__exit__(*exc)
+        self.tick()
 
 
 # Where each stage's result lands in the results (stage -> section, keyed by run but for generate)

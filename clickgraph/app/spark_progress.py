@@ -11,15 +11,14 @@ a job will have, so there is no ETA of the whole step).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from clickgraph.core.progress import clock_text
+from clickgraph.core.progress import BackgroundTicks, clock_text
 
 
-class SparkProgress:
+class SparkProgress(BackgroundTicks):
     """While the block runs, every ``every_s`` seconds one line through ``log`` (none while
     Spark runs no stage).
 
@@ -33,12 +32,11 @@ class SparkProgress:
 
     def __init__(self, spark: Any, name: str, log: Callable[[str], None], every_s: float,
                  clock: Callable[[], float] = time.perf_counter):
+        super().__init__(every_s, "spark-progress")
         self.tracker = spark.sparkContext.statusTracker()
-        self.name, self.log, self.every_s, self.clock = name, log, every_s, clock
+        self.step, self.log, self.clock = name, log, clock
         self.started = clock()
         self.first_seen: dict[int, tuple[float, int]] = {}  # stage id -> (time, tasks done)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def line(self) -> str | None:
         """The progress line now, or None when no Spark stage is running."""
@@ -55,25 +53,18 @@ class SparkProgress:
             stages.append(f"stage {stage_id} {done}/{total} tasks{eta}")
         if not stages:
             return None
-        return (f"  spark: {self.name} running {clock_text(now - self.started)}; "
+        return (f"  spark: {self.step} running {clock_text(now - self.started)}; "
                 + "; ".join(stages))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                text = self.line()
-            except Exception:  # the status tracker of a stopping session: no line, not a failure
-                return
-            if text:
-                self.log(text)
+    def tick(self) -> bool:
+        try:
+            text = self.line()
+        except Exception:  # the status tracker of a stopping session: no line, not a failure
+            return False
+        if text:
+            self.log(text)
+        return True
 
     def __enter__(self) -> SparkProgress:
         self.line()   # note the stages already running, so their rates start now
-        self._thread = threading.Thread(target=self._run, name="spark-progress", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        return super().__enter__()

@@ -9,6 +9,7 @@ spent between units, e.g. validation, counts too).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -64,3 +65,32 @@ class RateProgress:
         self.last = self.clock()
         self.log(f"{prefix}{self.status(done)}{suffix}")
         return True
+
+
+class BackgroundTicks:
+    """A context manager that calls :meth:`tick` every ``interval_s`` seconds in a daemon
+    thread while its block runs (memory probes, progress of work done elsewhere). A tick
+    that returns False ends the thread."""
+
+    def __init__(self, interval_s: float, name: str):
+        self.interval_s, self.name = interval_s, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> bool | None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.tick() is False:
+                return
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
