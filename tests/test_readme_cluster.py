@@ -3,8 +3,9 @@
 The README marks the blocks this test runs with ``<!-- readme-test: NAME -->`` and reads
 its settings from shell variables (``CONFIG``, ``SPARK_MASTER``, ``HEAD``, ...) set in one
 block of their own; the test sets those variables to loopback, free ports and a tiny
-config, and runs the marked blocks with bash, so the README and the test cannot drift. The
-Spark standalone master and worker are started here with pyspark's own ``spark-class``.
+config, and runs each marked block with bash in a shell of its own (as a user's next day
+starts a new one), so the README and the test cannot drift. The Spark standalone master
+and worker are started here with pyspark's own ``spark-class``.
 
 Everything started runs in sessions of its own (``start_new_session``): the test stops
 exactly the processes of those sessions, Spark's and Ray's daemons included, and never
@@ -167,7 +168,8 @@ def test_readme_marks_its_tested_blocks_and_sets_every_variable_they_read():
     assert set(blocks) == {"spark-first", "ray-first", "next-day"}, set(blocks)
     used = set(re.findall(r"\$\{?([A-Z_]+)", "".join(blocks.values())))
     assert used <= readme_settings(), used - readme_settings()
-    assert "export RAY_AUTH_MODE=token" in blocks["ray-first"]
+    # each block runs in a shell of its own, as a user's next day does: each submits the token
+    assert all("export RAY_AUTH_MODE=token" in blocks[name] for name in ("ray-first", "next-day"))
     assert "--place-new" in blocks["next-day"] and "--continue" in blocks["next-day"]
 
 
