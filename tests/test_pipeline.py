@@ -27,7 +27,7 @@ PIPELINE_OVERRIDES = [
     "generate.num_days=5", "train.val_days=1", "train.test_days=1", "train.epochs=2",
     "train.batch_size=64", "train.max_train_events=512", "train.max_eval_events=400",
     "train.eval_batch_size=512", "train.fanouts=[3, 2]", "train.relation_fanouts={}",
-    "train.model.hidden_dim=16", "train.model.time_dim=8", "resources.progress_every_s=10",
+    "train.model.hidden_dim=16", "train.model.time_dim=8",
     "resources.workers=2", "ray.num_cpus=2", "spark.master=local[2]", "spark.driver_memory=2g",
     "spark.shuffle_partitions=4", "evaluate.gbdt_max_iter=20", "evaluate.max_fit_events=2000",
     "evaluate.recommend_users=40", "evaluate.top_k=5", "evaluate.embedding_batch_size=512"]
@@ -212,7 +212,8 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
 
     # a quiet terminal: Spark's and Ray's own output is in one file per step
     terminal = (out + done.stderr).splitlines()
-    assert len(terminal) <= 180, len(terminal)   # 144 measured; 243 when the libraries printed there
+    (tmp_path / "terminal.txt").write_text(out + done.stderr)   # what a person saw, to read back
+    assert len(terminal) <= 150, len(terminal)   # issue 19: <= 150; 243 when the libraries printed there
     noise = re.compile(r"\bWARN(ING)?\b|Traceback|log4j|TrainController|Reporting training result")
     noisy = [line for line in terminal if noise.search(line)]
     assert not noisy, noisy

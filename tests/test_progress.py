@@ -68,14 +68,15 @@ class ScriptedTracker:
         return SimpleNamespace(numCompletedTasks=done, numTasks=total)
 
 
-def test_spark_progress_names_running_stages_with_tasks_and_eta():
+def test_spark_progress_names_running_stages_with_tasks_and_eta_and_fills_silences_only():
     from types import SimpleNamespace
 
-    from clickgraph.app.spark_progress import SparkProgress
+    from clickgraph.app.spark_progress import SparkProgress, TimedLog
 
-    tracker, clock = ScriptedTracker(), FakeClock()
+    tracker, clock, lines = ScriptedTracker(), FakeClock(), []
     spark = SimpleNamespace(sparkContext=SimpleNamespace(statusTracker=lambda: tracker))
-    progress = SparkProgress(spark, "partition (day1)", print, every_s=30, clock=clock)
+    log = TimedLog(lines.append, clock=clock)
+    progress = SparkProgress(spark, "partition (day1)", log, every_s=30, clock=clock)
     assert progress.line() is None                     # no stage running: no line
     tracker.stages = {7: (10, 40)}
     progress.line()                                    # first seen: 10 tasks done at 0 s
@@ -83,3 +84,13 @@ def test_spark_progress_names_running_stages_with_tasks_and_eta():
     tracker.stages = {7: (25, 40), 9: (0, 8)}
     assert progress.line() == ("  spark: partition (day1) running 0:30; stage 7 25/40 tasks, "
                                "ETA 0:30; stage 9 0/8 tasks")
+    progress.tick()                                    # 30 s of silence: a line
+    assert lines == [progress.line()]
+    clock.now += 20
+    log("build-graph:   edges written (3.1s)")         # the job's own line
+    clock.now += 20
+    progress.tick()                                    # 20 s after it: not yet
+    assert len(lines) == 2
+    clock.now += 10
+    progress.tick()
+    assert len(lines) == 3 and lines[-1].startswith("  spark: partition (day1) running 1:20")

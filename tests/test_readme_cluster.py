@@ -10,7 +10,8 @@ and worker are started here with pyspark's own ``spark-class``.
 Everything started runs in sessions of its own (``start_new_session``): the test stops
 exactly the processes of those sessions, Spark's and Ray's daemons included, and never
 runs ``ray stop``, which would stop every Ray on the machine. Ray's temp folder and its
-token (``HOME``) are private to the test too.
+token (``HOME``) are private to the test too, and its Ray stays on loopback (Ray's
+single-machine mode; a real head is started on its private address as the README says).
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ def test_readme_cluster_commands_run_as_written(tmp_path):
     env.update({
         "PATH": f"{BIN}:{spark_home / 'bin'}:{env.get('PATH', '')}",   # the activated environment
         "VIRTUAL_ENV": str(BIN.parent), "PYTHONPATH": str(REPO), "HOME": str(private / "home"),
+        # Ray's single-machine mode keeps `--node-ip-address 127.0.0.1` (else Ray swaps in the
+        # machine's routable address): the test's Ray listens on loopback only
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_TMPDIR": str(private), "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
         "SPARK_DAEMON_MEMORY": "256m", "PYSPARK_PYTHON": str(BIN / "python")})
     procs = Processes(env, logs)

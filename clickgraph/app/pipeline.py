@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from clickgraph import __version__
-from clickgraph.app.spark_progress import SparkProgress
+from clickgraph.app.spark_progress import SparkProgress, TimedLog
 from clickgraph.app.stage_logs import StageLogs
 from clickgraph.app.tracking import PipelineRuns, Tracker, ui_command
 from clickgraph.core import fs
@@ -169,7 +169,8 @@ class Progress:
     def __init__(self, steps: list[tuple[str, str | None]], records: list[dict[str, Any]],
                  log: Callable[[str], None], logs: StageLogs | None = None,
                  tracking: PipelineRuns | None = None, results: dict[str, Any] | None = None):
-        self.steps, self.records, self.log, self.logs = steps, records, log, logs
+        self.steps, self.records, self.logs = steps, records, logs
+        self.log = log if isinstance(log, TimedLog) else TimedLog(log)
         self.tracking, self.results = tracking, results
         self.started = time.perf_counter()
 
@@ -188,7 +189,7 @@ class Progress:
               ) -> Iterator[dict[str, Any]]:
         """Time one step; yields its record (the body may add to it). With ``spark``, a
         step of Spark jobs: its running stages get a progress line every
-        ``resources.progress_every_s`` seconds (:class:`SparkProgress`).
+        ``resources.progress_every_s`` seconds of silence (:class:`SparkProgress`).
 
         A failing body marks the record ``failed`` with the error and re-raises.
         """
@@ -321,6 +322,7 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
     from clickgraph.app import report
 
     steps = plan(retrain_baseline)
+    log = TimedLog(log)   # the Spark steps' progress lines fill its silences only
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     results: dict[str, Any] = {

@@ -6,7 +6,9 @@ Spark's own console progress bar goes to the step's log file with the rest of it
 step's start and end lines; this reads the same figures from the driver's status tracker
 (``SparkContext.statusTracker()``) in a background thread. A stage's ETA is its remaining
 tasks at its task rate since this thread first saw it (Spark does not say how many stages
-a job will have, so there is no ETA of the whole step).
+a job will have, so there is no ETA of the whole step). The line fills silences only: it
+comes when nothing was printed for ``every_s`` seconds (the Spark jobs print their own
+phases, e.g. build-graph's), so the terminal gets a line at least that often, not more.
 """
 
 from __future__ import annotations
@@ -18,23 +20,35 @@ from typing import Any
 from clickgraph.core.progress import BackgroundTicks, clock_text
 
 
+class TimedLog:
+    """A log function that remembers when it last printed (``at``, seconds of ``clock``)."""
+
+    def __init__(self, log: Callable[[str], None], clock: Callable[[], float] = time.perf_counter):
+        self.log, self.clock = log, clock
+        self.at = clock()
+
+    def __call__(self, line: str) -> None:
+        self.at = self.clock()
+        self.log(line)
+
+
 class SparkProgress(BackgroundTicks):
-    """While the block runs, every ``every_s`` seconds one line through ``log`` (none while
-    Spark runs no stage).
+    """While the block runs, one line through ``log`` whenever it has been silent for
+    ``every_s`` seconds and Spark runs a stage.
 
     Args:
         spark: The SparkSession the step uses.
         name: The step's name in the line (``partition (day1)``).
-        log: Where the lines go.
-        every_s: Seconds between lines.
-        clock: Seconds, monotonic (tests pass a fake one).
+        log: Where the lines go, and when the last one went.
+        every_s: Seconds of silence before a line.
+        clock: Seconds, monotonic, the one ``log`` uses (tests pass a fake one).
     """
 
-    def __init__(self, spark: Any, name: str, log: Callable[[str], None], every_s: float,
+    def __init__(self, spark: Any, name: str, log: TimedLog, every_s: float,
                  clock: Callable[[], float] = time.perf_counter):
-        super().__init__(every_s, "spark-progress")
+        super().__init__(min(every_s, 5.0), "spark-progress")
         self.tracker = spark.sparkContext.statusTracker()
-        self.step, self.log, self.clock = name, log, clock
+        self.step, self.log, self.every_s, self.clock = name, log, every_s, clock
         self.started = clock()
         self.first_seen: dict[int, tuple[float, int]] = {}  # stage id -> (time, tasks done)
 
@@ -61,7 +75,7 @@ class SparkProgress(BackgroundTicks):
             text = self.line()
         except Exception:  # the status tracker of a stopping session: no line, not a failure
             return False
-        if text:
+        if text and self.clock() - self.log.at >= self.every_s:
             self.log(text)
         return True
 
