@@ -213,7 +213,7 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
     # a quiet terminal: Spark's and Ray's own output is in one file per step
     terminal = (out + done.stderr).splitlines()
     (tmp_path / "terminal.txt").write_text(out + done.stderr)   # what a person saw, to read back
-    assert len(terminal) <= 150, len(terminal)   # 143 measured (load 5-16); 243 when the libraries printed there
+    assert len(terminal) <= 150, len(terminal)   # 143 measured; 243 when the libraries printed there
     noise = re.compile(r"\bWARN(ING)?\b|Traceback|log4j|TrainController|Reporting training result")
     noisy = [line for line in terminal if noise.search(line)]
     assert not noisy, noisy

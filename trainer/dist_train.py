@@ -29,9 +29,23 @@ would drop most of a large part's events whenever one part is small.) A rank wit
 events at all runs the same steps on empty batches: it still serves the others' sampling
 requests and joins every all-reduce with zero gradients.
 
-Step. Each step is :func:`trainer.engine.training_step`, the single-process engine's
-step too; only how a batch arrives is this module's (:class:`DistBatchSource`: the
-distributed sampler, fetched features, the owners' activity counts).
+Step. Each step is :func:`trainer.engine.prepare_step` then
+:func:`trainer.engine.compute_step` (together :func:`~trainer.engine.training_step`, the
+single-process engine's step too); only how a batch arrives is this module's
+(:class:`DistBatchSource`: the distributed sampler, fetched features, the owners'
+activity counts).
+
+Pipelining (``prefetch_depth`` > 0, ``resources.prefetch_depth``). A background thread
+per rank (:class:`~trainer.prefetch.Prefetcher`) prepares the next steps' batches while
+the current step computes, at most ``prefetch_depth`` ready ahead. Its collectives
+(sampling, features, counts, the step's example count) run on a gloo process group of
+their own, created at the start, so they never interleave with the main thread's (DDP's
+all-reduces, the epoch plan, the hooks'). It prepares the steps in order from the same
+generator, and the compute draws nothing from it, so the batches, hence the losses and
+parameters, are those of the plain loop (``tests/test_dist_pipeline.py``); the hooks see a
+copy of the generator at the state the plain loop would have, so a checkpoint resumes
+identically. An error in the thread reaches the main thread when it asks for that batch;
+a rank that dies closes its sockets and its peers' collectives fail instead of waiting.
 
 Loss. Each rank's loss is ``sum of its example losses * world_size / global examples``
 (the global count is one all-reduce per step), so after DDP's averaging the gradient is
@@ -42,12 +56,16 @@ Time split (seconds per rank, summed over steps):
 
 * ``examples``: drawing the batch and its negatives plus the all-reduce of the count;
 * ``sampling``: :meth:`DistTemporalSampler.sample`, its all-to-alls included;
-* ``feature_exchange``: :meth:`DistTemporalSampler.fetch_features` + input assembly;
+* ``feature_exchange``: :meth:`DistTemporalSampler.fetch_inputs` (features and activity
+  counts in one exchange pair) + input assembly;
 * ``allreduce``: the gradient all-reduces, timed inside a DDP communication hook that
   runs each bucket's all-reduce synchronously. This gives up DDP's overlap of
   communication with the rest of backward (small here: CPU, one thread per worker) so
   the time can be measured exactly; it includes waiting for the slowest rank;
-* ``compute``: forward + backward + optimizer step, minus ``allreduce``.
+* ``compute``: forward + backward + optimizer step, minus ``allreduce``;
+* ``idle``: with prefetching, the main thread's wait for a batch that was not ready yet
+  (``examples``, ``sampling`` and ``feature_exchange`` are then the prefetch thread's
+  time, overlapped with ``compute``); 0 without.
 
 Bytes: what this rank sent to other ranks for sampling and features (see
 :mod:`trainer.dist_sampler` for the message layouts), per trained event (padding
@@ -60,11 +78,14 @@ apart (``hot_cache_build_sent``), not per event.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -87,14 +108,17 @@ from trainer.distributed import (
 from trainer.engine import (
     Examples,
     ModelInputs,
+    PreparedStep,
+    compute_step,
     draw_examples,
     pair_weight,
+    prepare_step,
     relation_fanouts,
-    training_step,
     weighted_sampling,
     with_edge_weights,
 )
 from trainer.model import ClickGNN, NodeFeatures
+from trainer.prefetch import Prefetcher, split_threads
 from trainer.sampler import SampledSubgraph
 from trainer.shard import PartitionShard
 
@@ -224,7 +248,7 @@ class WorkerResult:
 
 @dataclass
 class DistBatchSource:
-    """A rank's batches for :func:`~trainer.engine.training_step` (a
+    """A rank's batches for :func:`~trainer.engine.prepare_step` (a
     :class:`~trainer.engine.BatchSource`); every method is collective.
 
     Attributes:
@@ -235,6 +259,8 @@ class DistBatchSource:
         num_nodes: Global node counts (``shard.num_nodes``).
         read_counts: Whether the model reads activity counts.
         device: Where the model lives.
+        group: Process group of the step's count all-reduce: the sampler's (the default
+            group, or the prefetch thread's own).
     """
 
     sampler: DistTemporalSampler
@@ -244,6 +270,7 @@ class DistBatchSource:
     num_nodes: dict[str, int]
     read_counts: bool
     device: torch.device
+    group: dist.ProcessGroup | None = None
 
     def step_examples(self, events: Tensor, generator: torch.Generator) -> Examples:
         """This rank's examples and, by one all-reduce, the step's count over all ranks."""
@@ -252,7 +279,7 @@ class DistBatchSource:
         local = Examples(user, content, seed_time, position, label,
                          num_impressions=events.numel())
         total, impressions, pair_rows = all_reduce_ints(
-            [label.numel(), events.numel(), local.pair_rows().numel()])
+            [label.numel(), events.numel(), local.pair_rows().numel()], self.group)
         return dataclasses.replace(local, global_count=total,
                                    global_pair_counts=(impressions, pair_rows))
 
@@ -264,11 +291,11 @@ class DistBatchSource:
 
     def model_inputs(self, batch: SampledSubgraph, user: Tensor, content: Tensor,
                      seed_time: Tensor, position: Tensor) -> ModelInputs:
-        """Fetched features and owners' activity counts, moved to :attr:`device`."""
-        rows = self.sampler.fetch_features(batch)
-        counts = (self.sampler.activity_counts_of({"user": (user, seed_time),
-                                                   "content": (content, seed_time)})
-                  if self.read_counts else None)
+        """Fetched features and owners' activity counts (one pair of exchanges:
+        :meth:`DistTemporalSampler.fetch_inputs`), moved to :attr:`device`."""
+        rows, counts = self.sampler.fetch_inputs(
+            batch, {"user": (user, seed_time), "content": (content, seed_time)}
+            if self.read_counts else None)
         model_batch, features = model_inputs(batch, rows, self.num_nodes)
         model_batch = batch_to(with_edge_weights(model_batch), self.device)
         features = {t: f.to(self.device) for t, f in features.items()}
@@ -276,6 +303,28 @@ class DistBatchSource:
             counts = {t: c.to(self.device) for t, c in counts.items()}
         return ModelInputs(model_batch, features, counts, position.to(self.device),
                            seed_time.to(self.device))
+
+
+PREFETCH_GROUP_TIMEOUT = dt.timedelta(seconds=300)
+"""How long a prefetch-thread collective waits for the other ranks before failing."""
+
+
+def _prepare(source: DistBatchSource, generator: torch.Generator, events: Tensor
+             ) -> tuple[Tensor, PreparedStep, Tensor]:
+    """One step's batch (collective on the source's group) and the generator's state
+    after it."""
+    return events, prepare_step(source, events, generator), generator.get_state()
+
+
+def _generator_at(generator: torch.Generator, state: Tensor, prefetch_depth: int
+                  ) -> torch.Generator:
+    """The step's generator as the hooks see it: the live one in the plain loop; with
+    prefetching (the live one is already further on) a copy at ``state``."""
+    if prefetch_depth == 0:
+        return generator
+    snapshot = torch.Generator()
+    snapshot.set_state(state)
+    return snapshot
 
 
 def _epoch_events(num_events: int, cap: int, steps: int, batch_size: int,
@@ -367,7 +416,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                  hooks: TrainHooks | None = None, resume: ResumeState | None = None,
                  device: torch.device | str | None = None,
                  hot_cache: dict[str, float] | None = None, threads: int = 1,
-                 log_every_s: float = 30.0) -> WorkerResult:
+                 prefetch_depth: int = 0, log_every_s: float = 30.0) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
     Uses the current default process group when one is initialised (Ray Train sets it
@@ -403,7 +452,12 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             features every rank replicates (:func:`~trainer.dist_sampler.build_hot_cache`)
             so that their lookups are served locally; ``None`` or ``{}``: no cache.
             The same on every rank.
-        threads: torch threads of this rank (``resources.threads_per_worker``).
+        threads: torch threads of this rank (``resources.threads_per_worker``), split
+            between compute and the prefetch thread by
+            :func:`~trainer.prefetch.split_threads`.
+        prefetch_depth: Batches this rank prepares ahead on a background thread while a
+            step computes (``resources.prefetch_depth``; see the module docstring); 0:
+            one after another. The batches and losses are the same either way.
 
     Returns:
         This rank's :class:`WorkerResult`.
@@ -411,7 +465,10 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
     if cfg.content_type_loss_weight:
         raise ValueError("train.content_type_loss_weight is applied by the single-process "
                          "trainer only (clickgraph train --workers 1); set it to {} here")
-    torch.set_num_threads(threads)
+    if prefetch_depth < 0:
+        raise ValueError(f"prefetch_depth must be >= 0, got {prefetch_depth}")
+    compute_threads, _ = split_threads(threads, prefetch_depth)
+    torch.set_num_threads(compute_threads)
     created_group = not dist.is_initialized()
     if created_group:
         if master_addr is None or master_port is None:
@@ -439,7 +496,8 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             who = f"rank {rank}" if foreign else "another rank"
             raise ValueError(f"{who} was given impressions of users it does not own")
         return _train(rank, world_size, shard, cfg, impressions, content_created, log,
-                      hooks or TrainHooks(), resume, device, hot_cache or {}, log_every_s)
+                      hooks or TrainHooks(), resume, device, hot_cache or {},
+                      split_threads(threads, prefetch_depth)[1], prefetch_depth, log_every_s)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -449,8 +507,37 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
            impressions: Impressions, content_created: Tensor,
            log: Callable[[str], None] | None, hooks: TrainHooks,
            resume: ResumeState | None, device: torch.device,
-           hot_cache: dict[str, float], log_every_s: float) -> WorkerResult:
+           hot_cache: dict[str, float], prefetch_threads: int,
+           prefetch_depth: int, log_every_s: float) -> WorkerResult:
     resume = resume or ResumeState()
+    # The prefetch thread's collectives (sampling, features, counts, the step's example
+    # count) get a group of their own, so they never interleave with the main thread's
+    # (DDP's all-reduces, the epoch plan, hooks). A gloo group: it moves CPU tensors, where
+    # the sampler's messages are. Created on every rank (new_group is collective).
+    sample_group = (dist.new_group(backend="gloo", timeout=PREFETCH_GROUP_TIMEOUT)
+                    if prefetch_depth > 0 else None)
+    try:
+        return _train_loop(rank, world_size, shard, cfg, impressions, content_created, log,
+                           hooks, resume, device, hot_cache, prefetch_threads, prefetch_depth,
+                           sample_group, log_every_s)
+    finally:
+        # Not while a prefetch thread that would not stop is still inside one of the
+        # group's collectives (Prefetcher.close warned): the process is failing anyway.
+        if sample_group is not None and not any(
+                thread.name == _prefetch_thread_name(rank) for thread in threading.enumerate()):
+            dist.destroy_process_group(sample_group)
+
+
+def _prefetch_thread_name(rank: int) -> str:
+    return f"train-prefetch-rank{rank}"
+
+
+def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
+                impressions: Impressions, content_created: Tensor,
+                log: Callable[[str], None] | None, hooks: TrainHooks,
+                resume: ResumeState, device: torch.device, hot_cache: dict[str, float],
+                prefetch_threads: int, prefetch_depth: int,
+                sample_group: dist.ProcessGroup | None, log_every_s: float) -> WorkerResult:
     counter = ByteCounter()
     # Built before the sampler (both are collective); its one-off bytes are reported
     # apart, so bytes per event count only what every step sends.
@@ -459,7 +546,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
                                   if hot_cache else None)
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
                                   strategy=cfg.strategy, counter=counter, hot_cache=cache,
-                                  weighted=weighted_sampling(cfg))
+                                  weighted=weighted_sampling(cfg), group=sample_group)
     model = build_model(shard, cfg)
     optimizer_state = resume.optimizer
     if resume.model is not None:  # --continue: the graph may have new nodes
@@ -478,7 +565,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
         optimizer.load_state_dict(optimizer_state)
     source = DistBatchSource(sampler, impressions, NegativeSampler(content_created),
                              cfg.random_negative_ratio, shard.num_nodes,
-                             bool(model.count_relations), device)
+                             bool(model.count_relations), device, group=sample_group)
     # A different random stream per rank (negatives, the rows it draws for); the batch
     # plan of each epoch has its own generator (epoch_plan_generator).
     generator = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (rank + 1))
@@ -488,7 +575,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     result = WorkerResult(rank=rank, world_size=world_size, own_events=len(impressions),
                           device=str(device), backend=dist.get_backend(),
                           hot_cache_nodes=cache.sizes() if cache is not None else {})
-    times = dict.fromkeys(("examples", "sampling", "feature_exchange", "compute"), 0.0)
+    times = dict.fromkeys(("examples", "sampling", "feature_exchange", "compute", "idle"), 0.0)
     cap = (cfg.max_train_events // world_size if cfg.max_train_events > 0
            else len(impressions))
     own_batches = math.ceil(min(len(impressions), cap) / cfg.batch_size)
@@ -509,29 +596,41 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
             progress = RateProgress(cfg.epochs * steps, "steps", log if rank == 0 else None,
                                     log_every_s, done_at_start=epoch * steps + first_step)
         ctx = None
-        for step in range(first_step, steps):
-            events = plan[step]
-            allreduce_before = timer.seconds
-            done = training_step(ddp, optimizer, source, events, generator, world_size,
-                                 pair_weight=pair_weight(cfg))
-            times["examples"] += done.phases.examples
-            times["sampling"] += done.phases.sampling
-            times["feature_exchange"] += done.phases.inputs
-            times["compute"] += done.phases.compute - (timer.seconds - allreduce_before)
-            times["allreduce"] = timer.seconds
-            global_step += 1
-            result.events_trained += events.numel()
-            result.examples_trained += done.examples.label.numel()
-            result.losses.append(done.loss)
-            if progress.due():
-                progress.update(epoch * steps + step + 1,
-                                prefix=f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
-                                       f"loss {result.losses[-1]:.4f} | ")
-            ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=step + 1,
-                              steps_in_epoch=steps, global_step=global_step, model=model,
-                              optimizer=optimizer, generator=generator, result=result,
-                              times=times, counter=counter, loss=result.losses[-1])
-            hooks.after_step(ctx)
+        # The epoch's batches are prepared in order from `generator` (negatives, then this
+        # rank's share of every rank's neighbour draws), up to prefetch_depth ahead on a
+        # thread; each comes with the generator's state right after it was prepared, the
+        # state the plain loop has after that step (what a checkpoint saves).
+        with Prefetcher(plan[first_step:steps], partial(_prepare, source, generator),
+                        prefetch_depth, name=_prefetch_thread_name(rank),
+                        on_start=partial(torch.set_num_threads, prefetch_threads)) as prepared:
+            idle_before = times["idle"]
+            for step, (events, batch, generator_state) in enumerate(prepared, start=first_step):
+                times["idle"] = idle_before + prepared.waited_s
+                allreduce_before = timer.seconds
+                done = compute_step(ddp, optimizer, batch, world_size,
+                                    pair_weight=pair_weight(cfg))
+                times["examples"] += done.phases.examples
+                times["sampling"] += done.phases.sampling
+                times["feature_exchange"] += done.phases.inputs
+                times["compute"] += done.phases.compute - (timer.seconds - allreduce_before)
+                times["allreduce"] = timer.seconds
+                global_step += 1
+                result.events_trained += events.numel()
+                result.examples_trained += done.examples.label.numel()
+                result.losses.append(done.loss)
+                if progress.due():
+                    progress.update(epoch * steps + step + 1,
+                                    prefix=f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
+                                           f"loss {result.losses[-1]:.4f} | ")
+                ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=step + 1,
+                                  steps_in_epoch=steps, global_step=global_step, model=model,
+                                  optimizer=optimizer,
+                                  generator=_generator_at(generator, generator_state,
+                                                          prefetch_depth),
+                                  result=result, times=times, counter=counter,
+                                  loss=result.losses[-1])
+                hooks.after_step(ctx)
+        times["idle"] = idle_before + prepared.waited_s
         if ctx is None:  # resumed exactly at an epoch's end, or an epoch of zero steps
             ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=steps,
                               steps_in_epoch=steps, global_step=global_step, model=model,

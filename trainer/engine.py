@@ -5,7 +5,10 @@ temporal neighbourhood of every (user, time) and (content, time) seed, and runs 
 Launchers only decide which events a worker sees, how a batch's inputs arrive and how
 gradients are combined: :func:`training_step` is the one training step, used by the
 single-process :class:`ClickEngine` and by the distributed loop of
-:mod:`trainer.dist_train`, each through its own :class:`BatchSource`.
+:mod:`trainer.dist_train`, each through its own :class:`BatchSource`. It is two halves,
+:func:`prepare_step` (the batch) and :func:`compute_step` (the optimisation), so that a
+loop can prepare the next batch on another thread while the current one computes
+(:mod:`trainer.prefetch`).
 """
 
 from __future__ import annotations
@@ -257,6 +260,47 @@ class StepOutcome:
     phases: StepPhases
 
 
+@dataclass(frozen=True)
+class PreparedStep:
+    """A step's batch, ready for the model: what :func:`prepare_step` made.
+
+    Attributes:
+        examples: The step's examples.
+        inputs: The model's inputs of those examples.
+        examples_s: Seconds drawing the examples (and, distributed, agreeing on counts).
+        sampling_s: Seconds sampling the neighbourhoods.
+        inputs_s: Seconds getting features and counts and moving them to the device.
+    """
+
+    examples: Examples
+    inputs: ModelInputs
+    examples_s: float
+    sampling_s: float
+    inputs_s: float
+
+
+def prepare_step(source: BatchSource, events: Tensor, generator: torch.Generator
+                 ) -> PreparedStep:
+    """The first half of :func:`training_step`: examples, neighbourhoods and model inputs
+    of impression indices ``events``, drawn from ``generator`` in a fixed order (negatives,
+    then neighbours), so a step prepared ahead on another thread is the same batch.
+
+    Args:
+        source: Where the batch comes from.
+        events: int64 ``[B]`` impression indices of this worker.
+        generator: Random source of the negatives and the neighbour draws.
+    """
+    t0 = time.perf_counter()
+    examples = source.step_examples(events, generator)
+    t1 = time.perf_counter()
+    batch = source.sample(examples.user, examples.content, examples.seed_time, generator)
+    t2 = time.perf_counter()
+    inputs = source.model_inputs(batch, examples.user, examples.content, examples.seed_time,
+                                 examples.position)
+    t3 = time.perf_counter()
+    return PreparedStep(examples, inputs, t1 - t0, t2 - t1, t3 - t2)
+
+
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: BatchSource,
                   events: Tensor, generator: torch.Generator,
                   world_size: int | None = None, pair_weight: float | None = None,
@@ -264,8 +308,30 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
     """One optimisation step of the click model on impression indices ``events``.
 
     Draws the examples, samples their neighbourhoods and gets the model's inputs from
-    ``source``, then runs forward, the binary cross-entropy loss, backward and the
-    optimiser step. The model's train/eval mode is the caller's.
+    ``source`` (:func:`prepare_step`), then runs forward, the binary cross-entropy loss,
+    backward and the optimiser step (:func:`compute_step`). The model's train/eval mode is
+    the caller's.
+
+    Args:
+        model: The click model, possibly wrapped in ``DistributedDataParallel``.
+        optimizer: Its optimiser.
+        source: Where the batch comes from.
+        events: int64 ``[B]`` impression indices of this worker.
+        generator: Random source of the negatives and the neighbour draws.
+        world_size, pair_weight, content_weight: As for :func:`compute_step`.
+
+    Returns:
+        The examples, the mean loss of this worker's examples and the phase times.
+    """
+    return compute_step(model, optimizer, prepare_step(source, events, generator), world_size,
+                        pair_weight, content_weight)
+
+
+def compute_step(model: nn.Module, optimizer: torch.optim.Optimizer, prepared: PreparedStep,
+                 world_size: int | None = None, pair_weight: float | None = None,
+                 content_weight: Tensor | None = None) -> StepOutcome:
+    """The second half of :func:`training_step`: forward, loss, backward and the optimiser
+    step on a :class:`PreparedStep`. Draws nothing from the step's generator.
 
     Loss: in a single process (``world_size`` None) the mean over the examples. Under
     data parallelism each rank's loss is ``sum of its example losses * world_size /
@@ -277,9 +343,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
     Args:
         model: The click model, possibly wrapped in ``DistributedDataParallel``.
         optimizer: Its optimiser.
-        source: Where the batch comes from.
-        events: int64 ``[B]`` impression indices of this worker.
-        generator: Random source of the negatives and the neighbour draws.
+        prepared: The step's examples and model inputs.
         world_size: Data-parallel ranks, or ``None`` in a single process.
         pair_weight: ``train.pair_loss_weight`` under ``train.random_negative_loss:
             pair`` (:func:`pair_objective_loss`); ``None``: every example is a row of
@@ -291,14 +355,12 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
     Returns:
         The examples, the mean loss of this worker's examples and the phase times.
     """
-    t0 = time.perf_counter()
-    examples = source.step_examples(events, generator)
-    t1 = time.perf_counter()
-    batch = source.sample(examples.user, examples.content, examples.seed_time, generator)
-    t2 = time.perf_counter()
-    inputs = source.model_inputs(batch, examples.user, examples.content, examples.seed_time,
-                                 examples.position)
+    examples, inputs = prepared.examples, prepared.inputs
     t3 = time.perf_counter()
+
+    def phases(t4: float) -> StepPhases:
+        return StepPhases(prepared.examples_s, prepared.sampling_s, prepared.inputs_s, t4 - t3)
+
     if pair_weight is not None:
         logits, pair_logits = click_logits(model, inputs, with_pair=True)
         loss, mean_loss = pair_objective_loss(logits, pair_logits, examples, pair_weight,
@@ -308,8 +370,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
         optimizer.step()
         if logits.device.type == "cuda":
             torch.cuda.synchronize(logits.device)
-        t4 = time.perf_counter()
-        return StepOutcome(examples, mean_loss, StepPhases(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        return StepOutcome(examples, mean_loss, phases(time.perf_counter()))
     logits = click_logits(model, inputs)
     label = examples.label.to(logits.device)
     if content_weight is not None:
@@ -334,7 +395,7 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, source: Ba
         mean_loss = float(loss.detach())
     else:
         mean_loss = float(loss_sum.detach()) / label.numel() if label.numel() else math.nan
-    return StepOutcome(examples, mean_loss, StepPhases(t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+    return StepOutcome(examples, mean_loss, phases(t4))
 
 
 @dataclass
@@ -413,9 +474,14 @@ class ClickEngine:
 
     def train_step(self, events: Tensor, generator: torch.Generator) -> float:
         """One optimisation step on impression indices ``events``; returns the loss."""
+        return self.train_prepared(prepare_step(self, events, generator))
+
+    def train_prepared(self, prepared: PreparedStep) -> float:
+        """One optimisation step on a batch :func:`prepare_step` made from this engine
+        (possibly ahead, on a prefetch thread); returns the loss."""
         self.model.train()
-        step = training_step(self.model, self.optimizer, self, events, generator,
-                             pair_weight=pair_weight(self.cfg), content_weight=self.content_weight)
+        step = compute_step(self.model, self.optimizer, prepared,
+                            pair_weight=pair_weight(self.cfg), content_weight=self.content_weight)
         self.times.sampling += step.phases.sampling + step.phases.inputs
         self.times.compute += step.phases.compute
         return step.loss

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,8 @@ from clickgraph.core.timeline import split_windows
 from trainer import checkpoint as ckpt
 from trainer.asof import AsOfCounts
 from trainer.data import GraphData, load_graph_data, window_events
-from trainer.engine import ClickEngine
+from trainer.engine import ClickEngine, prepare_step
+from trainer.prefetch import Prefetcher, split_threads
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -81,13 +84,47 @@ def evaluate_window(engine: ClickEngine, events: Tensor, cold_start_max_interact
             "cold_events": int(cold.sum()), "cold_start_max_interactions": cold_start_max_interactions}
 
 
+def train_epoch(engine: ClickEngine, batches: Sequence[Tensor], generator: torch.Generator,
+                prefetch_depth: int = 0, sampling_threads: int = 1,
+                progress: Callable[[int, list[float]], None] | None = None) -> list[float]:
+    """One optimisation step per batch of impression indices; returns each step's loss.
+
+    The batches are prepared (negatives, neighbours, inputs: :func:`prepare_step`) in
+    order from ``generator``, up to ``prefetch_depth`` ahead on a background thread with
+    ``sampling_threads`` torch threads (:class:`~trainer.prefetch.Prefetcher`; 0: one
+    after another on this thread), all of them before this returns, so the caller's next
+    draws from ``generator`` come where the plain loop's would: the losses are the same
+    for every depth. The time the steps waited for a batch adds to
+    ``engine.times.other["idle"]``.
+
+    Args:
+        engine: The worker's engine.
+        batches: int64 impression indices, one tensor per step.
+        generator: Random source of the negatives and neighbour draws.
+        prefetch_depth: ``resources.prefetch_depth``.
+        sampling_threads: torch threads of the prefetch thread.
+        progress: Called after every step with its index and the losses so far.
+    """
+    losses: list[float] = []
+    with Prefetcher(batches, partial(prepare_step, engine, generator=generator),
+                    prefetch_depth, name="train-prefetch",
+                    on_start=partial(torch.set_num_threads, sampling_threads)) as prepared:
+        for step, batch in enumerate(prepared):
+            losses.append(engine.train_prepared(batch))
+            if progress is not None:
+                progress(step, losses)
+    engine.times.other["idle"] = engine.times.other.get("idle", 0.0) + prepared.waited_s
+    return losses
+
+
 def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None = None,
                  log=print) -> dict[str, Any]:
     """Train in this process; returns the metrics written to ``metrics.json``."""
     t = cfg.train
     torch.manual_seed(t.seed)
     r = cfg.resources
-    torch.set_num_threads(r.threads_per_worker)
+    compute_threads, sampling_threads = split_threads(r.threads_per_worker, r.prefetch_depth)
+    torch.set_num_threads(compute_threads)
     device = "cuda" if r.device == "cuda" or (r.device == "auto" and torch.cuda.is_available()) else "cpu"
     graph_url = graph_url or cfg.paths.stage("graph")
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -110,22 +147,26 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
 
     engine = ClickEngine(data, t, device)
     epochs, trained_events, train_time, step_losses = [], 0, 0.0, []
-    progress = None
+    rate_progress = None
     for epoch in range(t.epochs):
         epoch_events = subsample(train_events, t.max_train_events, generator)
         epoch_events = epoch_events[torch.randperm(epoch_events.numel(), generator=generator)]
-        start, losses = time.perf_counter(), []
+        start = time.perf_counter()
         batches = torch.split(epoch_events, t.batch_size)
-        if progress is None:   # every epoch has the same number of steps
-            progress = RateProgress(t.epochs * len(batches), "steps", log,
-                                    cfg.resources.progress_every_s)
-        for step, batch in enumerate(batches):
-            losses.append(engine.train_step(batch, generator))
-            if progress.due():
+        if rate_progress is None:   # every epoch has the same number of steps
+            rate_progress = RateProgress(t.epochs * len(batches), "steps", log,
+                                         cfg.resources.progress_every_s)
+
+        def progress(step: int, losses: list[float], epoch: int = epoch, start: float = start,
+                     steps: int = len(batches), rate_progress: RateProgress = rate_progress) -> None:
+            if rate_progress.due():
                 rate = (step + 1) * t.batch_size / max(time.perf_counter() - start, 1e-9)
-                progress.update(epoch * len(batches) + step + 1,
-                                prefix=f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{len(batches)} "
-                                       f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s | ")
+                rate_progress.update(epoch * steps + step + 1,
+                                     prefix=f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{steps} "
+                                            f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s | ")
+
+        losses = train_epoch(engine, batches, generator, r.prefetch_depth, sampling_threads,
+                             progress)
         elapsed = time.perf_counter() - start
         train_time += elapsed
         step_losses += losses

@@ -550,7 +550,8 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     rank_cfg = dataclasses.replace(t, batch_size=rank_batch_size(t, world_size), epochs=epochs)
     result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
                           log=None, hooks=hooks, resume=resume, device=device,
-                          hot_cache=plan.hot_cache, threads=plan.cfg.resources.threads_per_worker)
+                          hot_cache=plan.hot_cache, threads=plan.cfg.resources.threads_per_worker,
+                          prefetch_depth=plan.cfg.resources.prefetch_depth)
     train_seconds = result.time_split["total"] - hooks.hook_seconds
     events_all = all_reduce_int(result.events_trained, "sum")
     splits = [None] * world_size

@@ -384,6 +384,9 @@ class ResourceConfig:
     workers: int = 2                   # one per partition (clickgraph train --workers overrides)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = 1
+    # batches prepared ahead on a background thread while the current step computes
+    # (trainer/prefetch.py); 0: sampled and computed one after another
+    prefetch_depth: int = 0
     checkpoint_url: str | None = None  # null: <paths.train>/checkpoints
     checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
     max_failures: int = 1              # worker failures Ray Train recovers from per run
@@ -650,7 +653,7 @@ def _validate_values(cfg: Config) -> None:
             raise ConfigError(f"{src}: key 'resources.{name}' must be >= 1")
     if not r.progress_every_s > 0:
         raise ConfigError(f"{src}: key 'resources.progress_every_s' must be > 0")
-    for name in ("checkpoint_every_steps", "max_failures"):
+    for name in ("checkpoint_every_steps", "max_failures", "prefetch_depth"):
         if getattr(r, name) < 0:
             raise ConfigError(f"{src}: key 'resources.{name}' must be >= 0")
     for node_type, share in r.hot_cache.items():
