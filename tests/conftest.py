@@ -88,3 +88,22 @@ def trained_run(spark, tmp_path_factory):
     build_graph.run(spark, cfg, days=logs["days"][:5], log=lambda *_: None)
     train_single(cfg, log=lambda *_: None)
     return cfg, logs["days"]
+
+
+class FakeSparkSession:
+    """Stands in for the SparkSession of a pipeline whose Spark stages are faked: it runs no
+    Spark stage (its status tracker is idle) and records that it was stopped."""
+
+    stopped = False
+
+    class sparkContext:  # noqa: N801 - SparkSession's attribute name
+        class _Idle:
+            def getActiveStageIds(self):  # noqa: N802 - pyspark's name
+                return []
+
+        @staticmethod
+        def statusTracker():  # noqa: N802 - pyspark's name
+            return FakeSparkSession.sparkContext._Idle()
+
+    def stop(self):
+        type(self).stopped = True

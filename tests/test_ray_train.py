@@ -145,7 +145,7 @@ TRAIN_OVERRIDES = [
     "train.val_days=1", "train.test_days=1", "train.epochs=2", "train.batch_size=64",
     "train.max_train_events=512", "train.max_eval_events=400", "train.eval_batch_size=512",
     "train.fanouts=[3, 2]", "train.relation_fanouts={}", "train.model.hidden_dim=16",
-    "train.model.time_dim=8", "resources.checkpoint_every_steps=2", "resources.log_every_steps=2",
+    "train.model.time_dim=8", "resources.checkpoint_every_steps=2", "resources.progress_every_s=1",
     "resources.max_failures=1", "resources.workers=2", "ray.num_cpus=2"]
 
 

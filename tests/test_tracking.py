@@ -18,7 +18,7 @@ from clickgraph.app import pipeline, tracking
 from clickgraph.app.cli import main
 from clickgraph.core import fs
 from clickgraph.core.config import ConfigError, load_config, replace
-from tests.conftest import TINY_TRAIN, tiny_overrides
+from tests.conftest import TINY_TRAIN, FakeSparkSession, tiny_overrides
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -208,9 +208,8 @@ def test_pipeline_days_are_parent_runs_with_a_nested_run_per_stage(tmp_path, mon
 
     from spark_jobs import build_graph, generate_logs, session
 
-    class FakeSpark:
-        def stop(self):
-            pass
+    class FakeSpark(FakeSparkSession):
+        pass
 
     days = ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05", "2026-03-06"]
 
@@ -240,6 +239,29 @@ def test_pipeline_days_are_parent_runs_with_a_nested_run_per_stage(tmp_path, mon
     assert "seconds" in runs["generate"].data.metrics
     assert "no events for day 2026-03-02" in runs["build-graph (day1)"].data.tags["clickgraph.error"]
     assert runs["generate"].data.params["generate.num_days"] == "5"
+    # what tracking cost, counted inside the tracker's calls, beside the pipeline's wall time
+    cost = json.loads((tmp_path / "report" / "pipeline.json").read_text())["tracking"]
+    total = json.loads((tmp_path / "report" / "pipeline.json").read_text())["total_seconds"]
+    assert 0 < cost["seconds"] <= total, cost
+    # both figures are rounded to 0.01 s: on this sub-second fake run that is the tolerance
+    assert cost["share"] == pytest.approx(cost["seconds"] / total, abs=0.01 / total + 1e-3)
+
+
+def test_tracker_seconds_count_its_own_calls_only(tmp_path):
+    cfg = load_config(None, [f"paths.root={tmp_path}"])
+    tracker = tracking.Tracker(cfg, quiet)
+    run_id = tracker.start("timed")
+    after_start = tracker.seconds
+    assert after_start > 0
+    time.sleep(0.3)                                   # the stage's time, not tracking's
+    assert tracker.seconds == after_start
+    tracker.log_metrics(run_id, [("loss", 0.5, 1)])
+    tracker.finish(run_id)
+    assert tracker.seconds > after_start
+    assert tracker.figures(10 * tracker.seconds)["share"] == pytest.approx(0.1, abs=1e-3)
+    off = tracking.Tracker(load_config(None, [f"paths.root={tmp_path}", "tracking.enabled=false"]))
+    assert off.start("nothing") is None and off.figures(5.0) == {
+        "enabled": False, "uri": None, "experiment": "clickgraph", "seconds": 0.0, "share": 0.0}
 
 
 def test_metric_names_never_nest_one_in_another():

@@ -93,6 +93,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from clickgraph.core.config import TrainConfig
+from clickgraph.core.progress import RateProgress
 from trainer.checkpoint import grow_id_tables
 from trainer.data import Impressions, NegativeSampler
 from trainer.dist_sampler import DistTemporalSampler, HotNodeCache, build_hot_cache, model_inputs
@@ -415,7 +416,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                  hooks: TrainHooks | None = None, resume: ResumeState | None = None,
                  device: torch.device | str | None = None,
                  hot_cache: dict[str, float] | None = None, threads: int = 1,
-                 prefetch_depth: int = 0) -> WorkerResult:
+                 prefetch_depth: int = 0, log_every_s: float = 30.0) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
     Uses the current default process group when one is initialised (Ray Train sets it
@@ -436,7 +437,8 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
         master_port: Its port.
         backend: Process-group backend when one is created here (``"auto"``: NCCL
             when CUDA is available).
-        log: Progress lines (rank 0 only), e.g. ``print``.
+        log: Progress lines (rank 0 only, one per ``log_every_s`` seconds with the run's
+            steps, rate and ETA), e.g. ``print``.
         hooks: Called after every step and epoch on every rank (checkpoints, progress,
             validation: see :class:`TrainHooks`); ``None``: no calls.
         resume: Where to start (parameters, optimiser, position in the run, random
@@ -495,7 +497,7 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             raise ValueError(f"{who} was given impressions of users it does not own")
         return _train(rank, world_size, shard, cfg, impressions, content_created, log,
                       hooks or TrainHooks(), resume, device, hot_cache or {},
-                      split_threads(threads, prefetch_depth)[1], prefetch_depth)
+                      split_threads(threads, prefetch_depth)[1], prefetch_depth, log_every_s)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -506,7 +508,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
            log: Callable[[str], None] | None, hooks: TrainHooks,
            resume: ResumeState | None, device: torch.device,
            hot_cache: dict[str, float], prefetch_threads: int,
-           prefetch_depth: int) -> WorkerResult:
+           prefetch_depth: int, log_every_s: float) -> WorkerResult:
     resume = resume or ResumeState()
     # The prefetch thread's collectives (sampling, features, counts, the step's example
     # count) get a group of their own, so they never interleave with the main thread's
@@ -517,7 +519,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     try:
         return _train_loop(rank, world_size, shard, cfg, impressions, content_created, log,
                            hooks, resume, device, hot_cache, prefetch_threads, prefetch_depth,
-                           sample_group)
+                           sample_group, log_every_s)
     finally:
         # Not while a prefetch thread that would not stop is still inside one of the
         # group's collectives (Prefetcher.close warned): the process is failing anyway.
@@ -535,7 +537,7 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
                 log: Callable[[str], None] | None, hooks: TrainHooks,
                 resume: ResumeState, device: torch.device, hot_cache: dict[str, float],
                 prefetch_threads: int, prefetch_depth: int,
-                sample_group: dist.ProcessGroup | None) -> WorkerResult:
+                sample_group: dist.ProcessGroup | None, log_every_s: float) -> WorkerResult:
     counter = ByteCounter()
     # Built before the sampler (both are collective); its one-off bytes are reported
     # apart, so bytes per event count only what every step sends.
@@ -579,6 +581,7 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
     own_batches = math.ceil(min(len(impressions), cap) / cfg.batch_size)
     global_step = resume.global_step
     start_all = time.perf_counter()
+    progress = None
     for epoch in range(resume.epoch, cfg.epochs):
         steps = all_reduce_int(own_batches, "max")
         fewest = all_reduce_int(own_batches, "min")
@@ -589,6 +592,9 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
         plan = _epoch_events(len(impressions), cap, steps, cfg.batch_size,
                              epoch_plan_generator(cfg.seed, rank, epoch))
         first_step = resume.step if epoch == resume.epoch else 0
+        if progress is None:   # every epoch has this epoch's number of steps
+            progress = RateProgress(cfg.epochs * steps, "steps", log if rank == 0 else None,
+                                    log_every_s, done_at_start=epoch * steps + first_step)
         ctx = None
         # The epoch's batches are prepared in order from `generator` (negatives, then this
         # rank's share of every rank's neighbour draws), up to prefetch_depth ahead on a
@@ -612,9 +618,10 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
                 result.events_trained += events.numel()
                 result.examples_trained += done.examples.label.numel()
                 result.losses.append(done.loss)
-                if log is not None and rank == 0 and (step % 50 == 0 or step == steps - 1):
-                    log(f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
-                        f"loss {result.losses[-1]:.4f}")
+                if progress.due():
+                    progress.update(epoch * steps + step + 1,
+                                    prefix=f"  epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps} "
+                                           f"loss {result.losses[-1]:.4f} | ")
                 ctx = StepContext(rank=rank, world_size=world_size, epoch=epoch, step=step + 1,
                                   steps_in_epoch=steps, global_step=global_step, model=model,
                                   optimizer=optimizer,

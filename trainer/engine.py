@@ -490,7 +490,7 @@ class ClickEngine:
     def score(self, events: Tensor, generator: torch.Generator, log=None,
               log_every_s: float = 30.0) -> np.ndarray:
         """Click probabilities of impressions ``events`` (no negatives added); ``log``
-        gets a progress line every ``log_every_s`` seconds."""
+        gets a progress line (done, rate, ETA) every ``log_every_s`` seconds."""
         self.model.eval()
         imp = self.data.impressions
         return chunked_scores(lambda u, c, t, p: self.forward(u, c, t, p, generator),

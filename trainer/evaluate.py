@@ -39,6 +39,7 @@ from torch import Tensor
 from clickgraph.core import fs
 from clickgraph.core.config import Config
 from clickgraph.core.errors import InputError
+from clickgraph.core.progress import RateProgress
 from clickgraph.core.timeline import SECONDS_PER_DAY as DAY
 from clickgraph.core.timeline import split_windows, utc_day
 from trainer.asof import AsOfCounts
@@ -63,16 +64,17 @@ def export_cutoff(time: Tensor) -> Tensor:
     return time - time % DAY
 
 
-def day_start_embeddings(model: TrainedModel, events: Tensor, batch_size: int, seed: int
-                         ) -> np.ndarray:
+def day_start_embeddings(model: TrainedModel, events: Tensor, batch_size: int, seed: int,
+                         log=None, log_every_s: float = 30.0) -> np.ndarray:
     """User and content embeddings of each impression as of :func:`export_cutoff` of its
     own time (NaN for nodes not known before that cutoff), plus their dot product:
-    ``[N, 2 * dim + 1]``."""
+    ``[N, 2 * dim + 1]``. ``log`` gets a progress line every ``log_every_s`` seconds."""
     data = model.data
     imp = data.impressions
     dim = model.engine.model.cfg.hidden_dim
     out = np.full((events.numel(), 2 * dim + 1), np.nan, dtype=np.float32)
     cutoffs = export_cutoff(imp.time[events])
+    progress, done = RateProgress(events.numel(), "impressions", log, log_every_s), 0
     for cutoff in torch.unique(cutoffs).tolist():
         rows = torch.nonzero(cutoffs == cutoff).view(-1)
         states = []
@@ -86,6 +88,8 @@ def day_start_embeddings(model: TrainedModel, events: Tensor, batch_size: int, s
             out[rows.numpy(), offset * dim:(offset + 1) * dim] = block
             states.append(block)
         out[rows.numpy(), 2 * dim] = (states[0] * states[1]).sum(axis=1)
+        done += rows.numel()
+        progress.update(done, prefix="  day-start embeddings of ")
     return out
 
 
@@ -151,8 +155,9 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     x_test, _, _ = baseline_features(data, counts, test_events)
     seconds["features"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    emb_fit = day_start_embeddings(model, fit_events, e.embedding_batch_size, e.seed)
-    emb_test = day_start_embeddings(model, test_events, e.embedding_batch_size, e.seed)
+    every_s = cfg.resources.progress_every_s
+    emb_fit = day_start_embeddings(model, fit_events, e.embedding_batch_size, e.seed, log, every_s)
+    emb_test = day_start_embeddings(model, test_events, e.embedding_batch_size, e.seed, log, every_s)
     if e.embedding_features == "dot":  # the pair score alone: [N, 1]
         emb_fit, emb_test = emb_fit[:, -1:], emb_test[:, -1:]
     seconds["embeddings"] = time.perf_counter() - mark
@@ -166,7 +171,8 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     seconds["fit_trees"] = time.perf_counter() - mark
     mark = time.perf_counter()
     scores = {
-        "gnn": model.engine.score(test_events, torch.Generator().manual_seed(e.seed), log=log),
+        "gnn": model.engine.score(test_events, torch.Generator().manual_seed(e.seed), log=log,
+                                  log_every_s=every_s),
         "baseline": trees.predict_proba(x_test)[:, 1],
         "baseline_plus_embeddings": trees_emb.predict_proba(np.hstack([x_test, emb_test]))[:, 1],
     }

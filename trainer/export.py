@@ -293,7 +293,8 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
         columns = ["raw_id", "content_type"] if node_type == "content" else ["raw_id"]
         raw[node_type] = _raw_ids(model, graph_url, node_type, columns)
         states[node_type] = embed(model, node_type, nodes[node_type], cutoff_s,
-                                  batch_size=ev.embedding_batch_size, seed=ev.seed)
+                                  batch_size=ev.embedding_batch_size, seed=ev.seed, log=log,
+                                  log_every_s=cfg.resources.progress_every_s)
         ids = nodes[node_type]
         tables[node_type] = embedding_table(ids, [raw[node_type]["raw_id"][i] for i in ids.tolist()],
                                             states[node_type], cutoff_s, file_metadata)

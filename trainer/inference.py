@@ -127,10 +127,11 @@ def load_trained(cfg: Config, graph_url: str | None = None, checkpoint: str | No
 
 @torch.no_grad()
 def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | int,
-          batch_size: int = 4096, seed: int = 0) -> Tensor:
+          batch_size: int = 4096, seed: int = 0, log=None, log_every_s: float = 30.0) -> Tensor:
     """States of ``nodes`` (the embeddings) as of ``at_time`` (seconds, scalar or ``[N]``).
 
-    Deterministic for a given ``seed`` (uniform neighbour sampling draws from it).
+    Deterministic for a given ``seed`` (uniform neighbour sampling draws from it). ``log``
+    gets a progress line (done, rate, ETA) every ``log_every_s`` seconds.
 
     Returns:
         float32 ``[N, hidden_dim]`` on the CPU.
@@ -150,7 +151,8 @@ def embed(model: TrainedModel, node_type: str, nodes: Tensor, at_time: Tensor | 
         return engine.model.seed_state(node_type, states[node_type][batch.seed_local[node_type]],
                                        counts)
 
-    return chunked_states(states, nodes, times, batch_size, engine.model.cfg.hidden_dim)
+    return chunked_states(states, nodes, times, batch_size, engine.model.cfg.hidden_dim,
+                          log=log, log_every_s=log_every_s, unit=f"{node_type} nodes")
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from torch import Tensor
 from clickgraph.core import fs
 from clickgraph.core.config import Config
 from clickgraph.core.graph_store import open_graph_store
+from clickgraph.core.progress import RateProgress
 from clickgraph.core.timeline import split_windows
 from trainer import checkpoint as ckpt
 from trainer.asof import AsOfCounts
@@ -154,18 +155,23 @@ def train_single(cfg: Config, graph_url: str | None = None, out_url: str | None 
 
     engine = ClickEngine(data, t, device)
     epochs, trained_events, train_time, step_losses = [], 0, 0.0, []
+    rate_progress = None
     for epoch in range(t.epochs):
         epoch_events = subsample(train_events, t.max_train_events, generator)
         epoch_events = epoch_events[torch.randperm(epoch_events.numel(), generator=generator)]
         start = time.perf_counter()
         batches = torch.split(epoch_events, t.batch_size)
+        if rate_progress is None:   # every epoch has the same number of steps
+            rate_progress = RateProgress(t.epochs * len(batches), "steps", log,
+                                         cfg.resources.progress_every_s)
 
         def progress(step: int, losses: list[float], epoch: int = epoch, start: float = start,
-                     steps: int = len(batches)) -> None:
-            if step % 50 == 0 or step == steps - 1:
+                     steps: int = len(batches), rate_progress: RateProgress = rate_progress) -> None:
+            if rate_progress.due():
                 rate = (step + 1) * t.batch_size / max(time.perf_counter() - start, 1e-9)
-                log(f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{steps} "
-                    f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s")
+                rate_progress.update(epoch * steps + step + 1,
+                                     prefix=f"  epoch {epoch + 1}/{t.epochs} step {step + 1}/{steps} "
+                                            f"loss {np.mean(losses[-50:]):.4f} {rate:,.0f} events/s | ")
 
         losses = train_epoch(engine, batches, generator, r.prefetch_depth, sampling_threads,
                              progress)

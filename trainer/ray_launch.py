@@ -69,6 +69,7 @@ from clickgraph.core import fs
 from clickgraph.core.config import Config, TrainConfig
 from clickgraph.core.errors import InputError
 from clickgraph.core.graph_store import IMPRESSIONS
+from clickgraph.core.progress import RateProgress
 from clickgraph.core.shards import PARTITIONS_FORMAT_VERSION, PARTITIONS_KIND, VOCAB_FILE
 from clickgraph.core.timeline import Windows, split_windows
 from trainer import checkpoint as ckpt
@@ -352,6 +353,7 @@ class RayHooks(TrainHooks):
         self.hook_seconds = 0.0
         self.started = time.perf_counter()
         self.events_at_start = 0
+        self.progress: RateProgress | None = None
 
     def after_step(self, ctx: StepContext) -> None:
         r = self.plan.cfg.resources
@@ -364,9 +366,16 @@ class RayHooks(TrainHooks):
             # workers; a crash right after a report can lose it. Give it a few polls.
             time.sleep(5)
             os._exit(1)
-        if ctx.rank == 0 and (ctx.step % r.log_every_steps == 0 or ctx.step == ctx.steps_in_epoch):
-            self.log(progress_line(ctx, self.world_size, time.perf_counter() - self.started
-                                   - self.hook_seconds))
+        if ctx.rank == 0:
+            if self.progress is None:   # the run's steps: every epoch has this epoch's count
+                epochs = self.plan.cfg.train.epochs
+                self.progress = RateProgress(
+                    epochs * ctx.steps_in_epoch, "steps", self.log, r.progress_every_s,
+                    done_at_start=ctx.epoch * ctx.steps_in_epoch + ctx.step - 1)
+            if self.progress.due():
+                train_seconds = time.perf_counter() - self.started - self.hook_seconds
+                self.progress.update(ctx.epoch * ctx.steps_in_epoch + ctx.step,
+                                     prefix=progress_line(ctx, self.world_size, train_seconds) + " | ")
         if r.checkpoint_every_steps and ctx.global_step % r.checkpoint_every_steps == 0 \
                 and ctx.step < ctx.steps_in_epoch:
             self._checkpoint(ctx, epoch_done=False, metrics={})
@@ -423,7 +432,8 @@ def _scalar(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_line(ctx: StepContext, world_size: int, train_seconds: float) -> str:
-    """``epoch e/E step s/S loss x | N events/s (all ranks) | split % | B bytes/event``."""
+    """``epoch e step s/S loss x | N events/s (all ranks) | split % | B bytes/event``
+    (:class:`RateProgress` adds the run's steps, their rate and the ETA)."""
     times = {k: v for k, v in ctx.times.items() if k != "total"}
     total = sum(times.values()) or 1e-9
     split = " ".join(f"{k} {100 * v / total:.0f}%" for k, v in times.items())

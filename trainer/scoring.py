@@ -12,12 +12,13 @@ rank that has run out of rows calls with empty chunks until then.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from clickgraph.core.progress import RateProgress
 
 
 def chunks(columns: Sequence[Tensor], batch_size: int, steps: int | None = None
@@ -50,34 +51,39 @@ def chunked_scores(forward: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
         forward: ``(user, content, seed_time, position) -> logits [B]`` of one chunk.
         batch_size: Rows per chunk.
         steps: Exactly this many ``forward`` calls (collective forwards, module docstring).
-        log: Gets a progress line every ``log_every_s`` seconds.
+        log: Gets a progress line (done, rate, ETA) every ``log_every_s`` seconds.
 
     Returns:
         float32 ``[N]``.
     """
     out, done = [], 0
-    start = last = time.perf_counter()
+    progress = RateProgress(user.numel(), "impressions", log, log_every_s)
     for chunk in chunks((user, content, seed_time, position), batch_size, steps):
         out.append(torch.sigmoid(forward(*chunk)).cpu().numpy())
         done += chunk[0].numel()
-        if log is not None and time.perf_counter() - last >= log_every_s:
-            last = time.perf_counter()
-            log(f"  scored {done:,}/{user.numel():,} impressions ({done / (last - start):,.0f}/s)")
+        progress.update(done, prefix="  scored ")
     return np.concatenate(out).astype(np.float32, copy=False) if out else np.empty(0, np.float32)
 
 
 @torch.no_grad()
 def chunked_states(states: Callable[[Tensor, Tensor], Tensor], nodes: Tensor, times: Tensor,
-                   batch_size: int, dim: int, steps: int | None = None) -> Tensor:
+                   batch_size: int, dim: int, steps: int | None = None, log=None,
+                   log_every_s: float = 30.0, unit: str = "nodes") -> Tensor:
     """Embeddings of ``nodes`` as of ``times`` (each ``[N]``), chunk by chunk.
 
     Args:
         states: ``(node chunk, time chunk) -> [B, dim]`` seed states of one chunk.
         steps: Exactly this many ``states`` calls (module docstring).
+        log: Gets a progress line (done, rate, ETA in ``unit``) every ``log_every_s`` seconds.
 
     Returns:
         float32 ``[N, dim]`` on the CPU.
     """
-    out = [states(*chunk).cpu() for chunk in chunks((nodes, times), batch_size, steps)]
+    out, done = [], 0
+    progress = RateProgress(nodes.numel(), unit, log, log_every_s)
+    for chunk in chunks((nodes, times), batch_size, steps):
+        out.append(states(*chunk).cpu())
+        done += chunk[0].numel()
+        progress.update(done, prefix="  embedded ")
     out = [o for o in out if o.shape[0]]
     return torch.cat(out) if out else torch.empty((0, dim))

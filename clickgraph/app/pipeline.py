@@ -27,17 +27,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import platform
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from clickgraph import __version__
+from clickgraph.app.spark_progress import SparkProgress, TimedLog
 from clickgraph.app.stage_logs import StageLogs
 from clickgraph.app.tracking import PipelineRuns, Tracker, ui_command
 from clickgraph.core import fs
 from clickgraph.core.config import Config, replace
 from clickgraph.core.errors import ClickgraphError
+from clickgraph.core.progress import BackgroundTicks
 
 # Retraining from scratch on the extended store repeats the two longest stages (train and
 # evaluate). Measured on the 2-core development VM at the default size (docs/pipeline.md),
@@ -115,15 +116,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-class PeakMemory:
+class PeakMemory(BackgroundTicks):
     """Samples the resident memory of this process and all its children (the Spark JVM,
     Ray's processes) in a background thread; ``peak_mb`` is the highest sum seen."""
 
     def __init__(self, interval_s: float = 0.5):
-        self.interval_s = interval_s
+        super().__init__(interval_s, "peak-memory")
         self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @staticmethod
     def tree_rss_mb() -> float:
@@ -136,22 +135,16 @@ class PeakMemory:
                 total += proc.memory_info().rss
         return total / 2**20
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
-            self._stop.wait(self.interval_s)
+    def tick(self) -> None:
+        self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
 
     def __enter__(self) -> PeakMemory:
         self.peak_mb = self.tree_rss_mb()
-        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
+        super().__exit__(*exc)
+        self.tick()
 
 
 # Where each stage's result lands in the results (stage -> section, keyed by run but for generate)
@@ -176,7 +169,8 @@ class Progress:
     def __init__(self, steps: list[tuple[str, str | None]], records: list[dict[str, Any]],
                  log: Callable[[str], None], logs: StageLogs | None = None,
                  tracking: PipelineRuns | None = None, results: dict[str, Any] | None = None):
-        self.steps, self.records, self.log, self.logs = steps, records, log, logs
+        self.steps, self.records, self.logs = steps, records, logs
+        self.log = log if isinstance(log, TimedLog) else TimedLog(log)
         self.tracking, self.results = tracking, results
         self.started = time.perf_counter()
 
@@ -191,8 +185,11 @@ class Progress:
         return f"{seconds // 60:d}:{seconds % 60:02d}"
 
     @contextlib.contextmanager
-    def stage(self, stage: str, run: str | None) -> Iterator[dict[str, Any]]:
-        """Time one step; yields its record (the body may add to it).
+    def stage(self, stage: str, run: str | None, spark: LazySpark | None = None
+              ) -> Iterator[dict[str, Any]]:
+        """Time one step; yields its record (the body may add to it). With ``spark``, a
+        step of Spark jobs: its running stages get a progress line every
+        ``resources.progress_every_s`` seconds of silence (:class:`SparkProgress`).
 
         A failing body marks the record ``failed`` with the error and re-raises.
         """
@@ -207,7 +204,9 @@ class Progress:
         tracked = self.tracking.start_stage(pipeline_day(stage, run), stage, run) \
             if self.tracking else None
         t0 = time.perf_counter()
-        with PeakMemory() as memory:
+        spark_progress = (SparkProgress(spark.get(), name, self.log, spark.cfg.resources.progress_every_s)
+                          if spark is not None else contextlib.nullcontext())
+        with PeakMemory() as memory, spark_progress:
             try:
                 yield record
             except BaseException as error:
@@ -323,6 +322,7 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
     from clickgraph.app import report
 
     steps = plan(retrain_baseline)
+    log = TimedLog(log)   # the Spark steps' progress lines fill its silences only
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     results: dict[str, Any] = {
@@ -349,9 +349,10 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
     try:
         _stages(cfg, spark, progress, results, log, retrain_baseline)
     except BaseException as error:
-        results["total_seconds"] = round(time.perf_counter() - t0, 2)
-        results["failed"] = f"{type(error).__name__}: {error}"
         tracking.close(ok=False)
+        results["total_seconds"] = round(time.perf_counter() - t0, 2)
+        results["tracking"] = tracker.figures(results["total_seconds"])
+        results["failed"] = f"{type(error).__name__}: {error}"
         failed = next((r for r in results["stages"] if r["status"] == "failed"), None)
         try:
             results["report"] = report.write_report(results, report_url)
@@ -375,9 +376,9 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
     tracker.artifacts(tracking.parent("day2"), report_files(report_url), "report")
     # The page shows the report step as in progress; pipeline.json gets its final time.
     results["total_seconds"] = round(time.perf_counter() - t0, 2)
-    results["tracking"] = {"enabled": tracker.on, "uri": tracker.uri,
-                           "experiment": cfg.tracking.experiment,
-                           "seconds": round(tracker.seconds, 2)}
+    # what tracking cost (the upload of pipeline.json and the runs' ends below come after
+    # the figure: the terminal line gives the final one)
+    results["tracking"] = tracker.figures(results["total_seconds"])
     fs.write_json(fs.join(report_url, "pipeline.json"), report.json_safe(results))
     tracker.artifacts(tracking.parent("day2"), [fs.join(report_url, "pipeline.json")], "report")
     tracking.close(ok=True)
@@ -385,9 +386,10 @@ def _run(cfg: Config, log: Callable[[str], None], retrain_baseline: bool,
     log(f"pipeline: report {results['report']}; every figure in "
         f"{fs.join(report_url, 'pipeline.json')}")
     if tracker.on:
+        cost = tracker.figures(time.perf_counter() - t0)
         log(f"pipeline: MLflow runs (experiment {cfg.tracking.experiment!r}, one per day, nested "
-            f"per stage) in {tracker.uri}, {tracker.seconds:.1f} s of tracking; to browse them: "
-            + ui_command(tracker.uri))
+            f"per stage) in {tracker.uri}; tracking took {cost['seconds']:.1f} s "
+            f"({cost['share']:.1%} of the pipeline); to browse them: " + ui_command(tracker.uri))
     return results
 
 
@@ -406,7 +408,7 @@ class LazySpark:
     """
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg = cfg   # the whole config: spark.* for the session, resources.* for progress
         self.session = None
         self.owned = False
 
@@ -452,16 +454,16 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
 
     eval_root = cfg.paths.stage("eval")
     # ---- the first days
-    with progress.stage("generate", None):
+    with progress.stage("generate", None, spark):
         logs = generate_logs.run(spark.get(), cfg, log=log)
         results["generate"] = _logs_result(logs)
     days = list(logs["days"])
     first, added = days[:-1], days[-1]
     results["days"] = {"first": first, "added": added}
-    with progress.stage("build-graph", "day1"):
+    with progress.stage("build-graph", "day1", spark):
         results["graph"]["day1"] = _graph_result(build_graph.run(spark.get(), cfg, days=first, log=log),
                                                  first)
-    with progress.stage("partition", "day1"):
+    with progress.stage("partition", "day1", spark):
         results["partition"]["day1"] = _partition_result(partition.run(spark.get(), cfg, log=log))
     with progress.stage("train", "day1"):
         results["train"]["day1"] = _train(cfg, continue_run=False, log=log)
@@ -473,10 +475,10 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
         results["export"]["day1"] = run_export(cfg, checkpoint=day1_checkpoint, log=log)
 
     # ---- one more day
-    with progress.stage("build-graph", "day2"):
+    with progress.stage("build-graph", "day2", spark):
         results["graph"]["day2"] = _graph_result(build_graph.run(spark.get(), cfg, days=[added], log=log),
                                                  [added])
-    with progress.stage("partition", "day2"):
+    with progress.stage("partition", "day2", spark):
         results["partition"]["day2"] = _partition_result(
             partition.run(spark.get(), cfg, place_new_nodes=True, log=log))
     with progress.stage("train", "continue"):

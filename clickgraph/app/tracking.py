@@ -329,6 +329,16 @@ class Tracker:
             if self._depth == 0:
                 self.seconds += time.perf_counter() - started
 
+    def figures(self, wall_seconds: float) -> dict[str, Any]:
+        """What tracking cost a command of ``wall_seconds``: ``seconds`` spent inside this
+        tracker's calls (MLflow's import, run starts and ends, parameters, metrics,
+        artifacts, registration, retries), and their ``share`` of the wall time. Counted
+        in the tracker's own calls, so the figure holds on a loaded machine too, where
+        comparing two runs' wall times would measure the load."""
+        return {"enabled": self.on, "uri": self.uri, "experiment": self.cfg.tracking.experiment,
+                "seconds": round(self.seconds, 2),
+                "share": round(self.seconds / wall_seconds, 4) if wall_seconds > 0 else None}
+
     # ---- runs
 
     def start(self, name: str, parent: str | None = None, tags: dict[str, str] | None = None,

@@ -390,7 +390,7 @@ class ResourceConfig:
     checkpoint_url: str | None = None  # null: <paths.train>/checkpoints
     checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
     max_failures: int = 1              # worker failures Ray Train recovers from per run
-    log_every_steps: int = 20          # progress line period (rank 0)
+    progress_every_s: float = 30.0     # seconds between progress lines of long loops (ETA)
     # node type -> fraction of its highest-degree nodes whose static features every worker
     # replicates (trainer/dist_sampler.build_hot_cache); {} = off (BENCHMARKS.md: it saves
     # 0.3-8 % of the bytes, the sampling responses dominate)
@@ -559,7 +559,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 MOVED_KEYS = {f"train.{k}": f"resources.{k}" for k in (
     "workers", "device", "threads_per_worker", "checkpoint_url", "checkpoint_every_steps",
-    "max_failures", "log_every_steps", "hot_cache")}
+    "max_failures", "hot_cache")} | {
+    "train.log_every_steps": "resources.progress_every_s (seconds between lines, not steps)",
+    "resources.log_every_steps": "resources.progress_every_s (seconds between lines, not steps)"}
 """Keys that moved (an old config gets told where, not just "unknown key")."""
 
 
@@ -646,9 +648,11 @@ def _validate_values(cfg: Config) -> None:
         raise ConfigError(f"{src}: key 'train.content_type_loss_weight' weighs the click loss of "
                           "train.random_negative_loss: click only")
     r = cfg.resources
-    for name in ("workers", "threads_per_worker", "log_every_steps"):
+    for name in ("workers", "threads_per_worker"):
         if getattr(r, name) < 1:
             raise ConfigError(f"{src}: key 'resources.{name}' must be >= 1")
+    if not r.progress_every_s > 0:
+        raise ConfigError(f"{src}: key 'resources.progress_every_s' must be > 0")
     for name in ("checkpoint_every_steps", "max_failures", "prefetch_depth"):
         if getattr(r, name) < 0:
             raise ConfigError(f"{src}: key 'resources.{name}' must be >= 0")
