@@ -105,10 +105,11 @@ def test_auc(model, cfg) -> float | None:
     return roc_auc(data.impressions.clicked[events].numpy(), scores)
 
 
-# diversity settings swept on every run's candidates: (method, mmr_lambda, category_cap)
-SWEEP = [("mmr", 1.0, 0), ("mmr", 0.7, 0), ("mmr", 0.5, 0), ("mmr", 0.45, 0), ("mmr", 0.4, 0),
-         ("mmr", 0.35, 0), ("mmr", 0.3, 0), ("mmr", 0.25, 0), ("none", 1.0, 2), ("none", 1.0, 1),
-         ("mmr", 0.5, 2), ("mmr", 0.4, 2), ("mmr", 0.35, 2)]
+# diversity settings swept on every run's candidates: (method, mmr_lambda, category_cap,
+# candidates; None: all of evaluate.rerank_candidates)
+SWEEP = [*[("mmr", lam, 0, None) for lam in (1.0, 0.7, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)],
+         ("none", 1.0, 1, None), ("none", 1.0, 2, None), ("mmr", 0.5, 2, None), ("mmr", 0.4, 2, None),
+         ("mmr", 0.35, 1, None), *[("mmr", lam, 0, 100) for lam in (0.4, 0.35, 0.3, 0.25)]]
 
 
 def controls_inputs(model, cfg) -> dict[str, Any]:
@@ -152,15 +153,19 @@ def controls_at(inputs: dict[str, Any], ev) -> tuple[dict[str, Any], dict[str, A
 
 def diversity_sweep(inputs: dict[str, Any], ev, grid=SWEEP) -> list[dict[str, Any]]:
     """Coverage, intra-list diversity (and the catalogue's), video share and predicted CTR
-    against the uncontrolled lists, per diversity setting of ``grid``, on one run's
-    candidates."""
+    against the uncontrolled lists, per diversity setting of ``grid`` (method,
+    ``mmr_lambda``, ``category_cap``, candidates: ``None`` for all saved, else the best
+    that many), on one run's candidates."""
     out = []
-    for method, mmr_lambda, cap in grid:
+    for method, mmr_lambda, cap, pool in grid:
         setting = dataclasses.replace(ev, diversity=dataclasses.replace(
             ev.diversity, method=method, mmr_lambda=mmr_lambda, category_cap=cap))
-        plain, m = controls_at(inputs, setting)
+        pool = pool or int(inputs["content"].shape[1])
+        part = {**inputs, "content": inputs["content"][:, :pool], "score": inputs["score"][:, :pool]}
+        plain, m = controls_at(part, setting)
         out.append({"method": method, "mmr_lambda": mmr_lambda, "category_cap": cap,
-                    "coverage": m["coverage"], "intra_list_diversity": m["intra_list_diversity"],
+                    "candidates": pool, "coverage": m["coverage"],
+                    "intra_list_diversity": m["intra_list_diversity"],
                     "catalogue_diversity": m["catalogue_diversity"],
                     "category_diversity": m["category_diversity"],
                     "video_share_topk": m["video_share_topk"],
