@@ -405,13 +405,13 @@ class DiversityConfig:
     ``mmr_lambda * relevance - (1 - mmr_lambda) * max cosine to the items already
     listed`` (relevance: the click probability rescaled to [0, 1] over the user's
     candidates; cosines of content embeddings centred on the catalogue's mean);
-    ``mmr_lambda: 1`` is the plain top-k; the default 0.35 is measured in
+    ``mmr_lambda: 1`` is the plain top-k; the default 0.3 is measured in
     docs/experiments/video-weight.md. ``category_cap``: at most this many
     items of one category per list (0 = no cap); it applies with either method.
     """
 
     method: Literal["none", "mmr"] = "mmr"
-    mmr_lambda: float = 0.35
+    mmr_lambda: float = 0.3
     category_cap: int = 0
 
 
