@@ -75,6 +75,7 @@ def test_distributed_evaluation_equals_the_one_process_one(sharded):
     results = run_ranks(_evaluate, _plan(cfg, out_url=str(out / "eval2")), timeout_s=240)
     dist_result = results[0]
     assert results[1] is None
+    assert len(dist_result["peak_rss_bytes"]) == 2 and min(dist_result["peak_rss_bytes"]) > 0
     one = pq.read_table(out / "eval1" / "scores.parquet").to_pydict()
     two = pq.read_table(out / "eval2" / "scores.parquet").to_pydict()
     # the same impressions in the same order, each scored the same
@@ -103,6 +104,22 @@ def _by_id(table) -> tuple[np.ndarray, list[str], np.ndarray]:
             embedding_matrix(table))
 
 
+def _assert_same_figures(got, expected, where: str) -> None:
+    """``got`` equals ``expected`` (nested dicts and lists), floats to 1e-5."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(expected), where
+        for key in expected:
+            _assert_same_figures(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected)):
+            _assert_same_figures(a, b, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=1e-5), where
+    else:
+        assert got == expected, where
+
+
 def test_distributed_export_equals_the_one_process_one_and_names_every_file(sharded):
     from trainer.export import read_version, run_export
 
@@ -117,11 +134,25 @@ def test_distributed_export_equals_the_one_process_one_and_names_every_file(shar
     assert read_version(str(folder)) == manifest  # written, and valid
     assert manifest["format_version"] == 2 and manifest["workers"] == 2
     assert manifest["counts"] == single["counts"]
-    assert manifest["recommendations"] is None and manifest["recommendations_reason"]
+    assert manifest["files"]["recommendations"] == single["files"]["recommendations"]
+    assert len(manifest["peak_rss_bytes"]) == 2 and min(manifest["peak_rss_bytes"]) > 0
     listed = sorted(p for files in manifest["parts"].values() for p in files)
     on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet")
-                     if p.is_file())
+                     if p.is_file() and p.name != manifest["files"]["recommendations"])
     assert listed == on_disk and len(listed) == 4  # 2 types x 2 workers
+    # the recommendation controls: the same lists and figures as one process
+    for key in ("recommendations", "recommendations_controlled"):
+        assert single[key]["users"] > 0
+        _assert_same_figures(manifest[key], single[key], key)
+    lists1 = pq.read_table(out / "emb1" / cutoff["date"] / single["files"]["recommendations"])
+    lists2 = pq.read_table(folder / manifest["files"]["recommendations"])
+    assert lists2.column_names == lists1.column_names and lists2.num_rows == lists1.num_rows
+    for column in lists1.column_names:
+        if column == "score":
+            np.testing.assert_allclose(lists2.column(column).to_numpy(),
+                                       lists1.column(column).to_numpy(), rtol=0, atol=1e-5)
+        else:
+            assert lists2.column(column).to_pylist() == lists1.column(column).to_pylist(), column
     for node_type in ("user", "content"):
         ids1, raw1, emb1 = _by_id(pq.read_table(out / "emb1" / cutoff["date"] / f"{node_type}.parquet"))
         ids2, raw2, emb2 = _by_id(pq.read_table(folder / manifest["files"][node_type]))

@@ -20,9 +20,17 @@ rates (docs/evaluation.md).
 
 Export (:func:`export_part`): every worker embeds the users and contents its part owns
 that exist before the cutoff, as of the cutoff, and writes its own parquet file of each
-type; rank 0 writes the manifest last, naming every file, once all have written. The
-recommendation controls need every embedding and the whole graph in one process and are
-not computed here (docs/export.md).
+type. The recommendation controls (:func:`export_recommendations`) are those of the
+one-process export, from what is small: rank 0 reads back from the written parts the
+sampled users' embeddings and the catalogue's (the content existing before the cutoff),
+the content types from the store's content node table, and gathers each content piece's
+category from the part that owns the category; a model with history attention gets its
+pairs' neighbourhoods from the distributed sampler (rank 0's seeds, the others serving).
+Rank 0 writes the manifest last, naming every file, once all have written.
+
+Every result records each rank's peak resident memory (``peak_rss_bytes``, rank order:
+:func:`gather_peak_rss`), the figure ``benchmarks/inference_memory.py`` compares with the
+one-process path.
 
 With ``most_recent`` sampling both agree with the one-process path to float tolerance;
 with ``uniform`` they agree in distribution (each row's draw is made by its owner, see
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import resource
 import sys
 import tempfile
 import time
@@ -54,21 +63,27 @@ from trainer import checkpoint as ckpt
 from trainer.asof import AsOfCounts
 from trainer.data import Impressions, NegativeSampler, canonical_order
 from trainer.dist_sampler import DistTemporalSampler, model_inputs
-from trainer.dist_train import DistBatchSource, build_model
+from trainer.dist_train import DistBatchSource, batch_to, build_model
 from trainer.distributed import all_reduce_int
 from trainer.engine import click_logits, relation_fanouts, weighted_sampling, with_edge_weights
 from trainer.export import (
     DIST_FORMAT_VERSION,
     EXPORTED_TYPES,
+    RECOMMENDATIONS_FILE,
     cutoff_iso,
     drift_against_previous,
+    embedding_matrix,
     embedding_table,
     export_manifest,
     graph_version_of,
     log_model,
+    previous_version,
     read_parquet,
+    recommendation_controls,
+    recommendations_table,
     write_parquet,
 )
+from trainer.inference import PairContext
 from trainer.model import ClickGNN
 from trainer.ray_launch import absolute
 from trainer.scoring import chunked_scores, chunked_states
@@ -265,6 +280,21 @@ def gather_columns(columns: dict[str, np.ndarray], rank: int) -> dict[str, np.nd
     return {name: np.concatenate([part[name] for part in gathered]) for name in columns}
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, bytes (``getrusage``: KiB on Linux,
+    bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def gather_peak_rss(rank: int) -> list[int] | None:
+    """Every rank's :func:`peak_rss_bytes` on rank 0, in rank order; ``None`` elsewhere
+    (collective)."""
+    peaks: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(peaks, peak_rss_bytes())
+    return [int(p) for p in peaks] if rank == 0 else None
+
+
 # ---------------------------------------------------------------------- evaluation
 
 
@@ -372,6 +402,7 @@ def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
                            "label": owned.clicked.numpy(), "past": past.numpy(), "gnn": scores,
                            "rank": np.full(len(owned), rank, dtype=np.int32)}, rank)
     if rows is None:
+        gather_peak_rss(rank)  # once rank 0 has computed the figures
         return None
     merged = Impressions(*(torch.from_numpy(rows[k]) for k in ("user", "content", "time",
                                                                "position", "label")))
@@ -398,6 +429,7 @@ def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
         "seconds": {"load": round(load_seconds, 2), "score": round(score_seconds, 2),
                     "total": round(time.perf_counter() - started, 2)},
     })
+    result["peak_rss_bytes"] = gather_peak_rss(rank)
     out_url = plan.out_url
     _write(out_url, result, columns)
     result["out"] = out_url
@@ -516,26 +548,168 @@ def _export_into(plan: InferencePlan, rank: int, world_size: int, staging: str |
         parts[node_type] = [part_file(node_type, r) for r, n in enumerate(written) if n]
         log(f"export: {node_type}: {counts[node_type]:,} embeddings as of the cutoff, "
             f"{written} per worker ({time.perf_counter() - t0:.1f} s)")
-    dist.barrier()  # every part is written before the manifest
+    dist.barrier()  # every part is written before they are read back
+    recommendations = export_recommendations(plan, worker, staging, metadata, log)
     if rank != 0:
+        gather_peak_rss(rank)
         return None
+    controls, controlled, table = recommendations
+    write_parquet(fs.join(staging, RECOMMENDATIONS_FILE), table)
     root_url = plan.out_url.rstrip("/").rsplit("/", 1)[0]
-    # The drift reads the whole export (not the graph) on rank 0.
-    tables = {t: read_parquet(fs.join(staging, f"{t}.parquet")) for t in EXPORTED_TYPES}
+    # The drift reads both versions' embeddings (not the graph) on rank 0, when there is
+    # a previous version to compare with.
+    tables = ({t: read_parquet(fs.join(staging, f"{t}.parquet")) for t in EXPORTED_TYPES}
+              if previous_version(root_url, cutoff) is not None else {})
     drift, drift_reason = drift_against_previous(root_url, cutoff, tables, log)
+    del tables
+    files = {t: f"{t}.parquet" for t in EXPORTED_TYPES}
+    files["recommendations"] = RECOMMENDATIONS_FILE
     manifest = export_manifest(
         plan.cfg, DIST_FORMAT_VERSION, cutoff, version, graph, counts=counts,
-        dim=int(worker.model.cfg.hidden_dim),
-        files={t: f"{t}.parquet" for t in EXPORTED_TYPES}, parts=parts, workers=world_size,
-        drift=drift, drift_reason=drift_reason, recommendations=None,
-        recommendations_controlled=None,
-        recommendations_reason="not computed by a distributed export: the controls rank "
-                               "users against every content in one process (--workers 1)")
+        dim=int(worker.model.cfg.hidden_dim), files=files, parts=parts, workers=world_size,
+        drift=drift, drift_reason=drift_reason, recommendations=controls,
+        recommendations_controlled=controlled, peak_rss_bytes=gather_peak_rss(rank))
     write_manifest(staging, manifest)
     log(f"export: wrote {', '.join(f'{n:,} {t}' for t, n in counts.items())} embeddings "
         f"(dim {manifest['dim']}) in {sum(len(p) for p in parts.values())} files -> "
         f"{plan.out_url} in {time.perf_counter() - started:.1f} s")
     return manifest
+
+
+def owned_category_links(shard: PartitionShard, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(content, category)`` int64 arrays: the links from content to the categories this
+    part owns made before ``cutoff`` (the shard holds every in-edge of an owned category)."""
+    from trainer.recommend import CATEGORY_RELATION
+
+    csr = shard.csr.get(CATEGORY_RELATION)
+    if csr is None or csr.num_edges == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    degree = csr.indptr[1:] - csr.indptr[:-1]
+    category = shard.owned[CATEGORY_RELATION[2]].repeat_interleave(degree)
+    visible = csr.edge_time < cutoff
+    return (csr.neighbor[visible].to(torch.int64).numpy(),
+            category[visible].to(torch.int64).numpy())
+
+
+@torch.no_grad()
+def dist_pair_context(worker: InferenceWorker, users: Tensor, contents: Tensor, cutoff: int,
+                      seed: int = 0) -> PairContext | None:
+    """The :class:`~trainer.inference.PairContext` of ``users`` and ``contents`` as seeds at
+    ``cutoff`` drawn by the distributed sampler (collective: ranks without seeds pass
+    empty tensors and serve the others); ``None`` on a rank without seeds. The one-process
+    context draws with the same ``seed``."""
+    sampler = worker.sampler
+    at = {t: torch.full((n.numel(),), int(cutoff), dtype=torch.int64)
+          for t, n in (("user", users), ("content", contents))}
+    batch = sampler.sample({"user": (users.to(torch.int64), at["user"]),
+                            "content": (contents.to(torch.int64), at["content"])},
+                           generator=torch.Generator().manual_seed(seed))
+    model_batch, features = model_inputs(batch, sampler.fetch_features(batch),
+                                         worker.shard.num_nodes)
+    if users.numel() + contents.numel() == 0:
+        return None
+    device = next(worker.model.parameters()).device
+    return PairContext.of_sample(worker.model, batch_to(model_batch, device),
+                                 {t: f.to(device) for t, f in features.items()})
+
+
+def _read_rows(url: str, columns: list[str], ids: np.ndarray | None = None):
+    """Columns of an export folder's type (all parts), sorted by ``id``; only the rows of
+    ``ids`` when given."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    filesystem, path = fs.filesystem(url)
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
+    where = None if ids is None else ds.field("id").isin(pa.array(ids, pa.int64()))
+    return dataset.to_table(columns=columns, filter=where).sort_by("id")
+
+
+def content_types(graph_url: str, num_content: int) -> list[str]:
+    """``content_type`` of every content node, indexed by dense id, from the store's
+    content node table (the catalogue's attributes, not the graph).
+
+    Raises:
+        InputError: The table's ids are not ``0 .. num_content - 1`` (another store).
+    """
+    from clickgraph.core.graph_store import open_graph_store, read_table
+
+    table = read_table(open_graph_store(graph_url).node_url("content"),
+                       ["id", "content_type"]).sort_by("id")
+    if not np.array_equal(table.column("id").to_numpy(), np.arange(num_content)):
+        raise InputError(f"{graph_url}: node table 'content' does not hold ids 0..{num_content - 1} "
+                         "of the shard set; the store changed during the export")
+    return table.column("content_type").to_pylist()
+
+
+def export_recommendations(plan: InferencePlan, worker: InferenceWorker, staging: str | None,
+                           metadata: dict[str, Any], log
+                           ) -> tuple[dict[str, Any], dict[str, Any], Any] | None:
+    """The one-process export's recommendation controls (:func:`trainer.export.
+    recommendation_controls`) after every part is written (collective).
+
+    Rank 0 reads back from the parts in ``staging`` every user id, the sampled users'
+    embeddings and the catalogue's; the content types come from the store's content
+    node table, the categories from the parts that own them (gathered links); a model
+    with history attention scores pairs with a context drawn by the distributed sampler
+    (:func:`dist_pair_context`). No rank loads more of the graph than its shard.
+
+    Returns:
+        On rank 0 ``(uncontrolled figures, controlled figures, recommendations table)``;
+        ``None`` elsewhere.
+    """
+    from trainer.recommend import PairScorer, lowest_category, sample_users
+
+    cutoff, ev, rank = int(plan.cutoff), plan.cfg.evaluate, worker.rank
+    links: list[Any] = [None] * worker.world_size
+    dist.all_gather_object(links, owned_category_links(worker.shard, cutoff))
+    history = bool(worker.model.history)
+    empty = torch.empty(0, dtype=torch.int64)
+    if rank != 0:
+        if history:
+            dist_pair_context(worker, empty, empty, cutoff)
+        return None
+    num_content = worker.shard.num_nodes["content"]
+    category = lowest_category(num_content,
+                               torch.from_numpy(np.concatenate([c for c, _ in links])),
+                               torch.from_numpy(np.concatenate([k for _, k in links])))
+    user_url, content_url = (fs.join(staging, f"{t}.parquet") for t in EXPORTED_TYPES)
+    users = torch.from_numpy(_read_rows(user_url, ["id"]).column("id").to_numpy())
+    chosen = sample_users(users, ev.recommend_users, ev.seed)
+    del users
+    sampled = _read_rows(user_url, ["id", "raw_id", "embedding"], chosen.numpy())
+    if not np.array_equal(sampled.column("id").to_numpy(), chosen.numpy()):
+        raise InputError(f"{user_url}: the parts lack some sampled users' rows")
+    catalogue_table = _read_rows(content_url, ["id", "raw_id", "embedding"])
+    catalogue = torch.from_numpy(catalogue_table.column("id").to_numpy())
+    catalogue_states = torch.from_numpy(embedding_matrix(catalogue_table))
+    user_states = torch.from_numpy(embedding_matrix(sampled))
+    context = dist_pair_context(worker, chosen, catalogue, cutoff) if history else None
+    net = worker.model
+    device = next(net.parameters()).device
+
+    def probabilities(user_state: Tensor, content_state: Tensor, position: Tensor,
+                      seed_time: Tensor, summaries: list[Tensor]) -> Tensor:
+        return torch.sigmoid(net.score(user_state.to(device), content_state.to(device),
+                                       position.to(device), seed_time.to(device),
+                                       [t.to(device) for t in summaries])).cpu()
+
+    def context_of(users: Tensor, contents: Tensor, _: int) -> PairContext:
+        if not (torch.equal(users, chosen) and torch.equal(contents, catalogue)):
+            raise ValueError("the recommendation controls scored other seeds than the "
+                             "distributed sampler drew their context for")
+        return context
+
+    scorer = PairScorer(probabilities, context_of if history else None)
+    with torch.no_grad():
+        controls, controlled, recs = recommendation_controls(
+            scorer, cutoff, chosen, user_states, catalogue, catalogue_states,
+            content_types(plan.graph_url, num_content), category, ev, log)
+    table = recommendations_table(
+        recs, dict(zip(sampled.column("id").to_pylist(), sampled.column("raw_id").to_pylist())),
+        dict(zip(catalogue_table.column("id").to_pylist(),
+                 catalogue_table.column("raw_id").to_pylist())), metadata)
+    return controls, controlled, table
 
 
 # ---------------------------------------------------------------------- launcher

@@ -24,6 +24,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ from clickgraph.core.manifest import ManifestError, new_manifest, read_manifest,
 from clickgraph.core.timeline import SECONDS_PER_DAY, day_start, milliseconds
 from trainer.inference import TrainedModel, embed, existing_nodes, load_trained
 from trainer.recommend import (
+    PairScorer,
+    Recommendations,
     apply_controls,
     compare_controls,
     content_categories,
@@ -47,8 +50,8 @@ from trainer.recommend import (
 
 EMBEDDINGS_KIND = "embeddings"
 FORMAT_VERSION = 1  # one process: one parquet file per type
-# --workers N (trainer.dist_inference): a type's ``files`` entry is a parquet dataset folder,
-# ``parts`` names every file in it, and there are no recommendation lists
+# --workers N (trainer.dist_inference): a type's ``files`` entry is a parquet dataset folder
+# and ``parts`` names every file in it
 DIST_FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
 EXPORTED_TYPES = ("user", "content")
@@ -301,24 +304,9 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
         log(f"export: {node_type}: {ids.numel():,} embeddings as of the cutoff "
             f"({time.perf_counter() - t0:.1f} s)")
 
-    t0 = time.perf_counter()
-    candidates = recommend(model, cutoff_s, nodes["user"], states["user"], nodes["content"],
-                           states["content"], ev.rerank_candidates, ev.recommend_users, ev.seed)
-    category = content_categories(model, cutoff_s)
-    controls = control_metrics(head(candidates, ev.top_k), nodes["content"], states["content"],
-                               raw["content"]["content_type"], category)
-    recs, settings = apply_controls(candidates, nodes["content"], states["content"],
-                                    raw["content"]["content_type"], category, ev)
-    controlled = {**control_metrics(recs, nodes["content"], states["content"],
-                                    raw["content"]["content_type"], category), **settings}
-    controlled["against_uncontrolled"] = compare_controls(controls, controlled)
-    for label, c in (("uncontrolled", controls), ("controlled", controlled)):
-        log(f"export: {label} recommendations for {c['users']} users, top {c['top_k']}: coverage "
-            f"{_fmt(c['coverage'])}, intra-list diversity {_fmt(c['intra_list_diversity'])} "
-            f"(catalogue {_fmt(c['catalogue_diversity'])}), video share {_fmt(c['video_share_topk'])} "
-            f"vs catalogue {_fmt(c['video_share_catalogue'])}, predicted CTR {_fmt(c['mean_score'])}")
-    log(f"export: controls cost {_fmt(controlled['against_uncontrolled']['predicted_ctr_ratio'])}x "
-        f"the predicted CTR ({time.perf_counter() - t0:.1f} s)")
+    controls, controlled, recs = recommendation_controls(
+        model, cutoff_s, nodes["user"], states["user"], nodes["content"], states["content"],
+        raw["content"]["content_type"], content_categories(model, cutoff_s), ev, log)
 
     drift, drift_reason = drift_against_previous(root_url, cutoff_s, tables, log)
     files = {t: f"{t}.parquet" for t in EXPORTED_TYPES}
@@ -340,6 +328,53 @@ def run_export(cfg: Config, cutoff: str | None = None, checkpoint: str | None = 
     log(f"export: wrote {', '.join(f'{n:,} {t}' for t, n in manifest['counts'].items())} embeddings "
         f"(dim {manifest['dim']}) -> {folder_url} in {time.perf_counter() - started:.1f} s")
     return manifest
+
+
+def recommendation_controls(model: TrainedModel | PairScorer, cutoff_s: int, users: torch.Tensor,
+                            user_states: torch.Tensor, catalogue: torch.Tensor,
+                            catalogue_states: torch.Tensor, content_type: list[str],
+                            category: torch.Tensor, ev, log
+                            ) -> tuple[dict[str, Any], dict[str, Any], Recommendations]:
+    """The recommendation controls of an export (:mod:`trainer.recommend`): the
+    uncontrolled top-``evaluate.top_k`` lists of ``evaluate.recommend_users`` sampled
+    ``users`` and the lists the exposure controls make of their best
+    ``evaluate.rerank_candidates``, each with its figures; logs both.
+
+    Args:
+        model: The loaded model, or the :class:`~trainer.recommend.PairScorer` of one.
+        cutoff_s: The cutoff, seconds; every state is as of it.
+        users: int64 ``[N]`` users to sample from (ascending or not); ``user_states``
+            ``[N, D]`` their embeddings (only the sampled users' rows are read).
+        user_states: As above.
+        catalogue: int64 ``[C]`` the content existing before the cutoff, ascending;
+            ``catalogue_states`` ``[C, D]`` their embeddings.
+        catalogue_states: As above.
+        content_type: Content type per dense content id.
+        category: int64 ``[num_content]`` category per dense content id (``-1`` none).
+        ev: The ``evaluate`` section.
+        log: Progress printer.
+
+    Returns:
+        ``(uncontrolled figures, controlled figures, controlled lists)``.
+    """
+    t0 = time.perf_counter()
+    candidates = recommend(model, cutoff_s, users, user_states, catalogue, catalogue_states,
+                           ev.rerank_candidates, ev.recommend_users, ev.seed)
+    controls = control_metrics(head(candidates, ev.top_k), catalogue, catalogue_states,
+                               content_type, category)
+    recs, settings = apply_controls(candidates, catalogue, catalogue_states, content_type,
+                                    category, ev)
+    controlled = {**control_metrics(recs, catalogue, catalogue_states, content_type, category),
+                  **settings}
+    controlled["against_uncontrolled"] = compare_controls(controls, controlled)
+    for label, c in (("uncontrolled", controls), ("controlled", controlled)):
+        log(f"export: {label} recommendations for {c['users']} users, top {c['top_k']}: coverage "
+            f"{_fmt(c['coverage'])}, intra-list diversity {_fmt(c['intra_list_diversity'])} "
+            f"(catalogue {_fmt(c['catalogue_diversity'])}), video share {_fmt(c['video_share_topk'])} "
+            f"vs catalogue {_fmt(c['video_share_catalogue'])}, predicted CTR {_fmt(c['mean_score'])}")
+    log(f"export: controls cost {_fmt(controlled['against_uncontrolled']['predicted_ctr_ratio'])}x "
+        f"the predicted CTR ({time.perf_counter() - t0:.1f} s)")
+    return controls, controlled, recs
 
 
 def check_cutoff(cutoff_s: int | None, days: list[str], graph_url: str) -> int:
@@ -413,9 +448,12 @@ def export_manifest(cfg: Config, format_version: int, cutoff_s: int, model: dict
         graph=graph, seed=cfg.evaluate.seed, **fields)
 
 
-def recommendations_table(recs, user_raw_ids: list[str], content_raw_ids: list[str],
+def recommendations_table(recs, user_raw_ids: Sequence[str] | Mapping[int, str],
+                          content_raw_ids: Sequence[str] | Mapping[int, str],
                           metadata: dict[str, Any]):
-    """The top-k lists as a pyarrow table, one row per (user, rank).
+    """The top-k lists as a pyarrow table, one row per (user, rank); ``user_raw_ids`` and
+    ``content_raw_ids`` give the ``raw_id`` of a dense id (a list indexed by it, or a
+    mapping holding at least the listed ids).
 
     Columns: ``user_id`` int64, ``user_raw_id`` string, ``rank`` int32 (1 = best),
     ``content_id`` int64, ``content_raw_id`` string, ``score`` float32 (click probability).

@@ -175,17 +175,26 @@ class PairContext:
 
     def __init__(self, model: TrainedModel, users: Tensor, contents: Tensor, cutoff: int,
                  seed: int = 0):
-        from trainer.engine import with_edge_weights
-
         engine = model.engine
-        self.net = engine.model
         at = {t: torch.full((n.numel(),), int(cutoff), dtype=torch.int64, device=engine.device)
               for t, n in (("user", users), ("content", contents))}
-        self.batch = with_edge_weights(engine.sampler.sample(
-            {"user": (users.to(engine.device), at["user"]),
-             "content": (contents.to(engine.device), at["content"])},
-            generator=torch.Generator().manual_seed(seed)))
-        _, self.initial, self.time_codes = self.net.states(self.batch, engine.features)
+        batch = engine.sampler.sample({"user": (users.to(engine.device), at["user"]),
+                                       "content": (contents.to(engine.device), at["content"])},
+                                      generator=torch.Generator().manual_seed(seed))
+        self._set(engine.model, batch, engine.features)
+
+    @classmethod
+    def of_sample(cls, net, batch, features) -> PairContext:
+        """The context of a sample already drawn (the users' and contents' seeds at the
+        cutoff, in that order), e.g. by the distributed sampler, with its ``features``."""
+        context = cls.__new__(cls)
+        context._set(net, batch, features)
+        return context
+
+    def _set(self, net, batch, features) -> None:
+        self.net = net
+        self.batch = with_edge_weights(batch)
+        _, self.initial, self.time_codes = self.net.states(self.batch, features)
 
     def summaries(self, user_state: Tensor, content_state: Tensor, user_index: Tensor,
                   content_index: Tensor) -> list[Tensor]:

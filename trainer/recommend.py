@@ -22,7 +22,9 @@ two (a feed that removes seen items can add that filter on top).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,8 @@ from trainer.inference import PairContext, TrainedModel, score_pairs
 from trainer.rerank import rerank, type_quotas
 
 VIDEO = "video"
+# the relation that links content to its category (in-edges of the category)
+CATEGORY_RELATION = ("content", "in", "category")
 # scored (user, content) rows per call of the click head; bounds the memory of one call
 PAIRS_PER_CALL = 262_144
 # the same with history attention: each pair also reads its seeds' neighbours
@@ -58,6 +62,33 @@ class Recommendations:
     cutoff: int
 
 
+@dataclass(frozen=True)
+class PairScorer:
+    """How :func:`top_k_content` scores ``(user, content)`` pairs: the click head of a
+    model, in one process (:func:`pair_scorer`) or on the workers of a distributed export
+    (:mod:`trainer.dist_inference`).
+
+    Attributes:
+        probabilities: ``(user_state, content_state, position, seed_time, summaries)`` ->
+            float32 ``[B]`` click probabilities on the CPU.
+        context: For a model with history attention: ``(users, contents, cutoff)`` -> a
+            :class:`~trainer.inference.PairContext` of those nodes as seeds at ``cutoff``;
+            ``None`` for a model without.
+    """
+
+    probabilities: Callable[..., Tensor]
+    context: Callable[[Tensor, Tensor, int], PairContext] | None = None
+
+
+def pair_scorer(model: TrainedModel | PairScorer) -> PairScorer:
+    """The :class:`PairScorer` of a model loaded in this process (a scorer stays itself)."""
+    if isinstance(model, PairScorer):
+        return model
+    context = ((lambda users, contents, cutoff: PairContext(model, users, contents, cutoff))
+               if model.engine.model.history else None)
+    return PairScorer(partial(score_pairs, model), context)
+
+
 def sample_users(users: Tensor, count: int, seed: int) -> Tensor:
     """A deterministic sample of ``count`` of ``users`` (all of them when fewer), ascending.
 
@@ -75,13 +106,13 @@ def sample_users(users: Tensor, count: int, seed: int) -> Tensor:
 
 
 @torch.no_grad()
-def top_k_content(model: TrainedModel, user_states: Tensor, content_states: Tensor, cutoff: int,
+def top_k_content(model: TrainedModel | PairScorer, user_states: Tensor, content_states: Tensor, cutoff: int,
                   top_k: int, users: Tensor | None = None, contents: Tensor | None = None
                   ) -> tuple[Tensor, Tensor]:
     """Score every (user, content) pair and keep each user's best ``top_k``.
 
     Args:
-        model: The trained model (its click head scores the pairs).
+        model: The trained model (its click head scores the pairs), or a :class:`PairScorer`.
         user_states: float32 ``[U, D]`` user embeddings as of ``cutoff``.
         content_states: float32 ``[C, D]`` embeddings of the catalogue as of ``cutoff``.
         cutoff: Seed time of every pair, seconds (the hour feature reads it).
@@ -100,12 +131,12 @@ def top_k_content(model: TrainedModel, user_states: Tensor, content_states: Tens
     score = torch.empty((num_users, k), dtype=torch.float32)
     if num_users == 0 or k == 0:
         return index, score
-    context = None
-    if model.engine.model.history:
+    scorer, context = pair_scorer(model), None
+    if scorer.context is not None:
         if users is None or contents is None:
             raise ValueError("a model with history attention scores pairs from node ids: "
                              "pass users and contents")
-        context = PairContext(model, users, contents, cutoff)
+        context = scorer.context(users, contents, cutoff)
     users_per_call = max(1, (PAIRS_PER_CALL if context is None else HISTORY_PAIRS_PER_CALL)
                          // num_content)
     for start in range(0, num_users, users_per_call):
@@ -116,8 +147,8 @@ def top_k_content(model: TrainedModel, user_states: Tensor, content_states: Tens
         pair_users, pair_contents = user_states[user_index], content_states[content_index]
         summaries = ([] if context is None else
                      context.summaries(pair_users, pair_contents, user_index, content_index))
-        probabilities = score_pairs(
-            model, pair_users, pair_contents,
+        probabilities = scorer.probabilities(
+            pair_users, pair_contents,
             torch.zeros(rows, dtype=torch.int64),
             torch.full((rows,), int(cutoff), dtype=torch.int64), summaries,
         ).view(chunk.shape[0], num_content)
@@ -155,17 +186,22 @@ def content_categories(model: TrainedModel, cutoff: int) -> Tensor:
     """
     data = model.data
     num_content = data.graph.num_nodes["content"]
-    category = torch.full((num_content,), -1, dtype=torch.int64)
-    csr = data.graph.csr.get(("content", "in", "category"))
+    csr = data.graph.csr.get(CATEGORY_RELATION)
     if csr is None or csr.num_edges == 0:
-        return category
+        return lowest_category(num_content, torch.empty(0, dtype=torch.int64),
+                               torch.empty(0, dtype=torch.int64))
     visible = csr.edge_time < cutoff
-    content = csr.neighbor[visible]
-    linked = csr.edge_dst()[visible]
+    return lowest_category(num_content, csr.neighbor[visible], csr.edge_dst()[visible])
+
+
+def lowest_category(num_content: int, content: Tensor, linked: Tensor) -> Tensor:
+    """int64 ``[num_content]``: per content node, the lowest category id among the links
+    ``content[i] -> linked[i]`` (already restricted to those before the cutoff), ``-1``
+    for a node without any."""
     large = torch.iinfo(torch.int64).max
     lowest = torch.full((num_content,), large, dtype=torch.int64).scatter_reduce(
-        0, content, linked, reduce="amin")
-    return torch.where(lowest == large, category, lowest)
+        0, content.to(torch.int64), linked.to(torch.int64), reduce="amin")
+    return torch.where(lowest == large, torch.full_like(lowest, -1), lowest)
 
 
 def type_shares(types: list[str]) -> dict[str, float]:
@@ -303,13 +339,13 @@ def compare_controls(uncontrolled: dict[str, Any], controlled: dict[str, Any]) -
                                  controlled.get("video_share_topk")]}
 
 
-def recommend(model: TrainedModel, cutoff: int, users: Tensor, user_states: Tensor,
+def recommend(model: TrainedModel | PairScorer, cutoff: int, users: Tensor, user_states: Tensor,
               catalogue: Tensor, catalogue_states: Tensor, top_k: int, sample_size: int,
               seed: int) -> Recommendations:
     """Top-``k`` lists for a deterministic sample of ``users``.
 
     Args:
-        model: The trained model.
+        model: The trained model, or a :class:`PairScorer`.
         cutoff: Seconds since epoch; every state must be as of it.
         users: int64 ``[N]`` users existing at the cutoff; ``user_states`` ``[N, D]``.
         user_states: Their embeddings, row ``i`` for ``users[i]``.
