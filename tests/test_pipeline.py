@@ -111,6 +111,22 @@ def test_a_failing_stage_is_named_and_the_partial_report_is_written(tmp_path, mo
     assert "failed: GraphBuildError: no events for day 2026-03-02" in page
 
 
+def test_export_runs_on_the_training_workers_when_there_are_several(tmp_path, monkeypatch):
+    import trainer.dist_inference as dist_inference
+    import trainer.export as export
+
+    calls = []
+    monkeypatch.setattr(export, "run_export", lambda cfg, checkpoint=None, log=print:
+                        calls.append(("one process", cfg.resources.workers, checkpoint)) or {})
+    monkeypatch.setattr(dist_inference, "export_distributed",
+                        lambda cfg, workers, checkpoint=None, log=print:
+                        calls.append(("workers", workers, checkpoint)) or {})
+    for workers in (1, 2, 3):
+        cfg = load_config(None, tiny_overrides(tmp_path) + [f"resources.workers={workers}"])
+        pipeline._export(cfg, "ckpt", log=lambda *_: None)
+    assert calls == [("one process", 1, "ckpt"), ("workers", 2, "ckpt"), ("workers", 3, "ckpt")]
+
+
 def test_peak_memory_counts_child_processes():
     probe = pipeline.PeakMemory(interval_s=0.05)
     with probe:
@@ -194,6 +210,12 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
         assert len(losses) == 2 and losses[1] < losses[0], losses
     assert results["evaluate"]["continue"]["test_days"] == [added]
     assert results["export"]["day1"]["drift"] is None
+    for run in ("day1", "continue"):  # on the 2 training workers, with the controls' lists
+        manifest = results["export"][run]
+        assert manifest["workers"] == 2 and manifest["format_version"] == 2, manifest
+        assert manifest["recommendations"]["users"] > 0
+        assert manifest["recommendations_controlled"]["users"] > 0
+        assert len(manifest["peak_rss_bytes"]) == 2
     assert set(results["export"]["continue"]["drift"]) >= {"user", "content"}
     exports = sorted(p.name for p in (tmp_path / "embeddings").iterdir() if not p.name.startswith("."))
     assert len(exports) == 2

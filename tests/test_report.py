@@ -241,3 +241,34 @@ def test_export_figures_put_the_controlled_lists_beside_the_uncontrolled(results
     assert "predicted CTR 0.0950" in line and "x0.950" in line
     results["export"]["day1"].pop("recommendations_controlled")
     assert "uncontrolled" not in report.stage_figures(results, "export", "day1")
+
+
+def _gnn_only(evaluation: dict, scores_path: Path) -> dict:
+    """``evaluation`` as ``clickgraph evaluate --workers N`` writes it before the trees run
+    there: the GNN's figures alone, its scores file without the trees' columns."""
+    out = copy.deepcopy(evaluation)
+    for key in ("auc", "auc_cold", "auc_warm"):
+        out[key] = {"gnn": out[key]["gnn"]}
+    for bucket in out["auc_by_past_interactions"]:
+        bucket["auc"] = {"gnn": bucket["auc"]["gnn"]}
+    out["models_scored"] = ["gnn"]
+    out["not_scored"] = {"baseline": "trees: one process", "baseline_plus_embeddings": "as baseline"}
+    table = pq.read_table(out["scores"]).drop_columns(["baseline", "baseline_plus_embeddings"])
+    pq.write_table(table, scores_path)
+    out["scores"] = str(scores_path)
+    return out
+
+
+def test_a_distributed_evaluation_without_the_trees_renders_them_as_not_scored(results, tmp_path):
+    dist = copy.deepcopy(results)
+    for run in ("day1", "continue"):
+        dist["evaluate"][run] = _gnn_only(dist["evaluate"][run], tmp_path / f"{run}-gnn.parquet")
+    out = tmp_path / "report"
+    report.write_report(dist, str(out))
+    page = _page(out)
+    assert {"roc.png", "auc_by_past_interactions.png"} <= _linked_images(page)
+    assert page.count("not scored") >= 4  # two tree models x two distributed runs
+    line = report.stage_figures(dist, "evaluate", "day1")
+    assert "0.7400 / not scored / not scored" in line
+    # the one-process run (retrain) still shows the trees
+    assert "not scored" not in report.stage_figures(dist, "evaluate", "retrain")

@@ -5,7 +5,8 @@ The run (``docs/pipeline.md``):
 1. generate ``generate.num_days`` days of logs;
 2. build the graph store from all days but the last, partition it into
    ``resources.workers`` shards, train (Ray Train; one worker: in this process), evaluate on the
-   test window and export embeddings;
+   test window and export embeddings (with more than one worker the export runs on as many
+   workers over the same shards, :mod:`trainer.dist_inference`);
 3. "one more day": add the last day to the store incrementally, place its new nodes into
    the existing shards, continue training from the day-1 checkpoint on the events after
    it, evaluate, export (the export reports the embedding drift against day 1's);
@@ -260,6 +261,19 @@ def _train(cfg: Config, continue_run: bool, log: Callable[[str], None]) -> dict[
     return train_distributed(cfg, continue_run=continue_run, log=log)
 
 
+def _export(cfg: Config, checkpoint: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """One export as of the end of the store's last day: in this process for one worker,
+    else on the training's workers, one per shard (:func:`trainer.dist_inference.
+    export_distributed`: no process holds the whole graph); the manifest either way."""
+    if cfg.resources.workers == 1:
+        from trainer.export import run_export
+
+        return run_export(cfg, checkpoint=checkpoint, log=log)
+    from trainer.dist_inference import export_distributed
+
+    return export_distributed(cfg, cfg.resources.workers, checkpoint=checkpoint, log=log)
+
+
 def run_pipeline(cfg: Config, log: Callable[[str], None] = print,
                  retrain_baseline: bool = RETRAIN_BY_DEFAULT, fresh: bool = False,
                  stage_logs: bool = True) -> dict[str, Any]:
@@ -450,7 +464,6 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
     from spark_jobs import build_graph, generate_logs, partition
     from trainer import checkpoint as ckpt
     from trainer.evaluate import run_evaluation
-    from trainer.export import run_export
 
     eval_root = cfg.paths.stage("eval")
     # ---- the first days
@@ -472,7 +485,7 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
         results["evaluate"]["day1"] = run_evaluation(
             cfg, checkpoint=day1_checkpoint, out_url=fs.join(eval_root, first[-1]), log=log)
     with progress.stage("export", "day1"):
-        results["export"]["day1"] = run_export(cfg, checkpoint=day1_checkpoint, log=log)
+        results["export"]["day1"] = _export(cfg, day1_checkpoint, log)
 
     # ---- one more day
     with progress.stage("build-graph", "day2", spark):
@@ -488,7 +501,7 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
         results["evaluate"]["continue"] = run_evaluation(
             cfg, checkpoint=continued, out_url=fs.join(eval_root, added), log=log)
     with progress.stage("export", "continue"):
-        results["export"]["continue"] = run_export(cfg, checkpoint=continued, log=log)
+        results["export"]["continue"] = _export(cfg, continued, log)
 
     if not retrain:
         return

@@ -72,6 +72,23 @@ def _get(data: Any, *keys: Any) -> Any:
     return data
 
 
+def scored(evaluation: dict[str, Any] | None, model: str) -> bool:
+    """Whether ``evaluation`` scored ``model``: a distributed evaluation names the models
+    it scored (``models_scored``) and leaves the others out; an evaluation that names
+    none scored all of :data:`MODELS`."""
+    named = _get(evaluation, "models_scored")
+    return model in named if isinstance(named, list) else True
+
+
+def model_figure(evaluation: dict[str, Any] | None, model: str, *keys: Any,
+                 spec: str = ".4f") -> str:
+    """``evaluation[key1][model][key2]...`` formatted (:func:`fmt`), or ``not scored`` for
+    a model the evaluation did not score."""
+    if not scored(evaluation, model):
+        return "not scored"
+    return fmt(_get(evaluation, keys[0], model, *keys[1:]), spec)
+
+
 def _gap(evaluation: dict[str, Any] | None, model: str = "gnn") -> float | None:
     """Warm minus cold test AUC of ``model`` (positive: cold-start users score worse)."""
     warm, cold = _get(evaluation, "auc_warm", model), _get(evaluation, "auc_cold", model)
@@ -136,7 +153,7 @@ def stage_figures(results: dict[str, Any], stage: str, run: str | None) -> str:
         ev = _get(results, "evaluate", run)
         if not ev:
             return ""
-        aucs = " / ".join(fmt(_get(ev, "auc", m)) for m in MODELS)
+        aucs = " / ".join(model_figure(ev, m, "auc") for m in MODELS)
         return (f"test AUC GNN / GBDT / GBDT+emb {aucs}; cold/warm gap (GNN) "
                 f"{fmt(_gap(ev), '+.4f')}; {fmt(ev.get('events'), ',')} events "
                 f"({fmt(ev.get('cold_events'), ',')} cold)")
@@ -221,13 +238,16 @@ def _save(figure, folder: str, name: str) -> str:
 
 
 def _read_scores(url: str):
-    """The scores table of one evaluation (label and the three models' scores)."""
+    """The scores table of one evaluation: the label and the scores of those of
+    :data:`MODELS` it holds (a distributed evaluation scores the GNN alone)."""
     import pyarrow.parquet as pq
 
     if not fs.exists(url):
         raise _Missing(f"scores file {url} does not exist")
     filesystem, path = fs.filesystem(url)
-    table = pq.read_table(path, filesystem=filesystem, columns=["label", *MODELS])
+    names = pq.read_schema(path, filesystem=filesystem).names
+    table = pq.read_table(path, filesystem=filesystem,
+                          columns=["label", *(m for m in MODELS if m in names)])
     return table.to_pandas()
 
 
@@ -256,7 +276,7 @@ def plot_roc(results: dict[str, Any], folder: str) -> tuple[str, str]:
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (run, ev, scores) in zip(axes, panels):
         labels = scores["label"].to_numpy()
-        for model in MODELS:
+        for model in (m for m in MODELS if m in scores.columns):
             values = scores[model].to_numpy(dtype=float)
             keep = ~np.isnan(values)
             if len(np.unique(labels[keep])) < 2:
@@ -289,6 +309,8 @@ def plot_auc_by_past_interactions(results: dict[str, Any], folder: str) -> tuple
         x = np.arange(len(buckets))
         width = 0.8 / len(MODELS)
         for i, model in enumerate(MODELS):
+            if not scored(results["evaluate"][run], model):
+                continue
             values = [_get(b, "auc", model) for b in buckets]
             heights = [np.nan if v is None else v for v in values]
             ax.bar(x + (i - 1) * width, heights, width, color=MODEL_COLORS[model],
@@ -477,6 +499,9 @@ def _model_table(results: dict[str, Any]) -> str:
         if not ev:
             continue
         for model in MODELS:
+            if not scored(ev, model):
+                rows.append([RUN_LABELS[run], MODEL_LABELS[model], "not scored", "", "", ""])
+                continue
             rows.append([RUN_LABELS[run], MODEL_LABELS[model], fmt(_get(ev, "auc", model)),
                          fmt(_get(ev, "auc_cold", model)), fmt(_get(ev, "auc_warm", model)),
                          fmt(_gap(ev, model), "+.4f")])
