@@ -127,6 +127,24 @@ def test_export_runs_on_the_training_workers_when_there_are_several(tmp_path, mo
     assert calls == [("one process", 1, "ckpt"), ("workers", 2, "ckpt"), ("workers", 3, "ckpt")]
 
 
+def test_evaluation_runs_on_the_training_workers_when_there_are_several(tmp_path, monkeypatch):
+    import trainer.dist_inference as dist_inference
+    import trainer.evaluate as evaluate
+
+    calls = []
+    monkeypatch.setattr(evaluate, "run_evaluation",
+                        lambda cfg, checkpoint=None, out_url=None, log=print:
+                        calls.append(("one process", cfg.resources.workers, checkpoint, out_url))
+                        or {})
+    monkeypatch.setattr(dist_inference, "evaluate_distributed",
+                        lambda cfg, workers, checkpoint=None, out_url=None, log=print:
+                        calls.append(("workers", workers, checkpoint, out_url)) or {})
+    for workers in (1, 2):
+        cfg = load_config(None, tiny_overrides(tmp_path) + [f"resources.workers={workers}"])
+        pipeline._evaluate(cfg, "ckpt", "eval/x", log=lambda *_: None)
+    assert calls == [("one process", 1, "ckpt", "eval/x"), ("workers", 2, "ckpt", "eval/x")]
+
+
 def test_peak_memory_counts_child_processes():
     probe = pipeline.PeakMemory(interval_s=0.05)
     with probe:
@@ -197,10 +215,15 @@ def test_whole_pipeline_on_a_tiny_dataset(tmp_path):
         assert (tmp_path / "eval" / folder / "evaluation.json").exists()
         scores = pq.read_table(tmp_path / "eval" / folder / "scores.parquet")
         assert scores.num_rows == evaluation["events"] > 0
+        # on the 2 training workers: the GNN's figures, the trees where they run there too
+        assert evaluation["workers"] == 2 and len(evaluation["peak_rss_bytes"]) == 2
         # labels aligned with scores: the trees find the data's signal (0.58-0.67 on this
         # data); a model whose output ignores its input scores 0.5 exactly
-        assert evaluation["auc"]["baseline"] >= 0.55, evaluation["auc"]
-        assert evaluation["auc"]["baseline_plus_embeddings"] >= 0.55, evaluation["auc"]
+        for model in ("baseline", "baseline_plus_embeddings"):
+            if model in evaluation.get("models_scored", [model]):
+                assert evaluation["auc"][model] >= 0.55, evaluation["auc"]
+            else:
+                assert model in evaluation["not_scored"]
         # the GNN's AUC on this 5-day store is not a contract (0.51 with the identity and
         # history model, 0.49-0.53 before): model quality is benchmarks/model_quality.py's
         assert 0.0 < evaluation["auc"]["gnn"] < 1.0, evaluation["auc"]

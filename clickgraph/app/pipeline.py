@@ -5,8 +5,8 @@ The run (``docs/pipeline.md``):
 1. generate ``generate.num_days`` days of logs;
 2. build the graph store from all days but the last, partition it into
    ``resources.workers`` shards, train (Ray Train; one worker: in this process), evaluate on the
-   test window and export embeddings (with more than one worker the export runs on as many
-   workers over the same shards, :mod:`trainer.dist_inference`);
+   test window and export embeddings (with more than one worker evaluation and export run
+   on as many workers over the same shards, :mod:`trainer.dist_inference`);
 3. "one more day": add the last day to the store incrementally, place its new nodes into
    the existing shards, continue training from the day-1 checkpoint on the events after
    it, evaluate, export (the export reports the embedding drift against day 1's);
@@ -261,6 +261,22 @@ def _train(cfg: Config, continue_run: bool, log: Callable[[str], None]) -> dict[
     return train_distributed(cfg, continue_run=continue_run, log=log)
 
 
+def _evaluate(cfg: Config, checkpoint: str, out_url: str, log: Callable[[str], None]
+              ) -> dict[str, Any]:
+    """One evaluation on the test window: in this process for one worker (the GNN and the
+    tree baselines), else on the training's workers, one per shard (:func:`trainer.
+    dist_inference.evaluate_distributed`: no process holds the whole graph; the figures it
+    does not compute are named in its ``not_scored``)."""
+    if cfg.resources.workers == 1:
+        from trainer.evaluate import run_evaluation
+
+        return run_evaluation(cfg, checkpoint=checkpoint, out_url=out_url, log=log)
+    from trainer.dist_inference import evaluate_distributed
+
+    return evaluate_distributed(cfg, cfg.resources.workers, checkpoint=checkpoint,
+                                out_url=out_url, log=log)
+
+
 def _export(cfg: Config, checkpoint: str, log: Callable[[str], None]) -> dict[str, Any]:
     """One export as of the end of the store's last day: in this process for one worker,
     else on the training's workers, one per shard (:func:`trainer.dist_inference.
@@ -463,7 +479,6 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
     """Every step before the report, filling ``results``."""
     from spark_jobs import build_graph, generate_logs, partition
     from trainer import checkpoint as ckpt
-    from trainer.evaluate import run_evaluation
 
     eval_root = cfg.paths.stage("eval")
     # ---- the first days
@@ -482,8 +497,8 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
         results["train"]["day1"] = _train(cfg, continue_run=False, log=log)
     day1_checkpoint = results["train"]["day1"]["checkpoint"]
     with progress.stage("evaluate", "day1"):
-        results["evaluate"]["day1"] = run_evaluation(
-            cfg, checkpoint=day1_checkpoint, out_url=fs.join(eval_root, first[-1]), log=log)
+        results["evaluate"]["day1"] = _evaluate(cfg, day1_checkpoint,
+                                                fs.join(eval_root, first[-1]), log)
     with progress.stage("export", "day1"):
         results["export"]["day1"] = _export(cfg, day1_checkpoint, log)
 
@@ -498,8 +513,8 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
         results["train"]["continue"] = _train(cfg, continue_run=True, log=log)
     continued = results["train"]["continue"]["checkpoint"]
     with progress.stage("evaluate", "continue"):
-        results["evaluate"]["continue"] = run_evaluation(
-            cfg, checkpoint=continued, out_url=fs.join(eval_root, added), log=log)
+        results["evaluate"]["continue"] = _evaluate(cfg, continued, fs.join(eval_root, added),
+                                                    log)
     with progress.stage("export", "continue"):
         results["export"]["continue"] = _export(cfg, continued, log)
 
@@ -512,6 +527,6 @@ def _stages(cfg: Config, spark: LazySpark, progress: Progress, results: dict[str
         # the continued model stays the one a later --continue carries on from
         ckpt.write_latest(cfg.paths.stage("train"), continued, ckpt.read_meta(continued))
     with progress.stage("evaluate", "retrain"):
-        results["evaluate"]["retrain"] = run_evaluation(
-            cfg, checkpoint=results["train"]["retrain"]["checkpoint"],
-            out_url=fs.join(eval_root, f"{added}-retrain"), log=log)
+        results["evaluate"]["retrain"] = _evaluate(
+            cfg, results["train"]["retrain"]["checkpoint"],
+            fs.join(eval_root, f"{added}-retrain"), log)
