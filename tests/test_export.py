@@ -321,3 +321,40 @@ def test_recommendation_controls_agree_with_the_lists(trained_run, default_expor
     # the controls choose from the user's best rerank_candidates, the best one first
     assert listed[0] == ranked[0]
     assert set(listed) <= set(ranked[:cfg.evaluate.rerank_candidates])
+
+
+def test_the_one_hop_pair_context_gives_the_full_samples_summaries(trained_run):
+    """The recommendation controls' context samples one hop and skips message passing:
+    the history attention reads only the seeds' hop-1 edges and initial states, so the
+    summaries equal those of the full (2-hop) sample with message passing."""
+    from trainer.export import day_end
+    from trainer.inference import PairContext
+
+    cfg, _ = trained_run
+    model = model_on_days(cfg, None)
+    engine = model.engine
+    cutoff = day_end(sorted(engine.data.days)[-1])
+    users, contents = torch.arange(12), torch.arange(30)
+    one_hop = PairContext(model, users, contents, cutoff)
+    assert all(len(n) == 1 for n in one_hop.batch.num_sampled_edges.values())
+    at = {t: torch.full((n.numel(),), cutoff, dtype=torch.int64)
+          for t, n in (("user", users), ("content", contents))}
+    full = engine.sampler.sample({"user": (users, at["user"]), "content": (contents, at["content"])},
+                                 generator=torch.Generator().manual_seed(0))
+    assert engine.sampler.num_hops == 2 and sum(map(sum, full.num_sampled_edges.values())) > \
+        sum(map(sum, one_hop.batch.num_sampled_edges.values()))
+    two_hop = PairContext.of_sample(engine.model, full, engine.features)
+    _, initial, codes = engine.model.states(two_hop.batch, engine.features)  # message passing
+    user_index = torch.arange(12).repeat_interleave(30)
+    content_index = torch.arange(30).repeat(12)
+    generator = torch.Generator().manual_seed(3)
+    u = torch.randn(user_index.numel(), engine.model.cfg.hidden_dim, generator=generator)
+    c = torch.randn(user_index.numel(), engine.model.cfg.hidden_dim, generator=generator)
+    with torch.no_grad():
+        ours = one_hop.summaries(u, c, user_index, content_index)
+        theirs = engine.model.summaries(u, c, two_hop.batch.seed_local["user"][user_index],
+                                        two_hop.batch.seed_local["content"][content_index],
+                                        two_hop.batch, initial, codes)
+    assert len(ours) == 2 and any(float(s.abs().sum()) > 0 for s in ours)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

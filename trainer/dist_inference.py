@@ -83,7 +83,7 @@ from trainer.export import (
     recommendations_table,
     write_parquet,
 )
-from trainer.inference import PairContext
+from trainer.inference import CONTEXT_HOPS, PairContext
 from trainer.model import ClickGNN
 from trainer.ray_launch import absolute
 from trainer.scoring import chunked_scores, chunked_states
@@ -603,7 +603,7 @@ def dist_pair_context(worker: InferenceWorker, users: Tensor, contents: Tensor, 
           for t, n in (("user", users), ("content", contents))}
     batch = sampler.sample({"user": (users.to(torch.int64), at["user"]),
                             "content": (contents.to(torch.int64), at["content"])},
-                           generator=torch.Generator().manual_seed(seed))
+                           generator=torch.Generator().manual_seed(seed), hops=CONTEXT_HOPS)
     model_batch, features = model_inputs(batch, sampler.fetch_features(batch),
                                          worker.shard.num_nodes)
     if users.numel() + contents.numel() == 0:

@@ -113,6 +113,7 @@ from trainer.sampling_core import (
     Frontier,
     check_generator,
     check_strategy,
+    first_hops,
     normalise_fanouts,
     sample_hops,
     sampling_weights,
@@ -409,9 +410,11 @@ class DistTemporalSampler:
 
     # ----------------------------------------------------------------------- sampling
 
-    def sample(self, seeds: Seeds, generator: torch.Generator | None = None
-               ) -> SampledSubgraph:
-        """Samples the temporal neighbourhood of this rank's seeds (collective).
+    def sample(self, seeds: Seeds, generator: torch.Generator | None = None,
+               hops: int | None = None) -> SampledSubgraph:
+        """Samples the temporal neighbourhood of this rank's seeds (collective; every
+        rank passes the same ``hops``: only the first ``hops`` hops, default all, as for
+        :meth:`trainer.sampler.TemporalNeighborSampler.sample`).
 
         Args:
             seeds: Node type -> ``(node_ids, seed_time)``, int64 ``[B]`` CPU tensors,
@@ -424,7 +427,8 @@ class DistTemporalSampler:
         """
         check_generator(self.strategy, generator)
         return sample_hops(
-            seeds, self.shard.num_nodes, self.shard.csr, self.fanouts, torch.device("cpu"),
+            seeds, self.shard.num_nodes, self.shard.csr, first_hops(self.fanouts, hops),
+            torch.device("cpu"),
             partial(self._draw_hop, generator=generator))
 
     def _draw_hop(self, hop: int, frontier: dict[str, Frontier], root_time: Tensor,

@@ -230,9 +230,8 @@ class ClickGNN(nn.Module):
             message passing (the first rows of each type are the seeds') and before it;
             edge type -> ``[edges, time_dim]``.
         """
-        x = {t: self.encoders[t](features[t], batch.node[t], batch.node_time[t]) for t in batch.node}
+        x, time_codes = self.initial_states(batch, features)
         initial = x
-        time_codes = {et: self.time(batch.edge_delta_t[et]) for et in batch.edge_index}
         num_layers = len(self.layers)
         for index, (layer, self_loop, norm) in enumerate(zip(self.layers, self.self_loops, self.norms,
                                                             strict=True)):
@@ -250,6 +249,13 @@ class ClickGNN(nn.Module):
                     batch.edge_weight[et][:n_edges])
             x = {t: self.dropout(torch.relu(norm[t](h))) for t, h in out.items()}
         return x, initial, time_codes
+
+    def initial_states(self, batch: SampledSubgraph, features: dict[str, NodeFeatures]
+                       ) -> tuple[dict[str, Tensor], dict[EdgeType, Tensor]]:
+        """The rows' states before message passing (attributes, identity, seed time) and
+        the edges' age codes: all that :meth:`summaries` reads of a sample."""
+        x = {t: self.encoders[t](features[t], batch.node[t], batch.node_time[t]) for t in batch.node}
+        return x, {et: self.time(batch.edge_delta_t[et]) for et in batch.edge_index}
 
     def summaries(self, user: Tensor, content: Tensor, user_rows: Tensor, content_rows: Tensor,
                   batch: SampledSubgraph, initial: dict[str, Tensor],

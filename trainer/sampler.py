@@ -91,6 +91,7 @@ from trainer.sampling_core import (
     check_generator,
     check_strategy,
     expands,
+    first_hops,
     normalise_fanouts,
     sample_hops,
     sampling_weights,
@@ -361,8 +362,8 @@ class TemporalNeighborSampler:
         self._search = {edge_type: VisibleEdgeSearch.build(csr, time_search)
                         for edge_type, csr in graph.csr.items()}
 
-    def sample(self, seeds: Seeds, generator: torch.Generator | None = None
-               ) -> SampledSubgraph:
+    def sample(self, seeds: Seeds, generator: torch.Generator | None = None,
+               hops: int | None = None) -> SampledSubgraph:
         """Samples the temporal neighbourhood of a batch of seeds.
 
         Args:
@@ -370,14 +371,16 @@ class TemporalNeighborSampler:
                 graph's device; seed_time in seconds since epoch.
             generator: Random source for ``"uniform"`` (required there); best on the
                 graph's device, otherwise draws are copied over.
+            hops: Sample only the first ``hops`` hops (default: all); those hops are
+                drawn as in a full sample (same edges, same random stream).
 
         Returns:
             The sampled subgraph.
         """
         check_generator(self.strategy, generator)
         return sample_hops(
-            seeds, self.graph.num_nodes, self.graph.csr, self.fanouts, self.graph.device,
-            partial(self._draw_hop, generator=generator))
+            seeds, self.graph.num_nodes, self.graph.csr, first_hops(self.fanouts, hops),
+            self.graph.device, partial(self._draw_hop, generator=generator))
 
     def _draw_hop(self, hop: int, frontier: dict[str, Frontier], root_time: Tensor,
                   generator: torch.Generator | None) -> dict[EdgeType, DrawnEdges]:

@@ -214,6 +214,20 @@ def check_seeds(seeds: Seeds, num_nodes: Mapping[str, int], device: torch.device
             raise ValueError(f"seeds[{node_type!r}] node ids out of range")
 
 
+def first_hops(fanouts: dict[EdgeType, tuple[int, ...]], hops: int | None
+               ) -> dict[EdgeType, tuple[int, ...]]:
+    """``fanouts`` (normalised) cut to their first ``hops`` hops; all of them for ``None``.
+
+    Raises:
+        ValueError: ``hops`` is below 1.
+    """
+    if hops is None:
+        return fanouts
+    if hops < 1:
+        raise ValueError(f"hops must be at least 1, got {hops}")
+    return {edge_type: per_hop[:hops] for edge_type, per_hop in fanouts.items()}
+
+
 def normalise_fanouts(fanouts: Fanouts, edge_types: list[EdgeType]
                       ) -> dict[EdgeType, tuple[int, ...]]:
     """Expands ``fanouts`` to one tuple per relation and checks it.
