@@ -106,11 +106,16 @@ def test_auc(model, cfg) -> float | None:
 
 
 # diversity settings swept on every run's candidates: (method, mmr_lambda, category_cap,
-# candidates; None: all of evaluate.rerank_candidates)
-SWEEP = [*[("mmr", lam, 0, None) for lam in (1.0, 0.7, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)],
-         ("none", 1.0, 1, None), ("none", 1.0, 2, None), ("mmr", 0.5, 2, None), ("mmr", 0.4, 2, None),
-         ("mmr", 0.35, 1, None), *[("mmr", lam, 0, 100) for lam in (0.4, 0.35, 0.3, 0.25)],
-         *[("mmr", lam, 0, pool) for lam in (1.0, 0.3) for pool in (500, 1000)]]
+# candidates; None: all of evaluate.rerank_candidates, max_item_share: 0 = no item cap)
+SWEEP = [*[("mmr", lam, 0, None, 0.0) for lam in (1.0, 0.7, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)],
+         ("none", 1.0, 1, None, 0.0), ("none", 1.0, 2, None, 0.0), ("mmr", 0.5, 2, None, 0.0),
+         ("mmr", 0.4, 2, None, 0.0), ("mmr", 0.35, 1, None, 0.0),
+         *[("mmr", lam, 0, 100, 0.0) for lam in (0.4, 0.35, 0.3, 0.25)],
+         *[("mmr", lam, 0, pool, 0.0) for lam in (1.0, 0.3) for pool in (500, 1000)],
+         # the item cap across lists: coverage 0.10 of a 3,000-item catalogue needs >= 300
+         # distinct items in 500 lists of 20, so no item in more than 1/30 of the lists
+         *[(method, lam, 0, pool, share) for method, lam in (("none", 1.0), ("mmr", 0.3))
+           for pool in (200, 500, 1000) for share in (0.1, 0.066, 0.05, 0.03)]]
 # candidates saved per user in controls.pt: more than evaluate.rerank_candidates, so that
 # controls over larger pools can be measured again without the model (--controls-only)
 SAVED_CANDIDATES = 1000
@@ -165,14 +170,16 @@ def diversity_sweep(inputs: dict[str, Any], ev, grid=SWEEP) -> list[dict[str, An
     ``mmr_lambda``, ``category_cap``, candidates: ``None`` for ``evaluate.rerank_candidates``,
     else the best that many of the saved ones), on one run's candidates."""
     out = []
-    for method, mmr_lambda, cap, pool in grid:
+    for method, mmr_lambda, cap, pool, share in grid:
         setting = dataclasses.replace(ev, diversity=dataclasses.replace(
-            ev.diversity, method=method, mmr_lambda=mmr_lambda, category_cap=cap))
+            ev.diversity, method=method, mmr_lambda=mmr_lambda, category_cap=cap,
+            max_item_share=share))
         pool = min(pool or ev.rerank_candidates, int(inputs["content"].shape[1]))
         setting = dataclasses.replace(setting, rerank_candidates=pool)
         plain, m = controls_at(inputs, setting)
         out.append({"method": method, "mmr_lambda": mmr_lambda, "category_cap": cap,
-                    "candidates": pool, "coverage": m["coverage"],
+                    "max_item_share": share, "candidates": pool, "coverage": m["coverage"],
+                    "relaxed_slots": m["relaxed_slots"],
                     "intra_list_diversity": m["intra_list_diversity"],
                     "catalogue_diversity": m["catalogue_diversity"],
                     "category_diversity": m["category_diversity"],

@@ -408,11 +408,14 @@ class DiversityConfig:
     ``mmr_lambda: 1`` is the plain top-k; the default 0.3 is measured in
     docs/experiments/video-weight.md. ``category_cap``: at most this many
     items of one category per list (0 = no cap); it applies with either method.
+    ``max_item_share``: no item in more than this share of the lists built together
+    (0 = no cap), the one control that acts across lists.
     """
 
     method: Literal["none", "mmr"] = "mmr"
     mmr_lambda: float = 0.3
     category_cap: int = 0
+    max_item_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -686,6 +689,8 @@ def _validate_values(cfg: Config) -> None:
         raise ConfigError(f"{src}: key 'evaluate.diversity.mmr_lambda' must be within [0, 1]")
     if e.diversity.category_cap < 0:
         raise ConfigError(f"{src}: key 'evaluate.diversity.category_cap' must be >= 0")
+    if not 0.0 <= e.diversity.max_item_share <= 1.0:
+        raise ConfigError(f"{src}: key 'evaluate.diversity.max_item_share' must be within [0, 1]")
     if e.rerank_candidates < e.top_k:
         raise ConfigError(f"{src}: key 'evaluate.rerank_candidates' must be >= evaluate.top_k")
     if e.gbdt_max_leaf_nodes < 2 or not 0 < e.gbdt_learning_rate <= 1:
