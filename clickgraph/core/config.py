@@ -385,8 +385,9 @@ class ResourceConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = 1
     # batches prepared ahead on a background thread while the current step computes
-    # (trainer/prefetch.py); 0: sampled and computed one after another
-    prefetch_depth: int = 0
+    # (trainer/prefetch.py); 0: sampled and computed one after another. 2: measured in
+    # BENCHMARKS.md ("The pipelined loop")
+    prefetch_depth: int = 2
     checkpoint_url: str | None = None  # null: <paths.train>/checkpoints
     checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
     max_failures: int = 1              # worker failures Ray Train recovers from per run
