@@ -577,7 +577,9 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
                           log=None, hooks=hooks, resume=resume, device=device,
                           hot_cache=plan.hot_cache, threads=plan.cfg.resources.threads_per_worker,
-                          prefetch_depth=plan.cfg.resources.prefetch_depth)
+                          prefetch_depth=plan.cfg.resources.prefetch_depth,
+                          sampler_device=plan.cfg.resources.sampler_device,
+                          sampler_memory_fraction=plan.cfg.resources.sampler_gpu_memory_fraction)
     train_seconds = result.time_split["total"] - hooks.hook_seconds
     events_all = all_reduce_int(result.events_trained, "sum")
     splits = [None] * world_size
