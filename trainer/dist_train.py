@@ -610,6 +610,10 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
         raise ValueError(f"rank {rank}: sampler placement failed: {problem}" if problem
                          else "another rank could not place its sampler (see its error)")
     footprint = sampler.footprint()
+    if log is not None and rank == 0:
+        log(f"  sampler arrays on {placement} ({sampler.device}): "
+            f"{footprint.total_bytes / 2**20:,.1f} MiB, {footprint.bytes_per_edge:.1f} B "
+            "per edge (rank 0)")
     model = build_model(shard, cfg)
     optimizer_state = resume.optimizer
     if resume.model is not None:  # --continue: the graph may have new nodes

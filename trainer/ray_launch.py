@@ -592,6 +592,8 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     metrics = {
         "run": plan.run_id, "workers": world_size, "device": result.device,
         "backend": result.backend, "hot_cache_nodes": result.hot_cache_nodes,
+        "sampler_device": result.sampler_device,
+        "sampler_bytes_per_edge": result.sampler_footprint.get("bytes_per_edge"),
         "val_auc": history[-1]["val_auc"] if history else None,
         "val_auc_per_epoch": [h["val_auc"] for h in history],
         "val_auc_cold": history[-1]["val"]["auc_cold"] if history else None,
