@@ -19,7 +19,7 @@ feature gathers run on the device of those arrays, so placing them places the sa
 
 :func:`choose_sampler_device` is the choice (a pure function of the numbers it is given);
 :func:`sampler_footprint` is what the arrays cost, counted from their dtypes. The
-sampled batches do not depend on the placement (``tests/test_dist_gpu.py``): the
+sampled batches do not depend on the placement (``tests/test_sampler_gpu.py``): the
 ``most_recent`` draw is deterministic, and the uniform draws come from the caller's
 generator, which :func:`trainer.sampler.sample_rows` reads on its own device and copies
 over, so a CPU generator gives the same uniforms on every placement.
