@@ -603,7 +603,7 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
     # Local, so checked together: one rank's impossible placement fails every rank.
     problem = None
     try:
-        placement = place_sampler(sampler, *sampler_setting, device)
+        placement = place_sampler(sampler, sampler_setting[0], device, sampler_setting[1])
     except (ValueError, RuntimeError, torch.cuda.OutOfMemoryError) as error:
         problem = error
     if all_reduce_int(int(problem is None), "min") == 0:
