@@ -396,6 +396,12 @@ class ResourceConfig:
     # replicates (trainer/dist_sampler.build_hot_cache); {} = off (BENCHMARKS.md: it saves
     # 0.3-8 % of the bytes, the sampling responses dominate)
     hot_cache: dict[str, float] = field(default_factory=dict)
+    # where a worker's shard CSR and features live for sampling (trainer/placement.py):
+    # cuda = GPU memory, pinned = page-locked host memory read by the GPU, cpu; auto =
+    # cuda on a GPU worker when they fit in sampler_gpu_memory_fraction of its free
+    # memory, else pinned there, cpu on a CPU worker (docs/training.md: bytes per edge)
+    sampler_device: Literal["auto", "cpu", "cuda", "pinned"] = "cpu"
+    sampler_gpu_memory_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -660,6 +666,13 @@ def _validate_values(cfg: Config) -> None:
     for name in ("checkpoint_every_steps", "max_failures", "prefetch_depth"):
         if getattr(r, name) < 0:
             raise ConfigError(f"{src}: key 'resources.{name}' must be >= 0")
+    if not 0.0 < r.sampler_gpu_memory_fraction <= 1.0:
+        raise ConfigError(f"{src}: key 'resources.sampler_gpu_memory_fraction' must be "
+                          "within (0, 1]")
+    if r.device == "cpu" and r.sampler_device in ("cuda", "pinned"):
+        raise ConfigError(f"{src}: key 'resources.sampler_device' is {r.sampler_device}, "
+                          "which needs workers on GPUs, but resources.device is cpu "
+                          "(use auto or cpu)")
     for node_type, share in r.hot_cache.items():
         if node_type not in GRAPH_NODE_TYPES or not 0.0 <= float(share) <= 1.0:
             raise ConfigError(f"{src}: key 'resources.hot_cache.{node_type}' must be a node type "
