@@ -79,9 +79,9 @@ def test_impossible_placements_are_errors_that_name_the_key():
 # --------------------------------------------------------------------------- the config
 
 
-def test_the_config_defaults_to_auto_and_checks_the_keys(tmp_path):
+def test_the_config_defaults_to_cpu_and_checks_the_keys(tmp_path):
     resources = load_config().resources
-    assert (resources.sampler_device, resources.sampler_gpu_memory_fraction) == ("auto", 0.5)
+    assert (resources.sampler_device, resources.sampler_gpu_memory_fraction) == ("cpu", 0.5)
     assert load_config(overrides=["resources.sampler_device=pinned"]).resources \
         .sampler_device == "pinned"
     with pytest.raises(ConfigError, match=r"resources\.sampler_device.*'gpu' is not one of"):
