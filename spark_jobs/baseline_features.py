@@ -17,8 +17,10 @@ baseline reads them: the number of links, the first link's attributes (the link 
 earliest time, then the smallest id: the in-memory CSR's order), and, per link, the as-of
 impressions and clicks of every content sharing it, averaged over the content's links.
 
-Floats follow the in-memory float32 arithmetic (counts and rates are exact; a mean over
-three or more links and ``log1p`` may differ in the last bit).
+Floats: rates, means, ``log1p`` and ages are computed in doubles and cast to float32 once,
+as the in-memory features are, so both give the same float32 values (a double sum in
+another order could only differ where it rounds to a float32 tie; the trees are sensitive
+to last-bit differences, which move their bin thresholds).
 """
 
 from __future__ import annotations
@@ -198,11 +200,10 @@ def _link_columns(spark: SparkSession, store: GraphStore, vocab: dict, queries: 
 
     counts = as_of_counts(asked.select("row", F.col("linked").alias("node"), "time"),
                           {"shown": expand(shown), "clicked": expand(clicks)})
-    rate = ((F.col("clicked") + PRIOR_CLICKS).cast("float")
-            / (F.col("shown") + PRIOR_SHOWN).cast("float")).cast("float")
+    rate = (F.col("clicked") + PRIOR_CLICKS).cast("double") / (F.col("shown") + PRIOR_SHOWN)
     per_row = counts.groupBy("row").agg(
         F.avg(rate).alias(f"{prefix}_ctr"),
-        F.avg(F.log1p(F.col("shown").cast("float")).cast("float")).alias(f"{prefix}_impressed"))
+        F.avg(F.log1p(F.col("shown").cast("double"))).alias(f"{prefix}_impressed"))
     frame = (queries.select("row", "content")
              .join(per_content, "content", "left").join(first, "content", "left")
              .join(per_row, "row", "left").drop("content"))
@@ -248,7 +249,7 @@ def transform(spark: SparkSession, store: GraphStore, queries: DataFrame,
         if has_created_time(nodes):
             age = F.greatest(F.col("time") - F.col(f"{node_type}_created_s"), F.lit(0))
             columns.append(Column(f"{node_type}_age_days", False,
-                                  age.cast("float") / F.lit(float(SECONDS_PER_DAY))))
+                                  age.cast("double") / F.lit(float(SECONDS_PER_DAY))))
     columns += [Column("position", False, F.col("position")),
                 Column("hour", True, F.expr(f"pmod(time, {SECONDS_PER_DAY}) div 3600")),
                 Column("weekday", True, F.expr(f"pmod(time div {SECONDS_PER_DAY} + 3, 7)"))]

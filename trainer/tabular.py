@@ -85,9 +85,10 @@ def _expand_links(links: TemporalCSR, content: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _row_mean(row: Tensor, values: Tensor, rows: int) -> Tensor:
-    """Mean of ``values`` per ``row`` (NaN for rows with none)."""
-    total = torch.zeros(rows).index_add_(0, row, values)
-    return total / torch.zeros(rows).index_add_(0, row, torch.ones_like(values))
+    """Mean of ``values`` per ``row`` (NaN for rows with none), in ``values``' dtype."""
+    total = torch.zeros(rows, dtype=values.dtype).index_add_(0, row, values)
+    return total / torch.zeros(rows, dtype=values.dtype).index_add_(0, row,
+                                                                    torch.ones_like(values))
 
 
 def link_features(data: GraphData, counts: AsOfCounts, content: Tensor, at: Tensor
@@ -111,10 +112,11 @@ def link_features(data: GraphData, counts: AsOfCounts, content: Tensor, at: Tens
             if is_link_attribute(cardinality, feats.num_nodes):
                 codes = torch.where(first >= 0, feats.categorical[first.clamp(min=0), column], 0)
                 out.append((f"content_{node_type}_attr{column}", codes.to(torch.float32), True))
-        # every event of a content counts for each node it links to
+        # every event of a content counts for each node it links to; rates and means in
+        # float64, cast to float32 once (add()), as the Spark job computes them
         q_row, q_group = _expand_links(links, content)
         shown, clicks = (
-            grouped_count_before(group, ev_time[event_row], q_group, at[q_row]).to(torch.float32)
+            grouped_count_before(group, ev_time[event_row], q_group, at[q_row]).to(torch.float64)
             for event_row, group, ev_time in (
                 (*_expand_links(links, shown_content), shown_time),
                 (*_expand_links(links, click_content), click_time)))
@@ -151,7 +153,8 @@ def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
                 is_native_category(cardinality))
         created = feats.created_time
         if created is not None:
-            add(f"{node_type}_age_days", (at - created[node]).clamp(min=0) / DAY)
+            add(f"{node_type}_age_days",
+                (at - created[node]).clamp(min=0).to(torch.float64) / DAY)
     add("position", imp.position[events], False)
     add("hour", torch.div(at % DAY, 3600, rounding_mode="floor"), True)
     add("weekday", (torch.div(at, DAY, rounding_mode="floor") + 3) % 7, True)  # 0 = Monday
