@@ -106,15 +106,25 @@ def test_auc(model, cfg) -> float | None:
 
 
 # diversity settings swept on every run's candidates: (method, mmr_lambda, category_cap,
-# candidates; None: all of evaluate.rerank_candidates)
-SWEEP = [*[("mmr", lam, 0, None) for lam in (1.0, 0.7, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)],
-         ("none", 1.0, 1, None), ("none", 1.0, 2, None), ("mmr", 0.5, 2, None), ("mmr", 0.4, 2, None),
-         ("mmr", 0.35, 1, None), *[("mmr", lam, 0, 100) for lam in (0.4, 0.35, 0.3, 0.25)]]
+# candidates; None: all of evaluate.rerank_candidates, max_item_share: 0 = no item cap)
+SWEEP = [*[("mmr", lam, 0, None, 0.0) for lam in (1.0, 0.7, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)],
+         ("none", 1.0, 1, None, 0.0), ("none", 1.0, 2, None, 0.0), ("mmr", 0.5, 2, None, 0.0),
+         ("mmr", 0.4, 2, None, 0.0), ("mmr", 0.35, 1, None, 0.0),
+         *[("mmr", lam, 0, 100, 0.0) for lam in (0.4, 0.35, 0.3, 0.25)],
+         *[("mmr", lam, 0, pool, 0.0) for lam in (1.0, 0.3) for pool in (500, 1000)],
+         # the item cap across lists: coverage 0.10 of a 3,000-item catalogue needs >= 300
+         # distinct items in 500 lists of 20, so no item in more than 1/30 of the lists
+         *[(method, lam, 0, pool, share) for method, lam in (("none", 1.0), ("mmr", 0.3))
+           for pool in (200, 500, 1000) for share in (0.1, 0.066, 0.05, 0.03)]]
+# candidates saved per user in controls.pt: more than evaluate.rerank_candidates, so that
+# controls over larger pools can be measured again without the model (--controls-only)
+SAVED_CANDIDATES = 1000
 
 
 def controls_inputs(model, cfg) -> dict[str, Any]:
     """What the controls of one model read, as of the end of the graph's last day: each
-    sampled user's ``evaluate.rerank_candidates`` best items and their scores, the
+    sampled user's best items (``SAVED_CANDIDATES`` or ``evaluate.rerank_candidates``,
+    the larger) and their scores, the
     catalogue's embeddings, content types and categories (the export's steps,
     ``trainer/export.py``, for the sampled users only)."""
     from clickgraph.core.graph_store import open_graph_store, read_table
@@ -130,7 +140,8 @@ def controls_inputs(model, cfg) -> dict[str, Any]:
     user_states = embed(model, "user", users, cutoff, ev.embedding_batch_size, ev.seed)
     content_states = embed(model, "content", content, cutoff, ev.embedding_batch_size, ev.seed)
     candidates = recommend(model, cutoff, users, user_states, content, content_states,
-                           ev.rerank_candidates, ev.recommend_users, ev.seed)
+                           min(max(ev.rerank_candidates, SAVED_CANDIDATES), content.numel()),
+                           ev.recommend_users, ev.seed)
     store = open_graph_store(cfg.paths.stage("graph"))
     content_type = read_table(store.node_url("content")).sort_by("id").column("content_type").to_pylist()
     return {"user": candidates.user, "content": candidates.content, "score": candidates.score,
@@ -139,11 +150,13 @@ def controls_inputs(model, cfg) -> dict[str, Any]:
 
 
 def controls_at(inputs: dict[str, Any], ev) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The figures of the plain top-k and of the lists under ``ev``'s controls."""
+    """The figures of the plain top-k and of the lists under ``ev``'s controls, over each
+    user's best ``ev.rerank_candidates`` saved candidates (all of them when fewer)."""
     from trainer.recommend import Recommendations, apply_controls, control_metrics, head
 
-    candidates = Recommendations(user=inputs["user"], content=inputs["content"],
-                                 score=inputs["score"], cutoff=inputs["cutoff"])
+    pool = ev.rerank_candidates
+    candidates = Recommendations(user=inputs["user"], content=inputs["content"][:, :pool],
+                                 score=inputs["score"][:, :pool], cutoff=inputs["cutoff"])
     args = (inputs["catalogue"], inputs["catalogue_states"], inputs["content_type"],
             inputs["category"])
     plain = control_metrics(head(candidates, ev.top_k), *args)
@@ -154,17 +167,19 @@ def controls_at(inputs: dict[str, Any], ev) -> tuple[dict[str, Any], dict[str, A
 def diversity_sweep(inputs: dict[str, Any], ev, grid=SWEEP) -> list[dict[str, Any]]:
     """Coverage, intra-list diversity (and the catalogue's), video share and predicted CTR
     against the uncontrolled lists, per diversity setting of ``grid`` (method,
-    ``mmr_lambda``, ``category_cap``, candidates: ``None`` for all saved, else the best
-    that many), on one run's candidates."""
+    ``mmr_lambda``, ``category_cap``, candidates: ``None`` for ``evaluate.rerank_candidates``,
+    else the best that many of the saved ones), on one run's candidates."""
     out = []
-    for method, mmr_lambda, cap, pool in grid:
+    for method, mmr_lambda, cap, pool, share in grid:
         setting = dataclasses.replace(ev, diversity=dataclasses.replace(
-            ev.diversity, method=method, mmr_lambda=mmr_lambda, category_cap=cap))
-        pool = pool or int(inputs["content"].shape[1])
-        part = {**inputs, "content": inputs["content"][:, :pool], "score": inputs["score"][:, :pool]}
-        plain, m = controls_at(part, setting)
+            ev.diversity, method=method, mmr_lambda=mmr_lambda, category_cap=cap,
+            max_item_share=share))
+        pool = min(pool or ev.rerank_candidates, int(inputs["content"].shape[1]))
+        setting = dataclasses.replace(setting, rerank_candidates=pool)
+        plain, m = controls_at(inputs, setting)
         out.append({"method": method, "mmr_lambda": mmr_lambda, "category_cap": cap,
-                    "candidates": pool, "coverage": m["coverage"],
+                    "max_item_share": share, "candidates": pool, "coverage": m["coverage"],
+                    "relaxed_slots": m["relaxed_slots"],
                     "intra_list_diversity": m["intra_list_diversity"],
                     "catalogue_diversity": m["catalogue_diversity"],
                     "category_diversity": m["category_diversity"],

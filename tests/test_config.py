@@ -132,3 +132,9 @@ def test_every_yaml_under_conf_and_k8s_parses():
         assert docs, path
     for path in REPO.glob("conf/*.yaml"):
         load_config(path)  # every shipped config is also valid
+
+
+def test_item_share_of_the_diversity_control_is_a_share(tmp_path):
+    body = MINIMAL + "evaluate:\n  diversity:\n    max_item_share: 1.5\n"
+    with pytest.raises(ConfigError, match=r"evaluate\.diversity\.max_item_share"):
+        load_config(write(tmp_path, body))

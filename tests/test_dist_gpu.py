@@ -2,9 +2,11 @@
 CUDA).
 
 One rank over one part, so it needs a single GPU: an NCCL group, the model and batches on
-``cuda:0``, the sampler and shard on the CPU, every exchange going through the GPU. With
-dropout off, the first step's loss (same parameters, same batch: the draws are on the CPU)
-must equal a gloo run's on the CPU up to float rounding.
+``cuda:0``, every exchange going through the GPU, and the sampler and shard on the CPU
+(``sampler_device="cpu"``), in GPU memory (``cuda``) or in pinned host memory read by the
+GPU (``pinned``). With dropout off, the losses (same parameters, same batches: the random
+generator is the CPU's on every placement) must equal a gloo run's on the CPU up to float
+rounding.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def _run(backend: str):
+def _run(backend: str, sampler_device: str = "cpu"):
     from trainer.dist_train import owned_impressions, train_worker
     from trainer.distributed import find_free_port
 
@@ -34,7 +36,7 @@ def _run(backend: str):
     return train_worker(0, 1, shard, cfg, owned_impressions(impressions, shard),
                         content_created, master_addr="127.0.0.1",
                         master_port=find_free_port(), backend=backend,
-                        hot_cache={"content": 0.5})
+                        hot_cache={"content": 0.5}, sampler_device=sampler_device)
 
 
 def test_one_rank_trains_on_cuda_over_nccl_like_on_the_cpu_over_gloo():
@@ -49,3 +51,19 @@ def test_one_rank_trains_on_cuda_over_nccl_like_on_the_cpu_over_gloo():
     assert gpu.model_state.keys() == cpu.model_state.keys()
     assert all(value.device.type == "cpu" for value in gpu.model_state.values())
     assert gpu.bytes["gradient_allreduce_bytes"] > 0
+
+
+@pytest.mark.parametrize("sampler_device", ["cuda", "pinned", "auto"])
+def test_sampling_on_the_gpu_trains_like_sampling_on_the_cpu(sampler_device):
+    cpu = _run("gloo")
+    gpu = _run("nccl", sampler_device)
+    # auto: this small shard fits in half of any GPU's free memory.
+    assert gpu.sampler_device == ("cuda" if sampler_device == "auto" else sampler_device)
+    assert gpu.device == "cuda:0" and cpu.sampler_device == "cpu"
+    assert len(gpu.losses) == len(cpu.losses) > 1
+    assert gpu.losses[0] == pytest.approx(cpu.losses[0], rel=1e-4, abs=1e-6)
+    # Later steps: the same batches, parameters apart only by float rounding.
+    assert gpu.losses == pytest.approx(cpu.losses, rel=1e-3, abs=1e-5)
+    assert gpu.events_trained == cpu.events_trained
+    assert gpu.sampler_footprint == cpu.sampler_footprint
+    assert gpu.sampler_footprint["bytes_per_edge"] > 24

@@ -39,7 +39,8 @@ def sharded(trained_run, spark, tmp_path_factory):
         # One seed per sampler call: seeds sharing a root time in one call share their
         # (node, time) rows, so a node's tree depends on which seeds it was batched with
         # (docs/evaluation.md), and the workers' batches are not the one process's.
-        "train.eval_batch_size=1", "evaluate.embedding_batch_size=1"]
+        "train.eval_batch_size=1", "evaluate.embedding_batch_size=1",
+        "evaluate.max_fit_events=600"]
     sharded_cfg = load_config(None, overrides)
     partition.run(spark, sharded_cfg, log=quiet)
     return sharded_cfg, out
@@ -63,16 +64,25 @@ def _plan(cfg, **changes):
     return dataclasses.replace(plan_inference(cfg, 2), **changes)
 
 
-def test_distributed_evaluation_equals_the_one_process_one(sharded):
-    from clickgraph.core.config import replace
-    from trainer.evaluate import run_evaluation
+def _spark_features(spark):
+    """The app's :data:`~trainer.dist_inference.BaselineFeatures`: the Spark job."""
+    from spark_jobs.baseline_features import features_of
+
+    return lambda url, vocab, imp: features_of(spark, url, vocab, imp.user.numpy(),
+                                               imp.content.numpy(), imp.time.numpy(),
+                                               imp.position.numpy())
+
+
+def test_distributed_evaluation_equals_the_one_process_one(sharded, spark):
+    from trainer.dist_inference import tree_features
+    from trainer.evaluate import MODELS, run_evaluation
     from trainer.local import roc_auc
 
     cfg, out = sharded
-    # (the trees' embedding features, one process only, need not be one per call)
-    single = run_evaluation(replace(cfg, "evaluate", embedding_batch_size=4096),
-                            out_url=str(out / "eval1"), log=quiet)
-    results = run_ranks(_evaluate, _plan(cfg, out_url=str(out / "eval2")), timeout_s=240)
+    single = run_evaluation(cfg, out_url=str(out / "eval1"), log=quiet)
+    plan = _plan(cfg, out_url=str(out / "eval2"))
+    plan = dataclasses.replace(plan, trees=tree_features(plan, _spark_features(spark), quiet))
+    results = run_ranks(_evaluate, plan, timeout_s=400)
     dist_result = results[0]
     assert results[1] is None
     assert len(dist_result["peak_rss_bytes"]) == 2 and min(dist_result["peak_rss_bytes"]) > 0
@@ -92,7 +102,19 @@ def test_distributed_evaluation_equals_the_one_process_one(sharded):
     for key in ("auc_cold", "auc_warm"):
         assert dist_result[key]["gnn"] == pytest.approx(single[key]["gnn"], abs=1e-6)
     assert [d["events"] for d in dist_result["per_day"]] == [d["events"] for d in single["per_day"]]
-    assert dist_result["auc"]["baseline"] is None and "baseline" in dist_result["not_scored"]
+    # the trees: the same features (Spark's as-of counts, the owners' day-start
+    # embeddings) and the same fit sample give the same trees and scores
+    assert "not_scored" not in dist_result
+    assert dist_result["fit_events"] == single["fit_events"] == 600
+    assert dist_result["baseline_features"] == single["baseline_features"]
+    assert dist_result["trees"] == single["trees"]
+    for model in ("baseline", "baseline_plus_embeddings"):
+        np.testing.assert_allclose(two[model], one[model], rtol=0, atol=1e-6, err_msg=model)
+    for key in ("auc", "auc_cold", "auc_warm"):
+        for model in MODELS:
+            assert dist_result[key][model] == pytest.approx(single[key][model], abs=1e-6), \
+                (key, model)
+    assert all(dist_result["auc"][model] is not None for model in MODELS)
     assert fs.read_json(str(out / "eval2" / "evaluation.json"))["auc"] == dist_result["auc"]
 
 
@@ -249,7 +271,8 @@ def test_cli_workers_2_runs_on_ray_workers(sharded, capsys, tmp_path):
     overrides = tiny_overrides(cfg.paths.root) + TINY_TRAIN + [
         f"paths.partitions={out}/partitions", "train.strategy=most_recent",
         "evaluate.max_test_events=400", "train.eval_batch_size=1",
-        "evaluate.embedding_batch_size=1", "ray.num_cpus=2", "tracking.enabled=false"]
+        "evaluate.embedding_batch_size=1", "evaluate.max_fit_events=600", "ray.num_cpus=2",
+        "tracking.enabled=false"]
     args = [a for o in overrides for a in ("--set", o)]
     try:
         assert main(["evaluate", *args, "--workers", "2", "--json",
@@ -262,8 +285,8 @@ def test_cli_workers_2_runs_on_ray_workers(sharded, capsys, tmp_path):
         ray.shutdown()
     assert evaluation["workers"] == 2 and sum(evaluation["events_per_worker"]) == 400
     written = fs.read_json(str(tmp_path / "eval" / "evaluation.json"))
-    assert evaluation["auc"]["gnn"] is not None
-    assert evaluation["auc"]["gnn"] == written["auc"]["gnn"]
+    assert evaluation["auc"]["gnn"] is not None and evaluation["auc"]["baseline"] is not None
+    assert evaluation["auc"] == written["auc"]
     assert manifest["workers"] == 2 and manifest["format_version"] == 2
     assert (tmp_path / "emb" / manifest["cutoff"]["date"] / "_MANIFEST.json").exists()
 

@@ -137,12 +137,13 @@ def test_evaluation_runs_on_the_training_workers_when_there_are_several(tmp_path
                         calls.append(("one process", cfg.resources.workers, checkpoint, out_url))
                         or {})
     monkeypatch.setattr(dist_inference, "evaluate_distributed",
-                        lambda cfg, workers, checkpoint=None, out_url=None, log=print:
-                        calls.append(("workers", workers, checkpoint, out_url)) or {})
+                        lambda cfg, workers, features, checkpoint=None, out_url=None, log=print:
+                        calls.append(("workers", workers, checkpoint, out_url, callable(features)))
+                        or {})
     for workers in (1, 2):
         cfg = load_config(None, tiny_overrides(tmp_path) + [f"resources.workers={workers}"])
         pipeline._evaluate(cfg, "ckpt", "eval/x", log=lambda *_: None)
-    assert calls == [("one process", 1, "ckpt", "eval/x"), ("workers", 2, "ckpt", "eval/x")]
+    assert calls == [("one process", 1, "ckpt", "eval/x"), ("workers", 2, "ckpt", "eval/x", True)]
 
 
 def test_peak_memory_counts_child_processes():

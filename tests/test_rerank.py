@@ -78,3 +78,55 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="more than"):
         type_quotas({"video": 0.7, "article": 0.5}, 10)
     assert type_quotas({"video": 0.3}, 20) == {"video": 6}
+
+
+def _shared_candidates(num_users: int = 40, num_items: int = 60, seed: int = 1):
+    """Every user ranks the same catalogue, with noise: the lists overlap heavily."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.linspace(1.0, 0.0, num_items)
+    score = base + 0.05 * torch.rand((num_users, num_items), generator=generator)
+    score, item = torch.sort(score, dim=1, descending=True)
+    states = torch.zeros(num_users, num_items, 2)
+    kinds = torch.zeros(num_users, num_items, dtype=torch.int64)
+    return score, states, kinds, torch.full((num_users, num_items), -1), item
+
+
+def test_item_cap_bounds_every_items_lists_and_keeps_lists_distinct():
+    score, states, kinds, cats, item = _shared_candidates()
+    plain = rerank(score, states, kinds, cats, 10)
+    assert int(torch.bincount(item.gather(1, plain.position).view(-1)).max()) == 40
+    out = rerank(score, states, kinds, cats, 10, item=item, item_cap=8)
+    listed = item.gather(1, out.position)
+    assert int(torch.bincount(listed.view(-1)).max()) <= 8
+    assert out.relaxed_slots == 0
+    assert all(len(set(row)) == 10 for row in listed.tolist())
+    assert len(set(listed.view(-1).tolist())) >= 40 * 10 // 8
+
+
+def test_item_cap_gives_a_contested_item_to_the_users_who_value_it_most():
+    # both users want item 7 first; one place left for it: user 1 values it more
+    score = torch.tensor([[0.9, 0.5, 0.1], [0.95, 0.2, 0.1]])
+    item = torch.tensor([[7, 3, 4], [7, 5, 4]])
+    states, kinds, cats = torch.zeros(2, 3, 2), torch.zeros(2, 3, dtype=torch.int64), torch.full((2, 3), -1)
+    out = rerank(score, states, kinds, cats, 2, item=item, item_cap=1)
+    assert item.gather(1, out.position).tolist() == [[3, 4], [7, 5]]
+    assert out.relaxed_slots == 0
+
+
+def test_item_cap_gives_way_and_counts_when_no_candidate_has_room():
+    score = torch.tensor([[0.9, 0.8], [0.9, 0.8], [0.9, 0.8]])
+    item = torch.tensor([[1, 2], [1, 2], [1, 2]])
+    states, kinds, cats = torch.zeros(3, 2, 2), torch.zeros(3, 2, dtype=torch.int64), torch.full((3, 2), -1)
+    out = rerank(score, states, kinds, cats, 2, item=item, item_cap=1)
+    # slot 0: user 0 takes item 1, user 1 item 2, user 2 finds no room and takes its best;
+    # slot 1: every item is full, all three take their remaining candidate
+    assert item.gather(1, out.position).tolist() == [[1, 2], [2, 1], [1, 2]]
+    assert out.relaxed_slots == 4
+
+
+def test_item_cap_needs_item_ids():
+    score, states, kinds, cats, item = _shared_candidates(4, 6)
+    with pytest.raises(ValueError, match="item_cap"):
+        rerank(score, states, kinds, cats, 3, item_cap=2)
+    with pytest.raises(ValueError, match="item_cap"):
+        rerank(score, states, kinds, cats, 3, item=item[:, :2], item_cap=2)

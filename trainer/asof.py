@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from clickgraph.core.baseline import USER_INTERACTIONS
 from trainer.graph import EdgeType
 
-USER_INTERACTIONS = ("impressed", "clicked", "viewed", "likes")
+__all__ = ["USER_INTERACTIONS", "AsOfCounts"]
 
 
 class AsOfCounts:

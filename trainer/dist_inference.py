@@ -9,14 +9,19 @@ owned elsewhere come from their owners, with the single-process rules (strictly 
 edges only; a seed's tree as of its seed time). The chunk loops are those of the
 one-process path (:mod:`trainer.scoring`), run in lockstep.
 
-Evaluation (:func:`evaluate_part`): every worker reads the test window's impressions, takes
-the same ``evaluate.max_test_events`` sample as the one-process path, keeps those whose user
-its part owns, scores each at its own time and counts its users' past interactions
-(local: it owns them). Rank 0 gathers the rows (score, label, time, user, content, past
-interactions) and computes every figure over the merged arrays
+Evaluation (:func:`evaluate_distributed`, :func:`evaluate_part`): the driver draws the
+one-process path's two samples (:func:`evaluation_samples`: the trees' fit sample of the
+validation window, the test sample) and has their tree features computed without loading
+the graph (:data:`BaselineFeatures`: the app runs ``spark_jobs.baseline_features``); the
+rows travel in the plan (:class:`TreeFeatures`). Every worker draws the same samples,
+keeps the test impressions whose user its part owns, scores each at its own time and
+counts its users' past interactions (local: it owns them), and embeds, as of each
+impression's day start, the samples' users and contents that its part owns
+(:func:`day_start_states`). Rank 0 gathers the rows (score, label, time, user, content,
+past interactions) and the embeddings, fits and scores the trees
+(:func:`trainer.evaluate.score_trees`) and computes every figure over the merged arrays
 (:func:`trainer.evaluate.window_metrics`): the exact AUC, never an average of per-worker
-AUCs. Only the GNN is scored: the tree baselines read whole-graph as-of counts and link
-rates (docs/evaluation.md).
+AUCs.
 
 Export (:func:`export_part`): every worker embeds the users and contents its part owns
 that exist before the cutoff, as of the cutoff, and writes its own parquet file of each
@@ -45,6 +50,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +96,33 @@ from trainer.scoring import chunked_scores, chunked_states
 from trainer.shard import PartitionShard
 
 
+@dataclass(frozen=True, eq=False)
+class TreeFeatures:
+    """The tree baselines' feature rows (:func:`trainer.tabular.baseline_features`) of the
+    evaluation's two samples (:func:`evaluation_samples`), computed before the workers
+    start by a job over the store (``spark_jobs.baseline_features``, run by the app): the
+    only as-of counts any process of the distributed evaluation holds.
+
+    Attributes:
+        fit: float32 ``[fit rows, K]``, the validation sample's rows in its order.
+        test: float32 ``[test rows, K]``, the test sample's rows in its order.
+        names: Column names.
+        categorical: Which columns are categorical codes.
+    """
+
+    fit: np.ndarray
+    test: np.ndarray
+    names: list[str]
+    categorical: list[bool]
+
+
+BaselineFeatures = Callable[[str, dict[str, dict[str, list[str]]], Impressions],
+                            tuple[np.ndarray, list[str], list[bool]]]
+"""``(graph URL, vocabularies, impressions) -> (X, names, categorical)``: the baseline's
+features of those impressions as :func:`trainer.tabular.baseline_features` computes them,
+without loading the graph (the app passes ``spark_jobs.baseline_features.features_of``)."""
+
+
 @dataclass(frozen=True)
 class InferencePlan:
     """What the driver checked; every worker gets a copy.
@@ -104,6 +137,8 @@ class InferencePlan:
         meta: Its ``meta.json``.
         out_url: Evaluation folder, or the export's date folder (set by the caller).
         cutoff: The export's cutoff, seconds (export only).
+        trees: The tree baselines' feature rows of both samples (evaluation only; set
+            by :func:`evaluate_distributed`).
         backend: Process-group backend.
         rendezvous: Where the workers form their group (a local Ray), else ``None``.
     """
@@ -117,6 +152,7 @@ class InferencePlan:
     meta: dict[str, Any]
     out_url: str
     cutoff: int | None = None
+    trees: TreeFeatures | None = None
     backend: str = "gloo"
     rendezvous: tuple[str, int] | None = None
 
@@ -368,6 +404,92 @@ class DistValidator:
         return window_aucs(rows["label"], rows["score"], rows["cold"], cold_max)
 
 
+def evaluation_samples(store, cfg: Config) -> tuple[Windows, Impressions, Impressions]:
+    """``(windows, fit sample, test sample)``: the impressions the one-process evaluation
+    fits its trees on (``evaluate.max_fit_events`` of the validation window, seed
+    ``evaluate.seed + 1``) and scores (``evaluate.max_test_events`` of the test window,
+    seed ``evaluate.seed``), read from those windows' day folders only.
+
+    Raises:
+        InputError: A window has no impressions.
+    """
+    t, e = cfg.train, cfg.evaluate
+    windows = split_windows(store.days, t.val_days, t.test_days)
+    fit, test = (window_sample(store, windows, window, limit,
+                               torch.Generator().manual_seed(seed), cfg.graph.log_day_slack_s)
+                 for window, limit, seed in (("val", e.max_fit_events, e.seed + 1),
+                                             ("test", e.max_test_events, e.seed)))
+    if len(test) == 0 or len(fit) == 0:
+        raise InputError(f"the graph's test window {windows.days['test']} or validation "
+                         f"window {windows.days['val']} has no impressions")
+    return windows, fit, test
+
+
+def owned_index(sample: Impressions, shard: PartitionShard) -> Tensor:
+    """Positions in ``sample`` of the impressions whose user ``shard``'s part owns."""
+    return torch.nonzero(shard.owner("user", sample.user) == shard.part).view(-1)
+
+
+def day_start_states(worker: InferenceWorker, samples: list[Impressions], batch_size: int,
+                     seed: int) -> dict[str, dict[str, np.ndarray]] | None:
+    """The embeddings the trees join (:func:`trainer.evaluate.day_start_embeddings`), each
+    node embedded by its owner (collective).
+
+    Every rank holds the samples; for each cutoff of their impressions (00:00 UTC of the
+    impression's day, :func:`trainer.evaluate.export_cutoff`; the same cutoffs on every
+    rank) it embeds the users and contents of those impressions that its part owns, as
+    of the cutoff, NaN where the node is not known before it.
+
+    Returns:
+        On rank 0, node type -> ``{"cutoff": [M], "node": [M], "state": [M, dim]}`` of
+        every rank's nodes; ``None`` elsewhere.
+    """
+    from trainer.evaluate import export_cutoff
+
+    shard = worker.shard
+    cutoffs = export_cutoff(torch.cat([s.time for s in samples]))
+    ends = {"user": torch.cat([s.user for s in samples]),
+            "content": torch.cat([s.content for s in samples])}
+    known = {t: owned_known_from(shard, t) for t in ends}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {t: [] for t in ends}
+    for cutoff in torch.unique(cutoffs).tolist():
+        for node_type, nodes in ends.items():
+            unique = torch.unique(nodes[cutoffs == cutoff])
+            mine = unique[shard.owner(node_type, unique) == shard.part]
+            states = embed_owned(worker, node_type, mine, cutoff, batch_size, seed).numpy()
+            states[~(known[node_type][shard.local_row(node_type, mine)] < cutoff).numpy()] = np.nan
+            parts[node_type].append((np.full(mine.numel(), cutoff, dtype=np.int64),
+                                     mine.numpy(), states))
+    gathered = {t: gather_columns({name: np.concatenate([p[i] for p in parts[t]])
+                                   for i, name in enumerate(("cutoff", "node", "state"))},
+                                  worker.rank) for t in ends}
+    return None if worker.rank != 0 else gathered
+
+
+def day_start_features(states: dict[str, dict[str, np.ndarray]], sample: Impressions
+                       ) -> np.ndarray:
+    """The day-start embedding columns of ``sample``'s impressions from the gathered
+    :func:`day_start_states`: user and content vectors and their dot product,
+    ``[N, 2 * dim + 1]`` as :func:`trainer.evaluate.day_start_embeddings`."""
+    from clickgraph.core.timeline import SECONDS_PER_DAY
+    from trainer.evaluate import export_cutoff
+
+    day = (export_cutoff(sample.time) // SECONDS_PER_DAY).numpy()
+    blocks = []
+    for node_type, nodes in (("user", sample.user.numpy()), ("content", sample.content.numpy())):
+        table = states[node_type]
+        span = int(max(table["node"].max(initial=0), nodes.max(initial=0))) + 1
+        keys = table["cutoff"] // SECONDS_PER_DAY * span + table["node"]
+        order = np.argsort(keys, kind="stable")
+        wanted = day * span + nodes
+        found = order[np.searchsorted(keys[order], wanted).clip(max=max(len(keys) - 1, 0))]
+        if len(wanted) and not np.array_equal(keys[found], wanted):
+            raise RuntimeError(f"no day-start {node_type} embedding gathered for some "
+                               "impressions")  # day_start_states embeds every one
+        blocks.append(table["state"][found])
+    return np.hstack([*blocks, (blocks[0] * blocks[1]).sum(axis=1, keepdims=True)])
+
+
 def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
                   ) -> dict[str, Any] | None:
     """One rank's share of the distributed evaluation (collective, module docstring).
@@ -375,21 +497,24 @@ def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
     Returns:
         On rank 0 the evaluation written to ``plan.out_url`` (``evaluation.json``,
         ``scores.parquet``, ``_MANIFEST.json``); ``None`` on the others.
+
+    Raises:
+        ValueError: ``plan.trees`` is not set, or not of the samples' sizes.
     """
     from clickgraph.core.graph_store import open_graph_store
-    from trainer.evaluate import _write, summary_line, window_metrics
+    from trainer.evaluate import _write, score_trees, summary_line, window_metrics
 
     log = log if rank == 0 and log is not None else (lambda _: None)
     started = time.perf_counter()
-    c, t, e = plan.cfg, plan.cfg.train, plan.cfg.evaluate
+    e, trees = plan.cfg.evaluate, plan.trees
     store = open_graph_store(plan.graph_url)
-    windows = split_windows(store.days, t.val_days, t.test_days)
+    windows, fit, sample = evaluation_samples(store, plan.cfg)
+    if trees is None or len(trees.fit) != len(fit) or len(trees.test) != len(sample):
+        raise ValueError("the plan lacks the trees' feature rows of the evaluation's samples "
+                         "(evaluate_distributed computes them)")
     worker = open_worker(plan, rank, world_size)
-    sample = window_sample(store, windows, "test", e.max_test_events,
-                           torch.Generator().manual_seed(e.seed), c.graph.log_day_slack_s)
-    if all_reduce_int(len(sample), "sum") == 0:
-        raise InputError(f"the graph's test window {windows.days['test']} has no impressions")
-    owned = owned_rows(sample, worker.shard)
+    index = owned_index(sample, worker.shard)
+    owned = sample.take(index)
     load_seconds = time.perf_counter() - started
     log(f"evaluate: {world_size} workers; scoring {len(sample):,} test impressions "
         f"({', '.join(windows.days['test'])}) by their users' parts; rank 0 owns {len(owned):,}")
@@ -397,9 +522,15 @@ def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
     scores = score_owned(worker, owned, torch.Generator().manual_seed(e.seed))
     past = AsOfCounts(worker.sampler, worker.shard.edge_types).interactions(owned.user, owned.time)
     score_seconds = time.perf_counter() - mark
-    rows = gather_columns({"user": owned.user.numpy(), "content": owned.content.numpy(),
-                           "time": owned.time.numpy(), "position": owned.position.numpy(),
-                           "label": owned.clicked.numpy(), "past": past.numpy(), "gnn": scores,
+    mark = time.perf_counter()
+    log(f"evaluate: day-start embeddings of the {len(fit):,} fit and {len(sample):,} test "
+        "impressions' users and contents, each by its owner")
+    states = day_start_states(worker, [fit, sample], e.embedding_batch_size, e.seed)
+    embedding_seconds = time.perf_counter() - mark
+    rows = gather_columns({"row": index.numpy(), "user": owned.user.numpy(),
+                           "content": owned.content.numpy(), "time": owned.time.numpy(),
+                           "position": owned.position.numpy(), "label": owned.clicked.numpy(),
+                           "past": past.numpy(), "gnn": scores,
                            "rank": np.full(len(owned), rank, dtype=np.int32)}, rank)
     if rows is None:
         gather_peak_rss(rank)  # once rank 0 has computed the figures
@@ -408,17 +539,23 @@ def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
                                                                "position", "label")))
     order = canonical_order(merged).numpy()  # the one-process path's row order
     rows = {name: values[order] for name, values in rows.items()}
-    result, columns = window_metrics(rows["label"], {"gnn": rows["gnn"]}, rows["past"],
-                                     rows["time"], rows["user"], rows["content"],
+    mark = time.perf_counter()
+    tree_scores, iterations = score_trees(
+        plan.cfg, (trees.fit, day_start_features(states, fit), fit.clicked.numpy()),
+        (trees.test[rows["row"]], day_start_features(states, sample.take(
+            torch.from_numpy(rows["row"])))), trees.categorical)
+    tree_seconds = time.perf_counter() - mark
+    result, columns = window_metrics(rows["label"], {"gnn": rows["gnn"], **tree_scores},
+                                     rows["past"], rows["time"], rows["user"], rows["content"],
                                      e.cold_start_max_interactions)
     result.update({
         "test_days": windows.days["test"], "test_start": windows.test_start,
+        "fit_days": windows.days["val"], "fit_start": windows.val_start,
+        "fit_events": len(fit), "baseline_features": trees.names,
+        "embedding_dim": int(worker.model.cfg.hidden_dim),
+        "embedding_features": e.embedding_features, "trees": iterations,
         "workers": world_size,
         "events_per_worker": np.bincount(rows["rank"], minlength=world_size).tolist(),
-        "models_scored": ["gnn"],
-        "not_scored": {"baseline": "the trees read whole-graph as-of counts and link rates; "
-                                   "run clickgraph evaluate --workers 1 for them",
-                       "baseline_plus_embeddings": "as baseline"},
         "model": {"checkpoint": plan.checkpoint, "run": plan.meta.get("run"),
                   "global_step": plan.meta.get("global_step"),
                   "last_event_time": plan.meta.get("last_event_time"),
@@ -427,6 +564,8 @@ def evaluate_part(plan: InferencePlan, rank: int, world_size: int, log=None
                   "config_hash": store.manifest.get("config_hash"),
                   "format_version": store.manifest.get("format_version")},
         "seconds": {"load": round(load_seconds, 2), "score": round(score_seconds, 2),
+                    "embeddings": round(embedding_seconds, 2),
+                    "fit_trees": round(tree_seconds, 2),
                     "total": round(time.perf_counter() - started, 2)},
     })
     result["peak_rss_bytes"] = gather_peak_rss(rank)
@@ -715,21 +854,53 @@ def export_recommendations(plan: InferencePlan, worker: InferenceWorker, staging
 # ---------------------------------------------------------------------- launcher
 
 
-def evaluate_distributed(cfg: Config, workers: int, graph_url: str | None = None,
-                         checkpoint: str | None = None, out_url: str | None = None,
-                         log=print, progress_to_stderr: bool = False) -> dict[str, Any]:
-    """``clickgraph evaluate --workers N``: the GNN's figures on the test window, scored on
-    ``workers`` workers (module docstring); returns ``evaluation.json`` plus ``out`` and
-    ``scores`` URLs. ``progress_to_stderr``: the workers' progress lines go to stderr
-    (stdout is kept for ``--json``)."""
+def evaluate_distributed(cfg: Config, workers: int, baseline_features: BaselineFeatures,
+                         graph_url: str | None = None, checkpoint: str | None = None,
+                         out_url: str | None = None, log=print,
+                         progress_to_stderr: bool = False) -> dict[str, Any]:
+    """``clickgraph evaluate --workers N``: the three models' figures on the test window,
+    on ``workers`` workers (module docstring); returns ``evaluation.json`` plus ``out``
+    and ``scores`` URLs.
+
+    Args:
+        baseline_features: Computes the trees' features of the two samples here, before
+            the workers start (:data:`BaselineFeatures`; the app runs a Spark job).
+        progress_to_stderr: The workers' progress lines go to stderr (stdout is kept
+            for ``--json``).
+    """
     from clickgraph.core.graph_store import open_graph_store
 
     plan = plan_inference(cfg, workers, graph_url, checkpoint)
-    days = sorted(open_graph_store(plan.graph_url).days)
+    store = open_graph_store(plan.graph_url)
     plan = dataclasses.replace(plan, out_url=absolute(
-        out_url or fs.join(cfg.paths.stage("eval"), days[-1])))
-    log(f"evaluate: {plan.checkpoint} on {workers} workers over {plan.partitions_url}")
+        out_url or fs.join(cfg.paths.stage("eval"), sorted(store.days)[-1])))
+    mark = time.perf_counter()
+    plan = dataclasses.replace(plan, trees=tree_features(plan, baseline_features, log))
+    log(f"evaluate: {len(plan.trees.names)} tree features in "
+        f"{time.perf_counter() - mark:.1f} s; {plan.checkpoint} on {workers} workers over "
+        f"{plan.partitions_url}")
     return run_on_workers(plan, "evaluate", workers, log, progress_to_stderr)
+
+
+def tree_features(plan: InferencePlan, baseline_features: BaselineFeatures, log=print
+                  ) -> TreeFeatures:
+    """The trees' feature rows of the evaluation's two samples (:func:`evaluation_samples`),
+    computed by ``baseline_features`` in one call, with the shard set's vocabularies
+    (the checkpoint's, :func:`plan_inference`)."""
+    from clickgraph.core.graph_store import open_graph_store
+
+    _, fit, test = evaluation_samples(open_graph_store(plan.graph_url), plan.cfg)
+    log(f"evaluate: the trees' features of {len(fit):,} validation and {len(test):,} test "
+        "impressions, as of each impression, from the store's edge tables")
+    both = Impressions(*(torch.cat([getattr(fit, f), getattr(test, f)]) for f in
+                         ("user", "content", "time", "position", "clicked")))
+    x, names, categorical = baseline_features(
+        plan.graph_url, fs.read_json(fs.join(plan.partitions_url, VOCAB_FILE)), both)
+    if x.shape[0] != len(both):
+        raise ValueError(f"baseline_features returned {x.shape[0]} rows for {len(both)} "
+                         "impressions")
+    return TreeFeatures(fit=x[:len(fit)], test=x[len(fit):], names=names,
+                        categorical=categorical)
 
 
 def export_distributed(cfg: Config, workers: int, cutoff: str | None = None,

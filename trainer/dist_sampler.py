@@ -76,6 +76,18 @@ only the bytes change. Only STATIC features can be cached: activity counts are a
 counts at each seed's time, and the neighbour draws need the owner's CSR, so both still
 go to the owner.
 
+Devices
+-------
+A sampler works where its shard's arrays are (:attr:`DistTemporalSampler.device`): the
+CPU after construction, or a GPU after :meth:`DistTemporalSampler.place` (GPU memory,
+or pinned host memory the GPU reads; :mod:`trainer.placement`). Its tables, draws,
+messages and feature gathers are then made there: every tensor it creates is created on
+that device, and the seeds and count queries it is given are copied there. The messages
+hold the same bytes on every device, so ranks may place differently, and
+:func:`~trainer.distributed.exchange` moves them where the process group needs them (no
+copy for CUDA messages under NCCL, nor for CPU ones under gloo). On the CPU every
+``.to(device)`` here is a no-op, so the CPU path is what it was.
+
 Collectives: :meth:`~DistTemporalSampler.sample`, :meth:`~DistTemporalSampler.fetch_features`,
 :func:`build_hot_cache` and the constructor are collective: every rank calls them in the
 same order, a rank with no seeds too (empty seed tensors or an empty dict).
@@ -87,6 +99,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -95,8 +108,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from trainer.distributed import ByteCounter, comm_device, exchange
-from trainer.graph import EdgeType, segment_ids
+from trainer.graph import EdgeType, TemporalCSR, segment_ids
 from trainer.model import NodeFeatures
+from trainer.placement import Placement, SamplerFootprint, move_tensor, tensor_bytes
 from trainer.sampler import (
     Fanouts,
     SampledSubgraph,
@@ -135,10 +149,13 @@ def _as_bytes(tensor: Tensor) -> Tensor:
     return tensor.contiguous().reshape(-1).view(torch.uint8)
 
 
-def _pack(parts: list[Tensor]) -> Tensor:
-    """Concatenates tensors' bytes into one uint8 message."""
+def _pack(parts: list[Tensor], device: torch.device | None = None) -> Tensor:
+    """Concatenates tensors' bytes into one uint8 message, on ``device`` when given (a
+    part elsewhere is copied there; ``Tensor.to`` of a part already there is a no-op)."""
     if not parts:
-        return torch.empty(0, dtype=torch.uint8)
+        return torch.empty(0, dtype=torch.uint8, device=device)
+    if device is not None:
+        parts = [part.to(device) for part in parts]
     return torch.cat([_as_bytes(part) for part in parts])
 
 
@@ -203,8 +220,8 @@ class HotNodeCache:
         row in the cache (meaningful where ``hit``)."""
         cached = self.node.get(node_type)
         if cached is None or cached.numel() == 0 or node.numel() == 0:
-            return (torch.zeros(node.numel(), dtype=torch.bool),
-                    torch.zeros(node.numel(), dtype=torch.int64))
+            return (torch.zeros(node.numel(), dtype=torch.bool, device=node.device),
+                    torch.zeros(node.numel(), dtype=torch.int64, device=node.device))
         slot = torch.searchsorted(cached, node).clamp_(max=cached.numel() - 1)
         return cached.index_select(0, slot) == node, slot
 
@@ -336,6 +353,10 @@ class DistTemporalSampler:
         self.world_size = dist.get_world_size(group)
         self.counter = counter if counter is not None else ByteCounter()
         self.hot_cache = hot_cache
+        # Where the shard's arrays are, hence where the draws and messages run: the CPU
+        # until place() moves them (see trainer.placement).
+        self.placement: Placement = "cpu"
+        self.device = torch.device("cpu")
         self.node_types = shard.node_types
         self.edge_types = shard.edge_types
         self.fanouts = normalise_fanouts(fanouts, self.edge_types)
@@ -408,6 +429,95 @@ class DistTemporalSampler:
             raise ValueError("ranks disagree on the shard schema (node types, relations, "
                              "edge attributes, features) or the sampler settings")
 
+    # ---------------------------------------------------------------------- placement
+
+    def footprint(self) -> SamplerFootprint:
+        """Bytes of the arrays :meth:`place` moves (each distinct tensor once: the search
+        index and the draw weights share the CSR's ``edge_time``/``indptr``/``weight``)."""
+        sizes = {"edge": 0, "node": 0}
+
+        def count(tensor: Tensor, kind: str) -> Tensor:
+            sizes[kind] += tensor_bytes(tensor)
+            return tensor
+
+        self._map_arrays(count)
+        num_edges = sum(csr.num_edges for csr in self.shard.csr.values())
+        return SamplerFootprint(sizes["edge"], sizes["node"], num_edges)
+
+    def place(self, placement: Placement, device: torch.device | str | None = None
+              ) -> DistTemporalSampler:
+        """Moves the shard's arrays, search index, draw weights and hot-node cache
+        (:mod:`trainer.placement`; local, not collective). ``"cpu"`` leaves them as
+        they are. The other ranks may place theirs differently: the messages are the
+        same bytes wherever they are made.
+
+        Args:
+            placement: ``"cpu"``, ``"cuda"`` (GPU memory) or ``"pinned"`` (page-locked
+                host memory read from the GPU).
+            device: The CUDA device (default: the current one); ignored for ``"cpu"``.
+
+        Returns:
+            This sampler.
+        """
+        if self.placement != "cpu":
+            raise ValueError(f"the sampler is placed already ({self.placement})")
+        if placement == "cpu":
+            return self
+        target = torch.device("cuda", torch.cuda.current_device()) if device is None \
+            else torch.device(device)
+        if target.type != "cuda":
+            raise ValueError(f"placement {placement} needs a CUDA device, got {target}")
+        if target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+        shard, search, weight, cache = self._map_arrays(
+            lambda tensor, _kind: move_tensor(tensor, placement, target))
+        self.shard, self._search, self._weight, self.hot_cache = shard, search, weight, cache
+        self.placement, self.device = placement, target
+        return self
+
+    def _map_arrays(self, move: Callable[[Tensor, str], Tensor]
+                    ) -> tuple[PartitionShard, dict[EdgeType, VisibleEdgeSearch],
+                               dict[EdgeType, Tensor | None], HotNodeCache | None]:
+        """The sampler's arrays rebuilt from ``move(tensor, kind)`` (kind ``"edge"``:
+        one entry per edge, ``"node"``: per node), each distinct tensor moved once."""
+        moved: dict[int, Tensor] = {}
+
+        def put(tensor: Tensor | None, kind: str) -> Tensor | None:
+            if tensor is None:
+                return None
+            if id(tensor) not in moved:
+                moved[id(tensor)] = move(tensor, kind)
+            return moved[id(tensor)]
+
+        shard = self.shard
+        csr = {edge_type: TemporalCSR(
+            indptr=put(c.indptr, "node"), neighbor=put(c.neighbor, "edge"),
+            edge_time=put(c.edge_time, "edge"), weight=c.weight,
+            edge_attr={name: put(value, "edge") for name, value in c.edge_attr.items()})
+            for edge_type, c in shard.csr.items()}
+        features = {node_type: NodeFeatures(
+            categorical=put(f.categorical, "node"), cardinalities=list(f.cardinalities),
+            created_time=put(f.created_time, "node"), learn_id_embedding=f.learn_id_embedding)
+            for node_type, f in shard.features.items()}
+        placed = PartitionShard(
+            part=shard.part, num_parts=shard.num_parts, num_nodes=dict(shard.num_nodes),
+            partition_book={t: put(b, "node") for t, b in shard.partition_book.items()},
+            owned={t: put(o, "node") for t, o in shard.owned.items()}, csr=csr,
+            edge_id={et: put(e, "edge") for et, e in shard.edge_id.items()},
+            features=features)
+        search = {edge_type: dataclasses.replace(
+            index, indptr=put(index.indptr, "node"), edge_time=put(index.edge_time, "edge"),
+            key_blocks=put(index.key_blocks, "edge"), fence=put(index.fence, "edge"))
+            for edge_type, index in self._search.items()}
+        weight = {edge_type: put(value, "edge") for edge_type, value in self._weight.items()}
+        cache = self.hot_cache
+        if cache is not None:
+            cache = HotNodeCache(
+                node={t: put(v, "node") for t, v in cache.node.items()},
+                categorical={t: put(v, "node") for t, v in cache.categorical.items()},
+                created_time={t: put(v, "node") for t, v in cache.created_time.items()})
+        return placed, search, weight, cache
+
     # ----------------------------------------------------------------------- sampling
 
     def sample(self, seeds: Seeds, generator: torch.Generator | None = None,
@@ -417,18 +527,23 @@ class DistTemporalSampler:
         :meth:`trainer.sampler.TemporalNeighborSampler.sample`).
 
         Args:
-            seeds: Node type -> ``(node_ids, seed_time)``, int64 ``[B]`` CPU tensors,
-                global ids, seconds since epoch. May be empty on some ranks.
+            seeds: Node type -> ``(node_ids, seed_time)``, int64 ``[B]`` tensors, global
+                ids, seconds since epoch (copied to :attr:`device` when elsewhere). May
+                be empty on some ranks.
             generator: This rank's random source for ``"uniform"`` (required there); it
-                draws for every row this rank OWNS, whichever rank asked for it.
+                draws for every row this rank OWNS, whichever rank asked for it. On the
+                CPU or on :attr:`device` (a CPU generator gives the same draws on every
+                placement: see :mod:`trainer.placement`).
 
         Returns:
-            The sampled subgraph, laid out as by the single-process sampler.
+            The sampled subgraph, laid out as by the single-process sampler, on
+            :attr:`device`.
         """
         check_generator(self.strategy, generator)
+        device = self.device
+        seeds = {t: (node.to(device), time.to(device)) for t, (node, time) in seeds.items()}
         return sample_hops(
-            seeds, self.shard.num_nodes, self.shard.csr, first_hops(self.fanouts, hops),
-            torch.device("cpu"),
+            seeds, self.shard.num_nodes, self.shard.csr, first_hops(self.fanouts, hops), device,
             partial(self._draw_hop, generator=generator))
 
     def _draw_hop(self, hop: int, frontier: dict[str, Frontier], root_time: Tensor,
@@ -442,7 +557,7 @@ class DistTemporalSampler:
         world = self.world_size
         # Requests: per destination, per node type, the frontier positions it owns.
         positions: list[dict[str, Tensor]] = [{} for _ in range(world)]
-        empty = torch.empty(0, dtype=torch.int64)
+        empty = torch.empty(0, dtype=torch.int64, device=self.device)
         for node_type in self.node_types:
             rows = frontier.get(node_type)
             if node_type not in expanded or rows is None or rows.node.numel() == 0:
@@ -462,7 +577,7 @@ class DistTemporalSampler:
                     rows = frontier[node_type]
                     nodes.append(take(rows.node, position))
                     times.append(take(root_time, take(rows.time_rank, position)))
-            requests.append(_pack([counts, *nodes, *times]))
+            requests.append(_pack([counts, *nodes, *times], self.device))
         received = exchange(requests, self.counter, "sample_request", self.group)
         responses = self._serve(hop, received, generator)
         answers = exchange(responses, self.counter, "sample_response", self.group)
@@ -474,7 +589,8 @@ class DistTemporalSampler:
         world, num_types = self.world_size, len(self.node_types)
         query_node: dict[str, list[Tensor]] = {t: [] for t in self.node_types}
         query_time: dict[str, list[Tensor]] = {t: [] for t in self.node_types}
-        per_source_counts = torch.zeros((world, num_types), dtype=torch.int64)
+        per_source_counts = torch.zeros((world, num_types), dtype=torch.int64,
+                                        device=self.device)
         for source, message in enumerate(requests):
             reader = _Reader(message)
             counts = reader.take(torch.int64, (num_types,))
@@ -491,7 +607,8 @@ class DistTemporalSampler:
         # query_offset[s] and keep their order within it.
         query_offset = torch.cumsum(per_source_counts, 0) - per_source_counts
         segments: list[list[Tensor]] = [[] for _ in range(world)]
-        headers = torch.zeros((world, len(self.edge_types)), dtype=torch.int64)
+        headers = torch.zeros((world, len(self.edge_types)), dtype=torch.int64,
+                              device=self.device)
         for index, edge_type in enumerate(self.edge_types):
             fanout = self.fanouts[edge_type][hop]
             type_index = self.node_types.index(edge_type[2])
@@ -519,7 +636,7 @@ class DistTemporalSampler:
             split = [torch.split(column, counts.tolist()) for column in columns]
             for destination in range(world):
                 segments[destination].extend(parts[destination] for parts in split)
-        return [_pack([headers[destination], *segments[destination]])
+        return [_pack([headers[destination], *segments[destination]], self.device)
                 for destination in range(world)]
 
     def _collect(self, answers: list[Tensor], positions: list[dict[str, Tensor]]
@@ -548,8 +665,9 @@ class DistTemporalSampler:
             if chunks:
                 columns = [torch.cat(column) for column in zip(*chunks, strict=True)]
             else:
-                columns = [torch.empty(0, dtype=torch.int64)] * 4 + [
-                    torch.empty((0, *shape), dtype=dtype) for _, dtype, shape in schema]
+                columns = [torch.empty(0, dtype=torch.int64, device=self.device)] * 4 + [
+                    torch.empty((0, *shape), dtype=dtype, device=self.device)
+                    for _, dtype, shape in schema]
             # A row has one owner, so a stable sort on the frontier position restores
             # the single-process order: rows in frontier order, each row's edges in the
             # order its owner drew them.
@@ -602,7 +720,8 @@ class DistTemporalSampler:
         counts = _CountQuery.of(self, count_queries) if count_queries is not None else None
         kind = "feature" if counts is None else "input"
         requests = [_pack(features.request(destination)
-                          + (counts.request(destination) if counts is not None else []))
+                          + (counts.request(destination) if counts is not None else []),
+                          self.device)
                     for destination in range(self.world_size)]
         received = exchange(requests, self.counter, f"{kind}_request", self.group)
         responses = []
@@ -612,7 +731,7 @@ class DistTemporalSampler:
             if counts is not None:
                 columns += self._serve_counts(reader, counts.types)
             reader.finish()
-            responses.append(_pack(columns))
+            responses.append(_pack(columns, self.device))
         answers = exchange(responses, self.counter, f"{kind}_response", self.group)
         readers = [_Reader(message) for message in answers]
         out = features.read(readers)
@@ -667,12 +786,13 @@ class DistTemporalSampler:
             Node type -> int64 ``[n, 2 * relations of that type]``.
         """
         counts = _CountQuery.of(self, queries)
-        requests = [_pack(counts.request(destination)) for destination in range(self.world_size)]
+        requests = [_pack(counts.request(destination), self.device)
+                    for destination in range(self.world_size)]
         received = exchange(requests, self.counter, "count_request", self.group)
         responses = []
         for message in received:
             reader = _Reader(message)
-            responses.append(_pack(self._serve_counts(reader, counts.types)))
+            responses.append(_pack(self._serve_counts(reader, counts.types), self.device))
             reader.finish()
         answers = exchange(responses, self.counter, "count_response", self.group)
         readers = [_Reader(message) for message in answers]
@@ -686,10 +806,13 @@ class DistTemporalSampler:
         not collective): ``edge_type`` edges into ``node[i]`` strictly before ``time[i]``.
         With it :class:`~trainer.asof.AsOfCounts` counts the owned users' interactions.
 
+        Runs on :attr:`device`; the counts come back on ``node``'s device.
+
         Raises:
             ValueError: A node of ``node`` is not owned here.
         """
-        return self._count_local(edge_type, self.shard.local_row(edge_type[2], node), time)
+        local = self.shard.local_row(edge_type[2], node.to(self.device))
+        return self._count_local(edge_type, local, time.to(self.device)).to(node.device)
 
     def _count_local(self, edge_type: EdgeType, row: Tensor, time: Tensor) -> Tensor:
         """Visible in-edges of owned LOCAL rows (``count_before`` of this shard)."""
@@ -733,7 +856,9 @@ class _FeatureQuery:
         unique, inverse, positions = {}, {}, [{} for _ in range(world)]
         cached, cache_slot = {}, {}
         for node_type in sampler.node_types:
-            node = subgraph.node.get(node_type, torch.empty(0, dtype=torch.int64))
+            node = subgraph.node.get(node_type, torch.empty(0, dtype=torch.int64,
+                                                            device=sampler.device))
+            node = node.to(sampler.device)
             unique[node_type], inverse[node_type] = torch.unique(node, return_inverse=True)
             owner = shard.owner(node_type, unique[node_type])
             if sampler.hot_cache is not None:
@@ -764,8 +889,9 @@ class _FeatureQuery:
         for node_type in sampler.node_types:
             features = shard.features[node_type]
             num_unique, num_columns = self.unique[node_type].numel(), features.categorical.shape[1]
-            codes = torch.zeros((num_unique, num_columns), dtype=torch.int64)
-            created = (torch.zeros(num_unique, dtype=torch.int64)
+            codes = torch.zeros((num_unique, num_columns), dtype=torch.int64,
+                                device=sampler.device)
+            created = (torch.zeros(num_unique, dtype=torch.int64, device=sampler.device)
                        if features.created_time is not None else None)
             own = self.positions[sampler.rank][node_type]
             row = shard.local_row(node_type, take(self.unique[node_type], own))
@@ -824,6 +950,8 @@ class _CountQuery:
     @classmethod
     def of(cls, sampler: DistTemporalSampler, queries: dict[str, tuple[Tensor, Tensor]]
            ) -> _CountQuery:
+        device = sampler.device
+        queries = {t: (node.to(device), time.to(device)) for t, (node, time) in queries.items()}
         routes = {t: _route(sampler.shard.owner(t, node), sampler.world_size)
                   for t, (node, _) in queries.items()}
         return cls(sampler, queries, routes)
@@ -840,7 +968,7 @@ class _CountQuery:
         """Counts per queried row, from each owner's answer (its count part)."""
         edge_types = self.sampler.edge_types
         out = {t: torch.zeros((node.numel(), 2 * len(count_relations(edge_types, t))),
-                              dtype=torch.int64)
+                              dtype=torch.int64, device=node.device)
                for t, (node, _) in self.queries.items()}
         for owner, reader in enumerate(readers):
             for node_type, counts in out.items():

@@ -10,10 +10,14 @@ rank.
 Devices. Under gloo everything runs on the CPU. Under NCCL each rank trains on its GPU
 (:func:`~trainer.distributed.training_device`): the model and each step's batch (the
 sampled subgraph, its fetched features, activity counts, positions, times, labels) live
-there, while the shard's CSR and features, the sampler and the random draws stay on the
-CPU (the sampler's messages are copied to the GPU and back inside
-:func:`~trainer.distributed.exchange`, since NCCL moves only CUDA tensors). The draws
-being on the CPU, a GPU run samples exactly the batches a CPU run with the same seed does.
+there. Where the shard's CSR and features live, and so where the sampler draws and
+gathers, is ``sampler_device`` (``resources.sampler_device``, :mod:`trainer.placement`):
+on the CPU (the sampler's messages are then copied to the GPU and back inside
+:func:`~trainer.distributed.exchange`, since NCCL moves only CUDA tensors), in GPU
+memory, or in pinned host memory read by the GPU; ``auto`` picks GPU memory when the
+arrays fit. The step's random generator stays on the CPU whatever the placement (the
+draws are copied over), so a GPU run samples exactly the batches a CPU run with the same
+seed does, on every placement (up to float rounding of the weighted draws' keys).
 :func:`train_worker` joins an already-initialised default group (Ray Train's
 ``TorchTrainer`` sets one up) or creates its own. Launching, checkpoints and validation
 live in :mod:`trainer.ray_launch`; they reach into the loop through :class:`TrainHooks`
@@ -118,6 +122,7 @@ from trainer.engine import (
     with_edge_weights,
 )
 from trainer.model import ClickGNN, NodeFeatures
+from trainer.placement import SAMPLER_DEVICES, choose_sampler_device
 from trainer.prefetch import Prefetcher, split_threads
 from trainer.sampler import SampledSubgraph
 from trainer.shard import PartitionShard
@@ -225,6 +230,11 @@ class WorkerResult:
         backend: The process group's backend.
         hot_cache_nodes: Node type -> nodes in the replicated hot-node cache (empty
             without one).
+        sampler_device: Where this rank's sampler arrays were placed: ``cpu``, ``cuda``
+            or ``pinned`` (:mod:`trainer.placement`).
+        sampler_footprint: ``edge_bytes``, ``node_bytes``, ``num_edges`` and
+            ``bytes_per_edge`` of those arrays
+            (:meth:`~trainer.dist_sampler.DistTemporalSampler.footprint`).
     """
 
     rank: int
@@ -232,6 +242,8 @@ class WorkerResult:
     device: str = "cpu"
     backend: str = "gloo"
     hot_cache_nodes: dict[str, int] = field(default_factory=dict)
+    sampler_device: str = "cpu"
+    sampler_footprint: dict[str, float] = field(default_factory=dict)
     steps_per_epoch: list[int] = field(default_factory=list)
     own_batches_per_epoch: list[int] = field(default_factory=list)
     min_batches_per_epoch: list[int] = field(default_factory=list)
@@ -286,8 +298,10 @@ class DistBatchSource:
     def sample(self, user: Tensor, content: Tensor, seed_time: Tensor,
                generator: torch.Generator) -> SampledSubgraph:
         """:meth:`DistTemporalSampler.sample` of the user and content seeds."""
-        return self.sampler.sample({"user": (user, seed_time), "content": (content, seed_time)},
-                                   generator=generator)
+        batch = self.sampler.sample({"user": (user, seed_time), "content": (content, seed_time)},
+                                    generator=generator)
+        _synchronize(self.sampler.device)
+        return batch
 
     def model_inputs(self, batch: SampledSubgraph, user: Tensor, content: Tensor,
                      seed_time: Tensor, position: Tensor) -> ModelInputs:
@@ -301,8 +315,33 @@ class DistBatchSource:
         features = {t: f.to(self.device) for t, f in features.items()}
         if counts is not None:
             counts = {t: c.to(self.device) for t, c in counts.items()}
+        _synchronize(self.sampler.device)
         return ModelInputs(model_batch, features, counts, position.to(self.device),
                            seed_time.to(self.device))
+
+
+def _synchronize(device: torch.device) -> None:
+    """Waits for a GPU sampler's kernels, so that the phase times are theirs (a no-op
+    for a CPU sampler)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def place_sampler(sampler: DistTemporalSampler, setting: str, train_device: torch.device,
+                  memory_fraction: float) -> str:
+    """Chooses where ``sampler``'s arrays live (:func:`~trainer.placement.choose_sampler_device`
+    with this GPU's free memory) and moves them there (local).
+
+    Returns:
+        ``"cpu"``, ``"cuda"`` or ``"pinned"``.
+    """
+    footprint = sampler.footprint()
+    free = (torch.cuda.mem_get_info(train_device)[0] if train_device.type == "cuda"
+            else None)
+    placement = choose_sampler_device(setting, train_device, footprint.total_bytes, free,
+                                      memory_fraction)
+    sampler.place(placement, train_device if placement != "cpu" else None)
+    return placement
 
 
 PREFETCH_GROUP_TIMEOUT = dt.timedelta(seconds=300)
@@ -416,7 +455,9 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                  hooks: TrainHooks | None = None, resume: ResumeState | None = None,
                  device: torch.device | str | None = None,
                  hot_cache: dict[str, float] | None = None, threads: int = 1,
-                 prefetch_depth: int = 0, log_every_s: float = 30.0) -> WorkerResult:
+                 prefetch_depth: int = 0, log_every_s: float = 30.0,
+                 sampler_device: str = "cpu",
+                 sampler_memory_fraction: float = 0.5) -> WorkerResult:
     """Trains the click model in lockstep with the other ranks (collective).
 
     Uses the current default process group when one is initialised (Ray Train sets it
@@ -458,6 +499,12 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
         prefetch_depth: Batches this rank prepares ahead on a background thread while a
             step computes (``resources.prefetch_depth``; see the module docstring); 0:
             one after another. The batches and losses are the same either way.
+        sampler_device: Where this rank's shard arrays live for sampling
+            (``resources.sampler_device``: ``auto``, ``cpu``, ``cuda`` or ``pinned``;
+            :mod:`trainer.placement`). ``cpu`` by default here (the launcher passes the
+            config's, ``auto`` by default); ``cuda``/``pinned`` need a GPU ``device``.
+        sampler_memory_fraction: Under ``auto``, the share of the GPU's free memory the
+            arrays may take to be placed there (``resources.sampler_gpu_memory_fraction``).
 
     Returns:
         This rank's :class:`WorkerResult`.
@@ -467,6 +514,9 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
                          "trainer only (clickgraph train --workers 1); set it to {} here")
     if prefetch_depth < 0:
         raise ValueError(f"prefetch_depth must be >= 0, got {prefetch_depth}")
+    if sampler_device not in SAMPLER_DEVICES:
+        raise ValueError(f"sampler_device must be one of {list(SAMPLER_DEVICES)}, got "
+                         f"{sampler_device!r}")
     compute_threads, _ = split_threads(threads, prefetch_depth)
     torch.set_num_threads(compute_threads)
     created_group = not dist.is_initialized()
@@ -497,7 +547,8 @@ def train_worker(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCo
             raise ValueError(f"{who} was given impressions of users it does not own")
         return _train(rank, world_size, shard, cfg, impressions, content_created, log,
                       hooks or TrainHooks(), resume, device, hot_cache or {},
-                      split_threads(threads, prefetch_depth)[1], prefetch_depth, log_every_s)
+                      split_threads(threads, prefetch_depth)[1], prefetch_depth, log_every_s,
+                      (sampler_device, sampler_memory_fraction))
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -508,7 +559,8 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
            log: Callable[[str], None] | None, hooks: TrainHooks,
            resume: ResumeState | None, device: torch.device,
            hot_cache: dict[str, float], prefetch_threads: int,
-           prefetch_depth: int, log_every_s: float) -> WorkerResult:
+           prefetch_depth: int, log_every_s: float,
+           sampler_setting: tuple[str, float]) -> WorkerResult:
     resume = resume or ResumeState()
     # The prefetch thread's collectives (sampling, features, counts, the step's example
     # count) get a group of their own, so they never interleave with the main thread's
@@ -519,7 +571,7 @@ def _train(rank: int, world_size: int, shard: PartitionShard, cfg: TrainConfig,
     try:
         return _train_loop(rank, world_size, shard, cfg, impressions, content_created, log,
                            hooks, resume, device, hot_cache, prefetch_threads, prefetch_depth,
-                           sample_group, log_every_s)
+                           sample_group, log_every_s, sampler_setting)
     finally:
         # Not while a prefetch thread that would not stop is still inside one of the
         # group's collectives (Prefetcher.close warned): the process is failing anyway.
@@ -537,7 +589,8 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
                 log: Callable[[str], None] | None, hooks: TrainHooks,
                 resume: ResumeState, device: torch.device, hot_cache: dict[str, float],
                 prefetch_threads: int, prefetch_depth: int,
-                sample_group: dist.ProcessGroup | None, log_every_s: float) -> WorkerResult:
+                sample_group: dist.ProcessGroup | None, log_every_s: float,
+                sampler_setting: tuple[str, float]) -> WorkerResult:
     counter = ByteCounter()
     # Built before the sampler (both are collective); its one-off bytes are reported
     # apart, so bytes per event count only what every step sends.
@@ -547,6 +600,20 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
     sampler = DistTemporalSampler(shard, relation_fanouts(cfg, shard.edge_types),
                                   strategy=cfg.strategy, counter=counter, hot_cache=cache,
                                   weighted=weighted_sampling(cfg), group=sample_group)
+    # Local, so checked together: one rank's impossible placement fails every rank.
+    problem = None
+    try:
+        placement = place_sampler(sampler, sampler_setting[0], device, sampler_setting[1])
+    except (ValueError, RuntimeError, torch.cuda.OutOfMemoryError) as error:
+        problem = error
+    if all_reduce_int(int(problem is None), "min") == 0:
+        raise ValueError(f"rank {rank}: sampler placement failed: {problem}" if problem
+                         else "another rank could not place its sampler (see its error)")
+    footprint = sampler.footprint()
+    if log is not None and rank == 0:
+        log(f"  sampler arrays on {placement} ({sampler.device}): "
+            f"{footprint.total_bytes / 2**20:,.1f} MiB, {footprint.bytes_per_edge:.1f} B "
+            "per edge (rank 0)")
     model = build_model(shard, cfg)
     optimizer_state = resume.optimizer
     if resume.model is not None:  # --continue: the graph may have new nodes
@@ -574,7 +641,13 @@ def _train_loop(rank: int, world_size: int, shard: PartitionShard, cfg: TrainCon
 
     result = WorkerResult(rank=rank, world_size=world_size, own_events=len(impressions),
                           device=str(device), backend=dist.get_backend(),
-                          hot_cache_nodes=cache.sizes() if cache is not None else {})
+                          hot_cache_nodes=cache.sizes() if cache is not None else {},
+                          sampler_device=placement,
+                          sampler_footprint={
+                              "edge_bytes": footprint.edge_bytes,
+                              "node_bytes": footprint.node_bytes,
+                              "num_edges": footprint.num_edges,
+                              "bytes_per_edge": round(footprint.bytes_per_edge, 3)})
     times = dict.fromkeys(("examples", "sampling", "feature_exchange", "compute", "idle"), 0.0)
     cap = (cfg.max_train_events // world_size if cfg.max_train_events > 0
            else len(impressions))

@@ -5,12 +5,14 @@ Three things every cross-partition step needs: a process group (:func:`init_proc
 that actually crossed partitions (:class:`ByteCounter`).
 
 Devices. NCCL moves only CUDA tensors and gloo's all-to-all only CPU ones, while the
-sampler and the shard stay on the CPU whatever the backend. :func:`comm_device` is the one
-place that says where a collective's tensors must be; every collective here
+sampler's messages are made where its shard lives, on the CPU or on a GPU, whatever the
+backend (``resources.sampler_device``, :mod:`trainer.placement`). :func:`comm_device` is
+the one place that says where a collective's tensors must be; every collective here
 (:func:`exchange`, :func:`all_reduce_int`, :func:`all_gather_tensor`) copies its inputs
 there and its results back to the caller's device, so callers never branch on the
-backend. Under gloo the copies are no-ops (``Tensor.to`` of a tensor already on the
-device returns it), so the gloo path is unchanged. :func:`training_device` says where a
+backend. Where the tensors are there already (CPU ones under gloo, a GPU sampler's under
+NCCL) the copies are no-ops (``Tensor.to`` of a tensor already on the device returns it),
+so the gloo path is unchanged. :func:`training_device` says where a
 rank keeps its model and batches.
 
 gloo and all-to-all (checked on torch 2.13, CPU): ``ProcessGroupGloo`` implements both

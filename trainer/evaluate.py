@@ -104,6 +104,38 @@ def fit_trees(x: np.ndarray, y: np.ndarray, categorical: list[bool], cfg: Config
     return model.fit(x, y)
 
 
+def score_trees(cfg: Config, fit: tuple[np.ndarray, np.ndarray, np.ndarray],
+                test: tuple[np.ndarray, np.ndarray], categorical: list[bool]
+                ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The two tree models fitted on the validation sample and their test scores: one
+    place for the one-process and the distributed evaluation (:mod:`trainer.dist_inference`).
+
+    Args:
+        cfg: The config (``evaluate.gbdt_*``, ``evaluate.embedding_features``, ``seed``).
+        fit: ``(baseline features [F, K], day-start embeddings [F, 2 * dim + 1], labels [F])``
+            of the validation sample (:func:`trainer.tabular.baseline_features`,
+            :func:`day_start_embeddings`).
+        test: ``(baseline features [N, K], day-start embeddings [N, 2 * dim + 1])`` of
+            the test sample.
+        categorical: Which baseline columns are categorical codes.
+
+    Returns:
+        ``(scores, iterations)``: ``baseline`` and ``baseline_plus_embeddings`` click
+        probabilities ``[N]``, and each model's boosting iterations.
+    """
+    (x_fit, emb_fit, labels_fit), (x_test, emb_test) = fit, test
+    if cfg.evaluate.embedding_features == "dot":  # the pair score alone: [N, 1]
+        emb_fit, emb_test = emb_fit[:, -1:], emb_test[:, -1:]
+    trees = fit_trees(x_fit, labels_fit, categorical, cfg)
+    trees_emb = fit_trees(np.hstack([x_fit, emb_fit]), labels_fit,
+                          categorical + [False] * emb_fit.shape[1], cfg)
+    scores = {"baseline": trees.predict_proba(x_test)[:, 1],
+              "baseline_plus_embeddings": trees_emb.predict_proba(
+                  np.hstack([x_test, emb_test]))[:, 1]}
+    return scores, {"baseline_iterations": int(trees.n_iter_),
+                    "baseline_plus_embeddings_iterations": int(trees_emb.n_iter_)}
+
+
 def aucs(labels: np.ndarray, scores: dict[str, np.ndarray], mask: np.ndarray | None = None
          ) -> dict[str, float | None]:
     """ROC-AUC of each of :data:`MODELS` (``None``: one class only, or a model not scored)."""
@@ -158,24 +190,17 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
     every_s = cfg.resources.progress_every_s
     emb_fit = day_start_embeddings(model, fit_events, e.embedding_batch_size, e.seed, log, every_s)
     emb_test = day_start_embeddings(model, test_events, e.embedding_batch_size, e.seed, log, every_s)
-    if e.embedding_features == "dot":  # the pair score alone: [N, 1]
-        emb_fit, emb_test = emb_fit[:, -1:], emb_test[:, -1:]
     seconds["embeddings"] = time.perf_counter() - mark
 
     labels_fit = data.impressions.clicked[fit_events].numpy()
     labels = data.impressions.clicked[test_events].numpy()
     mark = time.perf_counter()
-    trees = fit_trees(x_fit, labels_fit, categorical, cfg)
-    trees_emb = fit_trees(np.hstack([x_fit, emb_fit]), labels_fit,
-                          categorical + [False] * emb_fit.shape[1], cfg)
+    tree_scores, iterations = score_trees(cfg, (x_fit, emb_fit, labels_fit), (x_test, emb_test),
+                                          categorical)
     seconds["fit_trees"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    scores = {
-        "gnn": model.engine.score(test_events, torch.Generator().manual_seed(e.seed), log=log,
-                                  log_every_s=every_s),
-        "baseline": trees.predict_proba(x_test)[:, 1],
-        "baseline_plus_embeddings": trees_emb.predict_proba(np.hstack([x_test, emb_test]))[:, 1],
-    }
+    scores = {"gnn": model.engine.score(test_events, torch.Generator().manual_seed(e.seed),
+                                        log=log, log_every_s=every_s), **tree_scores}
     seconds["score"] = time.perf_counter() - mark
 
     imp = data.impressions
@@ -191,8 +216,7 @@ def run_evaluation(cfg: Config, graph_url: str | None = None, checkpoint: str | 
         "baseline_features": names, "embedding_dim": int(model.engine.model.cfg.hidden_dim),
         "embedding_features": e.embedding_features,
         "model": model.version, "graph": data.store_version,
-        "trees": {"baseline_iterations": int(trees.n_iter_),
-                  "baseline_plus_embeddings_iterations": int(trees_emb.n_iter_)},
+        "trees": iterations,
     })
     seconds["total"] = time.perf_counter() - started
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}

@@ -577,7 +577,9 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     result = train_worker(rank, world_size, shard, rank_cfg, impressions, content_created,
                           log=None, hooks=hooks, resume=resume, device=device,
                           hot_cache=plan.hot_cache, threads=plan.cfg.resources.threads_per_worker,
-                          prefetch_depth=plan.cfg.resources.prefetch_depth)
+                          prefetch_depth=plan.cfg.resources.prefetch_depth,
+                          sampler_device=plan.cfg.resources.sampler_device,
+                          sampler_memory_fraction=plan.cfg.resources.sampler_gpu_memory_fraction)
     train_seconds = result.time_split["total"] - hooks.hook_seconds
     events_all = all_reduce_int(result.events_trained, "sum")
     splits = [None] * world_size
@@ -590,6 +592,8 @@ def _worker(plan: RunPlan, rank: int, world_size: int, device: torch.device) -> 
     metrics = {
         "run": plan.run_id, "workers": world_size, "device": result.device,
         "backend": result.backend, "hot_cache_nodes": result.hot_cache_nodes,
+        "sampler_device": result.sampler_device,
+        "sampler_bytes_per_edge": result.sampler_footprint.get("bytes_per_edge"),
         "val_auc": history[-1]["val_auc"] if history else None,
         "val_auc_per_epoch": [h["val_auc"] for h in history],
         "val_auc_cold": history[-1]["val"]["auc_cold"] if history else None,

@@ -22,6 +22,7 @@ two (a feed that removes seen items can add that filter on top).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -279,6 +280,12 @@ def head(recs: Recommendations, top_k: int) -> Recommendations:
                            score=recs.score[:, :top_k], cutoff=recs.cutoff)
 
 
+def item_cap(max_item_share: float, lists: int) -> int:
+    """Most lists one item may enter: ``ceil(max_item_share * lists)``; 0 (no cap) for a
+    share of 0."""
+    return math.ceil(max_item_share * lists - 1e-9) if max_item_share > 0 else 0
+
+
 def apply_controls(candidates: Recommendations, catalogue: Tensor, catalogue_states: Tensor,
                    content_type: list[str], category: Tensor, ev: EvaluateConfig
                    ) -> tuple[Recommendations, dict[str, Any]]:
@@ -315,13 +322,15 @@ def apply_controls(candidates: Recommendations, catalogue: Tensor, catalogue_sta
                     type_code[candidates.content], category[candidates.content], k,
                     quotas={codes[n]: q for n, q in quotas.items() if n in codes},
                     mmr_lambda=ev.diversity.mmr_lambda if method == "mmr" else 1.0,
-                    category_cap=ev.diversity.category_cap)
+                    category_cap=ev.diversity.category_cap, item=candidates.content,
+                    item_cap=item_cap(ev.diversity.max_item_share, candidates.content.shape[0]))
     controlled = Recommendations(
         user=candidates.user, content=candidates.content.gather(1, result.position),
         score=candidates.score.gather(1, result.position), cutoff=candidates.cutoff)
     settings = {"target_share": dict(ev.target_share), "quotas": quotas,
                 "diversity": {"method": method, "mmr_lambda": ev.diversity.mmr_lambda,
-                              "category_cap": ev.diversity.category_cap},
+                              "category_cap": ev.diversity.category_cap,
+                              "max_item_share": ev.diversity.max_item_share},
                 "candidates": int(candidates.content.shape[1]),
                 "relaxed_slots": result.relaxed_slots}
     return controlled, settings

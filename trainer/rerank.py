@@ -14,7 +14,14 @@ docs/export.md):
   cosine is between content embeddings (centred on the catalogue's mean by
   :func:`trainer.recommend.apply_controls`); ``lambda = 1`` is the plain top-k;
 * **category cap**: at most ``cap`` items of one category per list (unknown categories are
-  not capped).
+  not capped);
+* **item cap** across lists: one item in at most ``item_cap`` of the lists built together
+  (``evaluate.diversity.max_item_share`` of the users). The controls above act within one
+  list, and when users share their best candidates they diversify every list the same way:
+  the cap is what spreads exposure over the catalogue. Each slot is filled for every user
+  at once; when more users pick an item than it has room for, those with the highest
+  click probability for it keep it (ties: the lower row) and the others pick again
+  without it, until every user holds a slot.
 
 A slot whose constraints no candidate meets (too few candidates of a targeted type, a cap
 too tight for the pool) takes the best remaining candidate by the MMR value alone; such
@@ -60,7 +67,7 @@ def type_quotas(target_share: Mapping[str, float], top_k: int) -> dict[str, int]
 
 def rerank(score: Tensor, unit_states: Tensor, content_type: Tensor, category: Tensor,
            top_k: int, quotas: Mapping[int, int] | None = None, mmr_lambda: float = 1.0,
-           category_cap: int = 0) -> Reranked:
+           category_cap: int = 0, item: Tensor | None = None, item_cap: int = 0) -> Reranked:
     """Builds each user's list of ``top_k`` from their candidates under the controls.
 
     Args:
@@ -73,6 +80,9 @@ def rerank(score: Tensor, unit_states: Tensor, content_type: Tensor, category: T
         quotas: Content-type code -> exact count per list (:func:`type_quotas`).
         mmr_lambda: Weight of relevance against redundancy, in [0, 1].
         category_cap: Most items of one category per list; 0: no cap.
+        item: int64 ``[U, P]`` item id per candidate (read when ``item_cap > 0``).
+        item_cap: Most lists one item may enter; 0: no cap. A slot no candidate with room
+            can fill is relaxed like the others (``relaxed_slots``).
 
     Returns:
         The chosen candidates' columns, in list order.
@@ -82,6 +92,10 @@ def rerank(score: Tensor, unit_states: Tensor, content_type: Tensor, category: T
         raise ValueError(f"top_k must be within [1, {num_candidates}], got {top_k}")
     if not 0.0 <= mmr_lambda <= 1.0:
         raise ValueError(f"mmr_lambda must be within [0, 1], got {mmr_lambda}")
+    if item_cap < 0 or (item_cap and (item is None or item.shape != score.shape)):
+        raise ValueError(f"item_cap must be >= 0 and needs item ids shaped like score "
+                         f"{tuple(score.shape)}, got {item_cap} and "
+                         f"{None if item is None else tuple(item.shape)}")
     quotas = dict(quotas or {})
     if sum(quotas.values()) > top_k:
         raise ValueError(f"quotas {quotas} ask for more than {top_k} items")
@@ -101,6 +115,8 @@ def rerank(score: Tensor, unit_states: Tensor, content_type: Tensor, category: T
     category_index = category.clamp(min=0)
     rows = torch.arange(num_users, device=device)
     chosen = torch.empty((num_users, top_k), dtype=torch.int64, device=device)
+    listed = (torch.zeros(int(item.max()) + 1, dtype=torch.int64, device=device)
+              if item_cap else None)  # lists each item is in so far
     relaxed = 0
     for slot in range(top_k):
         value = relevance if not use_mmr else (
@@ -125,7 +141,11 @@ def rerank(score: Tensor, unit_states: Tensor, content_type: Tensor, category: T
         stuck = ~allowed.any(dim=1)
         relaxed += int(stuck.sum())
         allowed = torch.where(stuck.unsqueeze(1), free, allowed)
-        pick = torch.where(allowed, value, -torch.inf).argmax(dim=1)
+        if listed is None:
+            pick = torch.where(allowed, value, -torch.inf).argmax(dim=1)
+        else:
+            pick, capped = _capped_picks(value, score, allowed, item, listed, item_cap)
+            relaxed += capped
         chosen[:, slot] = pick
         taken[rows, pick] = True
         picked_type = content_type[rows, pick]
@@ -138,3 +158,45 @@ def rerank(score: Tensor, unit_states: Tensor, content_type: Tensor, category: T
             similarity = torch.einsum("upd,ud->up", unit_states, picked_state).to(torch.float64)
             max_similarity = similarity if slot == 0 else torch.maximum(max_similarity, similarity)
     return Reranked(position=chosen, relaxed_slots=relaxed)
+
+
+def _capped_picks(value: Tensor, score: Tensor, allowed: Tensor, item: Tensor, listed: Tensor,
+                  item_cap: int) -> tuple[Tensor, int]:
+    """One slot of every list under the item cap (:func:`rerank`); updates ``listed``.
+
+    Returns:
+        The column picked per user, and how many users found no allowed candidate with
+        room left (they take their best allowed candidate regardless of the cap).
+    """
+    device = value.device
+    base, allowed = allowed, allowed.clone()
+    pick = torch.empty(value.shape[0], dtype=torch.int64, device=device)
+    pending = torch.arange(value.shape[0], device=device)
+    relaxed = 0
+    while pending.numel():
+        mask = allowed[pending] & (listed[item[pending]] < item_cap)
+        stuck = ~mask.any(dim=1)
+        if bool(stuck.any()):  # no room anywhere: the cap gives way, counted
+            relaxed += int(stuck.sum())
+            users = pending[stuck]
+            column = torch.where(base[users], value[users], -torch.inf).argmax(dim=1)
+            pick[users] = column
+            listed.index_add_(0, item[users, column], torch.ones_like(column))
+            pending, mask = pending[~stuck], mask[~stuck]
+            if not pending.numel():
+                break
+        column = torch.where(mask, value[pending], -torch.inf).argmax(dim=1)
+        wanted = item[pending, column]
+        # The users who want the same item, by their click probability (ties: lower row).
+        order = torch.argsort(score[pending, column], descending=True, stable=True)
+        order = order[torch.argsort(wanted[order], stable=True)]
+        _, counts = torch.unique_consecutive(wanted[order], return_counts=True)
+        rank = (torch.arange(order.numel(), device=device)
+                - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts))
+        keep = torch.empty(pending.numel(), dtype=torch.bool, device=device)
+        keep[order] = rank < (item_cap - listed[wanted[order]])
+        pick[pending[keep]] = column[keep]
+        listed.index_add_(0, wanted[keep], torch.ones_like(column[keep]))
+        allowed[pending[~keep], column[~keep]] = False
+        pending = pending[~keep]
+    return pick, relaxed

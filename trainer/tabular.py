@@ -23,18 +23,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clickgraph.core.baseline import (
+    CONTENT_COUNTS,
+    ID_FREE_NODE_TYPES,
+    PRIOR_CLICKS,
+    PRIOR_SHOWN,
+    RECENT_S,
+    USER_INTERACTIONS,
+    is_link_attribute,
+    is_native_category,
+)
 from clickgraph.core.timeline import SECONDS_PER_DAY as DAY
-from trainer.asof import USER_INTERACTIONS, AsOfCounts
+from trainer.asof import AsOfCounts
 from trainer.data import GraphData
 from trainer.graph import TemporalCSR, expand_ranges
-
-CONTENT_COUNTS = ("impressed", "clicked", "viewed")
-MAX_NATIVE_CATEGORIES = 255  # HistGradientBoosting's max_bins: codes below it are native
 
 
 def smoothed_rate(clicks: Tensor, shown: Tensor) -> Tensor:
     """Click rate shrunk towards ~5% for small counts: ``(clicks + 1) / (shown + 20)``."""
-    return (clicks + 1) / (shown + 20)
+    return (clicks + PRIOR_CLICKS) / (shown + PRIOR_SHOWN)
 
 
 def grouped_count_before(group: Tensor, time: Tensor, query_group: Tensor, query_time: Tensor
@@ -65,7 +72,7 @@ def content_links(data: GraphData) -> dict[str, TemporalCSR]:
     (``neighbor`` = linked node): every non-user relation touching content."""
     out = {}
     for (src, _, dst), csr in sorted(data.graph.csr.items()):
-        if dst == "content" and src not in ("user", "content") and src not in out:
+        if dst == "content" and src not in ID_FREE_NODE_TYPES and src not in out:
             out[src] = csr
     return out
 
@@ -78,9 +85,10 @@ def _expand_links(links: TemporalCSR, content: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _row_mean(row: Tensor, values: Tensor, rows: int) -> Tensor:
-    """Mean of ``values`` per ``row`` (NaN for rows with none)."""
-    total = torch.zeros(rows).index_add_(0, row, values)
-    return total / torch.zeros(rows).index_add_(0, row, torch.ones_like(values))
+    """Mean of ``values`` per ``row`` (NaN for rows with none), in ``values``' dtype."""
+    total = torch.zeros(rows, dtype=values.dtype).index_add_(0, row, values)
+    return total / torch.zeros(rows, dtype=values.dtype).index_add_(0, row,
+                                                                    torch.ones_like(values))
 
 
 def link_features(data: GraphData, counts: AsOfCounts, content: Tensor, at: Tensor
@@ -101,13 +109,14 @@ def link_features(data: GraphData, counts: AsOfCounts, content: Tensor, at: Tens
         feats = data.features[node_type]
         for column, cardinality in enumerate(feats.cardinalities):
             # an attribute with a value per node (a brand's name) is an id, not a category
-            if cardinality <= MAX_NATIVE_CATEGORIES and 2 * (cardinality - 1) < feats.num_nodes:
+            if is_link_attribute(cardinality, feats.num_nodes):
                 codes = torch.where(first >= 0, feats.categorical[first.clamp(min=0), column], 0)
                 out.append((f"content_{node_type}_attr{column}", codes.to(torch.float32), True))
-        # every event of a content counts for each node it links to
+        # every event of a content counts for each node it links to; rates and means in
+        # float64, cast to float32 once (add()), as the Spark job computes them
         q_row, q_group = _expand_links(links, content)
         shown, clicks = (
-            grouped_count_before(group, ev_time[event_row], q_group, at[q_row]).to(torch.float32)
+            grouped_count_before(group, ev_time[event_row], q_group, at[q_row]).to(torch.float64)
             for event_row, group, ev_time in (
                 (*_expand_links(links, shown_content), shown_time),
                 (*_expand_links(links, click_content), click_time)))
@@ -141,10 +150,11 @@ def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
         feats = data.features[node_type]
         for column, cardinality in enumerate(feats.cardinalities):
             add(f"{node_type}_attr{column}", feats.categorical[node, column],
-                cardinality <= MAX_NATIVE_CATEGORIES)
+                is_native_category(cardinality))
         created = feats.created_time
         if created is not None:
-            add(f"{node_type}_age_days", (at - created[node]).clamp(min=0) / DAY)
+            add(f"{node_type}_age_days",
+                (at - created[node]).clamp(min=0).to(torch.float64) / DAY)
     add("position", imp.position[events], False)
     add("hour", torch.div(at % DAY, 3600, rounding_mode="floor"), True)
     add("weekday", (torch.div(at, DAY, rounding_mode="floor") + 3) % 7, True)  # 0 = Monday
@@ -155,7 +165,7 @@ def baseline_features(data: GraphData, counts: AsOfCounts, events: Tensor
         if counts.edge_type(relation, "content") is None:
             continue
         total = counts.count(relation, "content", content, at)
-        recent = total - counts.count(relation, "content", content, at - DAY)
+        recent = total - counts.count(relation, "content", content, at - RECENT_S)
         add(f"content_{relation}", total)
         add(f"content_{relation}_24h", recent)
     for node_type in ("user", "content"):

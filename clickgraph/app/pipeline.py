@@ -265,16 +265,19 @@ def _evaluate(cfg: Config, checkpoint: str, out_url: str, log: Callable[[str], N
               ) -> dict[str, Any]:
     """One evaluation on the test window: in this process for one worker (the GNN and the
     tree baselines), else on the training's workers, one per shard (:func:`trainer.
-    dist_inference.evaluate_distributed`: no process holds the whole graph; the figures it
-    does not compute are named in its ``not_scored``)."""
+    dist_inference.evaluate_distributed`: no process holds the whole graph; the trees'
+    features from a Spark job, :func:`clickgraph.app.cli.evaluate.spark_features`)."""
     if cfg.resources.workers == 1:
         from trainer.evaluate import run_evaluation
 
         return run_evaluation(cfg, checkpoint=checkpoint, out_url=out_url, log=log)
+    from clickgraph.app.cli.evaluate import spark_features
     from trainer.dist_inference import evaluate_distributed
 
-    return evaluate_distributed(cfg, cfg.resources.workers, checkpoint=checkpoint,
-                                out_url=out_url, log=log)
+    # the trees' features come from a Spark job in this process (the pipeline's session)
+    return evaluate_distributed(cfg, cfg.resources.workers,
+                                lambda *query: spark_features(cfg, *query),
+                                checkpoint=checkpoint, out_url=out_url, log=log)
 
 
 def _export(cfg: Config, checkpoint: str, log: Callable[[str], None]) -> dict[str, Any]:

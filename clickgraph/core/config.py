@@ -385,8 +385,9 @@ class ResourceConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = 1
     # batches prepared ahead on a background thread while the current step computes
-    # (trainer/prefetch.py); 0: sampled and computed one after another
-    prefetch_depth: int = 0
+    # (trainer/prefetch.py); 0: sampled and computed one after another. 2: measured in
+    # BENCHMARKS.md ("The pipelined loop")
+    prefetch_depth: int = 2
     checkpoint_url: str | None = None  # null: <paths.train>/checkpoints
     checkpoint_every_steps: int = 0    # 0: checkpoint at the end of every epoch only
     max_failures: int = 1              # worker failures Ray Train recovers from per run
@@ -395,6 +396,12 @@ class ResourceConfig:
     # replicates (trainer/dist_sampler.build_hot_cache); {} = off (BENCHMARKS.md: it saves
     # 0.3-8 % of the bytes, the sampling responses dominate)
     hot_cache: dict[str, float] = field(default_factory=dict)
+    # where a worker's shard CSR and features live for sampling (trainer/placement.py):
+    # cuda = GPU memory, pinned = page-locked host memory read by the GPU, cpu; auto =
+    # cuda on a GPU worker when they fit in sampler_gpu_memory_fraction of its free
+    # memory, else pinned there, cpu on a CPU worker (docs/training.md: bytes per edge)
+    sampler_device: Literal["auto", "cpu", "cuda", "pinned"] = "cpu"
+    sampler_gpu_memory_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -408,11 +415,14 @@ class DiversityConfig:
     ``mmr_lambda: 1`` is the plain top-k; the default 0.3 is measured in
     docs/experiments/video-weight.md. ``category_cap``: at most this many
     items of one category per list (0 = no cap); it applies with either method.
+    ``max_item_share``: no item in more than this share of the lists built together
+    (0 = no cap), the one control that acts across lists.
     """
 
     method: Literal["none", "mmr"] = "mmr"
     mmr_lambda: float = 0.3
     category_cap: int = 0
+    max_item_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -656,6 +666,13 @@ def _validate_values(cfg: Config) -> None:
     for name in ("checkpoint_every_steps", "max_failures", "prefetch_depth"):
         if getattr(r, name) < 0:
             raise ConfigError(f"{src}: key 'resources.{name}' must be >= 0")
+    if not 0.0 < r.sampler_gpu_memory_fraction <= 1.0:
+        raise ConfigError(f"{src}: key 'resources.sampler_gpu_memory_fraction' must be "
+                          "within (0, 1]")
+    if r.device == "cpu" and r.sampler_device in ("cuda", "pinned"):
+        raise ConfigError(f"{src}: key 'resources.sampler_device' is {r.sampler_device}, "
+                          "which needs workers on GPUs, but resources.device is cpu "
+                          "(use auto or cpu)")
     for node_type, share in r.hot_cache.items():
         if node_type not in GRAPH_NODE_TYPES or not 0.0 <= float(share) <= 1.0:
             raise ConfigError(f"{src}: key 'resources.hot_cache.{node_type}' must be a node type "
@@ -686,6 +703,8 @@ def _validate_values(cfg: Config) -> None:
         raise ConfigError(f"{src}: key 'evaluate.diversity.mmr_lambda' must be within [0, 1]")
     if e.diversity.category_cap < 0:
         raise ConfigError(f"{src}: key 'evaluate.diversity.category_cap' must be >= 0")
+    if not 0.0 <= e.diversity.max_item_share <= 1.0:
+        raise ConfigError(f"{src}: key 'evaluate.diversity.max_item_share' must be within [0, 1]")
     if e.rerank_candidates < e.top_k:
         raise ConfigError(f"{src}: key 'evaluate.rerank_candidates' must be >= evaluate.top_k")
     if e.gbdt_max_leaf_nodes < 2 or not 0 < e.gbdt_learning_rate <= 1:

@@ -22,8 +22,10 @@ Writes evaluation.json and scores.parquet to paths.eval/<last day of the graph>.
 
 --workers N (N > 1) scores on N workers, one per part of the shard set (paths.partitions,
 cut from this store): each loads only its shard and scores the impressions of the users
-its part owns; the AUCs are computed over the merged scores. Only the GNN is scored there
-(the tree baselines need the whole graph in one process; docs/evaluation.md).
+its part owns; the AUCs are computed over the merged scores. The trees' as-of counts
+are computed first by a Spark job over the store's edge tables, for the fit and test
+samples only; the workers add the day-start embeddings, each node embedded by its owner
+(docs/evaluation.md). No process holds the whole graph.
 
 examples:
   clickgraph evaluate
@@ -41,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="URL",
                         help="output folder (default: paths.eval/<last day of the graph>)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="score on N workers, one per part of the shard set (default 1: "
-                             "this process, whole store, all three models)")
+                        help="score on N workers, one per part of the shard set, the trees' "
+                             "features from a Spark job (default 1: this process, whole store)")
     parser.add_argument("--json", action="store_true",
                         help="print the evaluation as JSON on stdout (progress goes to stderr)")
 
@@ -57,11 +59,30 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         from trainer.dist_inference import evaluate_distributed
 
         result = tracked(cfg, "evaluate", lambda: evaluate_distributed(
-            cfg, workers, args.graph, args.checkpoint, args.out, log=log,
-            progress_to_stderr=args.json), log)
+            cfg, workers, lambda *query: spark_features(cfg, *query), args.graph,
+            args.checkpoint, args.out, log=log, progress_to_stderr=args.json), log)
     else:
         result = tracked(cfg, "evaluate", lambda: run_evaluation(
             cfg, args.graph, args.checkpoint, args.out, log=log), log)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def spark_features(cfg: Config, graph_url: str, vocab: dict, impressions):
+    """The trees' features of ``impressions`` from a Spark job over the store
+    (``spark_jobs.baseline_features``); the session is stopped before the workers start."""
+    from pyspark.sql import SparkSession
+
+    from spark_jobs.baseline_features import features_of
+    from spark_jobs.session import get_spark
+
+    ours = SparkSession.getActiveSession() is None  # else the caller's, left running
+    spark = get_spark(cfg.spark, "evaluate-features")
+    try:
+        return features_of(spark, graph_url, vocab, impressions.user.numpy(),
+                           impressions.content.numpy(), impressions.time.numpy(),
+                           impressions.position.numpy())
+    finally:
+        if ours:
+            spark.stop()
