@@ -168,14 +168,13 @@ def diversity_sweep(inputs: dict[str, Any], ev, grid=SWEEP) -> list[dict[str, An
     """Coverage, intra-list diversity (and the catalogue's), video share and predicted CTR
     against the uncontrolled lists, per diversity setting of ``grid`` (method,
     ``mmr_lambda``, ``category_cap``, candidates: ``None`` for ``evaluate.rerank_candidates``,
-    else the best that many of the saved ones), on one run's candidates."""
+    else the best that many of the saved ones, ``max_item_share``), on one run's candidates."""
     out = []
     for method, mmr_lambda, cap, pool, share in grid:
-        setting = dataclasses.replace(ev, diversity=dataclasses.replace(
+        pool = min(pool or ev.rerank_candidates, int(inputs["content"].shape[1]))
+        setting = dataclasses.replace(ev, rerank_candidates=pool, diversity=dataclasses.replace(
             ev.diversity, method=method, mmr_lambda=mmr_lambda, category_cap=cap,
             max_item_share=share))
-        pool = min(pool or ev.rerank_candidates, int(inputs["content"].shape[1]))
-        setting = dataclasses.replace(setting, rerank_candidates=pool)
         plain, m = controls_at(inputs, setting)
         out.append({"method": method, "mmr_lambda": mmr_lambda, "category_cap": cap,
                     "max_item_share": share, "candidates": pool, "coverage": m["coverage"],
