@@ -147,13 +147,29 @@ def test_evaluation_runs_on_the_training_workers_when_there_are_several(tmp_path
 
 
 def test_peak_memory_counts_child_processes():
+    """A child holding 500 MiB shows in the peak. The child holds it until the probe has seen
+    it (or 60 s pass), so a loaded machine cannot make the probe miss it, and the margin
+    (300 of 500 MiB) absorbs the rest of the tree (a Spark JVM left by earlier tests) shrinking
+    meanwhile."""
+    import time
+
+    child_code = ("import sys; b = bytearray(500 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+                  "print('ready', flush=True); sys.stdin.read()")
     probe = pipeline.PeakMemory(interval_s=0.05)
     with probe:
         before = pipeline.PeakMemory.tree_rss_mb()
-        # a child holding ~200 MiB for a moment
-        subprocess.run([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); "
-                        "b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)"], check=True)
-    assert probe.peak_mb > before + 150
+        child = subprocess.Popen([sys.executable, "-c", child_code], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            deadline = time.monotonic() + 60
+            while probe.peak_mb <= before + 300 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            child.communicate(input="", timeout=60)
+    assert probe.peak_mb > before + 300
+    # and the peak is the tree's: this process alone never held the child's memory
+    assert pipeline.PeakMemory.tree_rss_mb() < before + 300
 
 
 @pytest.mark.spark
