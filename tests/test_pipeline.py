@@ -168,6 +168,10 @@ def test_peak_memory_counts_child_processes():
         finally:
             child.communicate(input="", timeout=60)
     assert probe.peak_mb > before + 300
+    roles = probe.by_role()
+    assert roles["other"]["largest_mb"] > 400  # the child, by itself
+    assert roles["driver"]["processes"] == 1
+    assert roles["driver"]["largest_mb"] < probe.peak_mb - 300
     # and the peak is the tree's: this process alone never held the child's memory
     assert pipeline.PeakMemory.tree_rss_mb() < before + 300
 

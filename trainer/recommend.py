@@ -41,9 +41,12 @@ VIDEO = "video"
 # the relation that links content to its category (in-edges of the category)
 CATEGORY_RELATION = ("content", "in", "category")
 # scored (user, content) rows per call of the click head; bounds the memory of one call
+# whatever the catalogue's size (a larger catalogue is scored in slices)
 PAIRS_PER_CALL = 262_144
-# the same with history attention: each pair also reads its seeds' neighbours
-HISTORY_PAIRS_PER_CALL = 16_384
+# the same with history attention: each pair also reads its seeds' neighbours, about 30 kB
+# a pair, so 4,096 pairs hold about 0.13 GB (16,384 held about 0.5 GB: issue 17's export
+# memory, BENCHMARKS.md)
+HISTORY_PAIRS_PER_CALL = 4_096
 
 
 @dataclass(frozen=True)
@@ -138,24 +141,35 @@ def top_k_content(model: TrainedModel | PairScorer, user_states: Tensor, content
             raise ValueError("a model with history attention scores pairs from node ids: "
                              "pass users and contents")
         context = scorer.context(users, contents, cutoff)
-    users_per_call = max(1, (PAIRS_PER_CALL if context is None else HISTORY_PAIRS_PER_CALL)
-                         // num_content)
+    pairs = PAIRS_PER_CALL if context is None else HISTORY_PAIRS_PER_CALL
+    content_per_call = min(num_content, pairs)
+    users_per_call = max(1, pairs // content_per_call)
     for start in range(0, num_users, users_per_call):
-        chunk = user_states[start:start + users_per_call]
-        rows = chunk.shape[0] * num_content
-        user_index = torch.arange(start, start + chunk.shape[0]).repeat_interleave(num_content)
-        content_index = torch.arange(num_content).repeat(chunk.shape[0])
-        pair_users, pair_contents = user_states[user_index], content_states[content_index]
-        summaries = ([] if context is None else
-                     context.summaries(pair_users, pair_contents, user_index, content_index))
-        probabilities = scorer.probabilities(
-            pair_users, pair_contents,
-            torch.zeros(rows, dtype=torch.int64),
-            torch.full((rows,), int(cutoff), dtype=torch.int64), summaries,
-        ).view(chunk.shape[0], num_content)
-        ordered, order = torch.sort(probabilities, dim=1, descending=True, stable=True)
-        index[start:start + chunk.shape[0]] = order[:, :k]
-        score[start:start + chunk.shape[0]] = ordered[:, :k]
+        chunk = torch.arange(start, min(start + users_per_call, num_users))
+        best_score = torch.empty((chunk.numel(), 0), dtype=torch.float32)
+        best_index = torch.empty((chunk.numel(), 0), dtype=torch.int64)
+        # a catalogue larger than one call is scored in slices; each slice's scores merge
+        # into the best k so far, which hold lower catalogue indices than the slice, so a
+        # stable sort keeps ties in catalogue order as one sort over the whole row would
+        for first in range(0, num_content, content_per_call):
+            slice_index = torch.arange(first, min(first + content_per_call, num_content))
+            rows = chunk.numel() * slice_index.numel()
+            user_index = chunk.repeat_interleave(slice_index.numel())
+            content_index = slice_index.repeat(chunk.numel())
+            pair_users, pair_contents = user_states[user_index], content_states[content_index]
+            summaries = ([] if context is None else
+                         context.summaries(pair_users, pair_contents, user_index, content_index))
+            probabilities = scorer.probabilities(
+                pair_users, pair_contents,
+                torch.zeros(rows, dtype=torch.int64),
+                torch.full((rows,), int(cutoff), dtype=torch.int64), summaries,
+            ).view(chunk.numel(), slice_index.numel())
+            merged = torch.cat([best_score, probabilities], dim=1)
+            merged_index = torch.cat([best_index, slice_index.expand(chunk.numel(), -1)], dim=1)
+            ordered, order = torch.sort(merged, dim=1, descending=True, stable=True)
+            best_score, best_index = ordered[:, :k], merged_index.gather(1, order[:, :k])
+        index[start:start + chunk.numel()] = best_index
+        score[start:start + chunk.numel()] = best_score
     return index, score
 
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -119,33 +121,77 @@ def versions() -> dict[str, str]:
 
 class PeakMemory(BackgroundTicks):
     """Samples the resident memory of this process and all its children (the Spark JVM,
-    Ray's processes) in a background thread; ``peak_mb`` is the highest sum seen."""
+    Ray's processes) in a background thread; ``peak_mb`` is the highest sum seen, and
+    :meth:`by_role` each kind of process's largest single peak (:func:`process_role`).
+    With ``root_pid`` it watches that process's tree instead (``benchmarks/scale.py`` watches
+    each stage's command)."""
 
-    def __init__(self, interval_s: float = 0.5):
+    def __init__(self, interval_s: float = 0.5, root_pid: int | None = None):
         super().__init__(interval_s, "peak-memory")
         self.peak_mb = 0.0
+        self.root_pid = root_pid
+        self._peaks: dict[tuple[int, float], tuple[str, float]] = {}
 
     @staticmethod
-    def tree_rss_mb() -> float:
+    def tree_rss_mb(root_pid: int | None = None) -> float:
+        return sum(rss for _, rss in PeakMemory._tree(root_pid)) / 2**20
+
+    @staticmethod
+    def _tree(root_pid: int | None) -> list[tuple[Any, int]]:
         import psutil
 
-        me = psutil.Process()
-        total = 0
-        for proc in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total / 2**20
+        found = []
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(root_pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    found.append((proc, proc.memory_info().rss))
+        return found
 
     def tick(self) -> None:
-        self.peak_mb = max(self.peak_mb, self.tree_rss_mb())
+        import psutil
+
+        tree, me = self._tree(self.root_pid), self.root_pid or os.getpid()
+        self.peak_mb = max(self.peak_mb, sum(rss for _, rss in tree) / 2**20)
+        for proc, rss in tree:
+            with contextlib.suppress(psutil.Error):
+                key = (proc.pid, proc.create_time())
+                role, peak = self._peaks.get(key) or (process_role(proc, me), 0.0)
+                self._peaks[key] = (role, max(peak, rss / 2**20))
+
+    def by_role(self) -> dict[str, dict[str, float]]:
+        """``{role: {"largest_mb": the largest process's peak, "processes": count}}``."""
+        roles: dict[str, dict[str, float]] = {}
+        for role, peak in self._peaks.values():
+            entry = roles.setdefault(role, {"largest_mb": 0.0, "processes": 0})
+            entry["largest_mb"] = round(max(entry["largest_mb"], peak), 1)
+            entry["processes"] += 1
+        return dict(sorted(roles.items()))
 
     def __enter__(self) -> PeakMemory:
-        self.peak_mb = self.tree_rss_mb()
+        self._peaks = {}
+        self.peak_mb = 0.0
+        self.tick()
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         self.tick()
+
+
+def process_role(proc: Any, driver_pid: int) -> str:
+    """What a process of the pipeline's tree is: ``driver`` (the tree's root),
+    ``spark_jvm`` (the local Spark driver with its executors), ``ray_worker`` (a Ray actor
+    or task process: the training, evaluation and export workers), ``ray_system`` (Ray's
+    own servers), or ``other``."""
+    if proc.pid == driver_pid:
+        return "driver"
+    name, cmdline = proc.name(), " ".join(proc.cmdline())
+    if name == "java" or "org.apache.spark" in cmdline:
+        return "spark_jvm"
+    if cmdline.startswith("ray::") or name.startswith("ray::"):
+        return "ray_worker"
+    return "ray_system" if re.search(r"\bray\b|raylet|gcs_server", cmdline) else "other"
 
 
 # Where each stage's result lands in the results (stage -> section, keyed by run but for generate)
@@ -218,7 +264,11 @@ class Progress:
                 raise
             finally:
                 record["seconds"] = round(time.perf_counter() - t0, 2)
+                # a failed stage keeps what it held too (a stage that ran out of memory)
+                record["peak_rss_mb"] = round(memory.peak_mb, 1)
+                record["peak_rss_mb_by_process"] = memory.by_role()
         record["peak_rss_mb"] = round(memory.peak_mb, 1)
+        record["peak_rss_mb_by_process"] = memory.by_role()
         record["status"] = "ok"
         if self.tracking:
             self.tracking.end_stage(tracked, stage, record, self._result(stage, run))
