@@ -813,7 +813,7 @@ def export_recommendations(plan: InferencePlan, worker: InferenceWorker, staging
                                torch.from_numpy(np.concatenate([c for c, _ in links])),
                                torch.from_numpy(np.concatenate([k for _, k in links])))
     user_url, content_url = (fs.join(staging, f"{t}.parquet") for t in EXPORTED_TYPES)
-    users = torch.from_numpy(_read_rows(user_url, ["id"]).column("id").to_numpy())
+    users = torch.from_numpy(_read_rows(user_url, ["id"]).column("id").to_numpy().copy())
     chosen = sample_users(users, ev.recommend_users, ev.seed)
     del users
     sampled = _read_rows(user_url, ["id", "raw_id", "embedding"], chosen.numpy())

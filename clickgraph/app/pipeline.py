@@ -155,9 +155,11 @@ class PeakMemory(BackgroundTicks):
         self.peak_mb = max(self.peak_mb, sum(rss for _, rss in tree) / 2**20)
         for proc, rss in tree:
             with contextlib.suppress(psutil.Error):
+                # classified again at every tick: a process changes what it is (Spark's
+                # launch script execs the JVM, an idle Ray worker becomes a train worker)
                 key = (proc.pid, proc.create_time())
-                role, peak = self._peaks.get(key) or (process_role(proc, me), 0.0)
-                self._peaks[key] = (role, max(peak, rss / 2**20))
+                _, peak = self._peaks.get(key, ("", 0.0))
+                self._peaks[key] = (process_role(proc, me), max(peak, rss / 2**20))
 
     def by_role(self) -> dict[str, dict[str, float]]:
         """``{role: {"largest_mb": the largest process's peak, "processes": count}}``."""
@@ -181,16 +183,20 @@ class PeakMemory(BackgroundTicks):
 
 def process_role(proc: Any, driver_pid: int) -> str:
     """What a process of the pipeline's tree is: ``driver`` (the tree's root),
-    ``spark_jvm`` (the local Spark driver with its executors), ``ray_worker`` (a Ray actor
-    or task process: the training, evaluation and export workers), ``ray_system`` (Ray's
-    own servers), or ``other``."""
+    ``spark_jvm`` (the local Spark driver with its executors), ``ray_train_worker`` (a
+    training, evaluation or export worker), ``ray_actor`` (another Ray worker process: Ray
+    Train's controller and helpers, idle workers), ``ray_system`` (Ray's own servers), or
+    ``other``."""
     if proc.pid == driver_pid:
         return "driver"
     name, cmdline = proc.name(), " ".join(proc.cmdline())
     if name == "java" or "org.apache.spark" in cmdline:
         return "spark_jvm"
-    if cmdline.startswith("ray::") or name.startswith("ray::"):
-        return "ray_worker"
+    title = cmdline if cmdline.startswith("ray::") else name
+    if title.startswith("ray::RayTrainWorker"):
+        return "ray_train_worker"
+    if title.startswith("ray::") or "default_worker.py" in cmdline:
+        return "ray_actor"
     return "ray_system" if re.search(r"\bray\b|raylet|gcs_server", cmdline) else "other"
 
 
