@@ -173,8 +173,14 @@ def run_size(factor: int, workdir: Path, workers: int, train_events: int,
     return result
 
 
-def largest_process_mb(record: dict[str, Any]) -> float:
-    return max([v["largest_mb"] for v in record["peak_rss_mb_by_process"].values()] or [0.0])
+# the kinds of process the tables show, each its largest single process
+KINDS = ("driver", "spark_jvm", "ray_train_worker")
+
+
+def largest_process_mb(record: dict[str, Any], kind: str | None = None) -> float:
+    """The largest single process's peak, of one kind or of any."""
+    peaks = record["peak_rss_mb_by_process"]
+    return max([v["largest_mb"] for k, v in peaks.items() if kind in (None, k)] or [0.0])
 
 
 def fit(xs: list[float], ys: list[float]) -> dict[str, float | None]:
@@ -205,27 +211,31 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "seconds": fit(events, [r["seconds"] for _, r in points]),
             "largest_process_mb": fit(events, [largest_process_mb(r) for _, r in points]),
             "bytes_written": fit(events, [float(r["bytes_written"]) for _, r in points]),
+            "largest_mb_by_kind": {
+                kind: fit(events, [largest_process_mb(r, kind) for _, r in points])
+                for kind in KINDS if all(kind in r["peak_rss_mb_by_process"] for _, r in points)},
         }
     return fits
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print("| size | events | stage | exit | s | load | tree peak MiB | largest process MiB "
-          "(kind) | MiB written |")
+    print("| size | events | stage | exit | s | load | tree peak MiB | largest MiB: "
+          + " / ".join(KINDS) + " | MiB written |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for size in results["sizes"]:
         for r in size["stages"]:
-            kind, largest = max(((k, v["largest_mb"]) for k, v in
-                                 r["peak_rss_mb_by_process"].items()), key=lambda kv: kv[1],
-                                default=("-", 0.0))
+            kinds = " / ".join(f"{largest_process_mb(r, k):,.0f}"
+                               if k in r["peak_rss_mb_by_process"] else "-" for k in KINDS)
             print(f"| x{size['factor']} | {size.get('events', 0):,} | {r['stage']} | "
                   f"{r['exit_code']} | {r['seconds']:.0f} | {r['load_average_at_end'][0]:.1f} | "
-                  f"{r['peak_rss_mb']:,.0f} | {largest:,.0f} ({kind}) | "
-                  f"{r['bytes_written'] / 2**20:,.0f} |")
+                  f"{r['peak_rss_mb']:,.0f} | {kinds} | {r['bytes_written'] / 2**20:,.1f} |")
     print()
-    print("| stage | s per M events | exponent | largest MiB per M events | exponent | "
-          "bytes per event | exponent |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("Per million events (slope of the least-squares line) and growth exponent between "
+          "the two largest sizes (1 = linear):")
+    print()
+    print("| stage | s | exp. | largest process MiB (kind) | exp. | bytes written per event "
+          "| exp. |")
+    print("|---|---:|---:|---|---:|---:|---:|")
 
     def cell(f: dict[str, float | None], scale: float, digits: int) -> str:
         return "-" if f["slope"] is None else f"{f['slope'] * scale:,.{digits}f}"
@@ -234,8 +244,10 @@ def print_table(results: dict[str, Any]) -> None:
         return "-" if f["exponent"] is None else f"{f['exponent']:.2f}"
 
     for stage, f in results["fits"].items():
+        by_kind = f.get("largest_mb_by_kind") or {}
+        memory = "; ".join(f"{cell(v, 1e6, 0)} ({k}, exp. {exp(v)})" for k, v in by_kind.items())
         print(f"| {stage} | {cell(f['seconds'], 1e6, 1)} | {exp(f['seconds'])} | "
-              f"{cell(f['largest_process_mb'], 1e6, 0)} | {exp(f['largest_process_mb'])} | "
+              f"{memory or '-'} | {exp(f['largest_process_mb'])} | "
               f"{cell(f['bytes_written'], 1, 1)} | {exp(f['bytes_written'])} |")
 
 

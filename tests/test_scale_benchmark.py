@@ -65,4 +65,4 @@ def test_summarize_reads_a_results_file(tmp_path, capsys):
     assert scale.main(["--summarize", str(path)]) == 0
     out = capsys.readouterr().out
     # 10 s, 100 MiB and 50 bytes per million events... per event
-    assert "| generate | 10.0 | 1.00 | 100 | 1.00 | 50.0 | 1.00 |" in out
+    assert "| generate | 10.0 | 1.00 | 100 (driver, exp. 1.00) | 1.00 | 50.0 | 1.00 |" in out
