@@ -43,9 +43,9 @@ CATEGORY_RELATION = ("content", "in", "category")
 # scored (user, content) rows per call of the click head; bounds the memory of one call
 # whatever the catalogue's size (a larger catalogue is scored in slices)
 PAIRS_PER_CALL = 262_144
-# the same with history attention: each pair also reads its seeds' neighbours, about 30 kB
-# a pair, so 4,096 pairs hold about 0.13 GB (16,384 held about 0.5 GB: issue 17's export
-# memory, BENCHMARKS.md)
+# the same with history attention: each pair also reads its seeds' neighbours. At the
+# default catalogue (3,000) calls went from 15,000 pairs to 3,000 when this went from
+# 16,384 to 4,096, and the export's peak fell by 140-220 MiB (BENCHMARKS.md, issue 17)
 HISTORY_PAIRS_PER_CALL = 4_096
 
 
