@@ -95,7 +95,7 @@ def run_stage(stage: str, root: Path, overrides: list[str], workers: int) -> dic
     record: dict[str, Any] = {
         "stage": stage, "exit_code": code, "seconds": round(seconds, 2),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "peak_rss_mb": round(memory.peak_mb, 1), "peak_rss_mb_by_process": memory.by_role(),
+        **memory.figures(),
         # getrusage of the reaped tree: the largest process that ended, in MiB
         "largest_reaped_process_mb": round(usage.ru_maxrss / 1024, 1),
         "bytes_written": folder_bytes(root / OUTPUT[stage]), "log": str(log_path)}
@@ -114,12 +114,8 @@ def _json_figures(text: str) -> dict[str, Any]:
         result, _ = json.JSONDecoder().raw_decode(text[start:])
     except ValueError:
         return {}
-    keep = ("peak_rss_bytes", "counts", "auc", "test_events")
-    figures = {k: result[k] for k in keep if k in result}
-    models = result.get("models") or result.get("metrics")
-    if isinstance(models, dict):
-        figures["auc"] = {name: m.get("auc") for name, m in models.items() if isinstance(m, dict)}
-    return figures
+    keep = ("peak_rss_bytes", "counts", "auc")
+    return {k: result[k] for k in keep if k in result}
 
 
 def data_figures(root: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -151,8 +152,6 @@ def test_peak_memory_counts_child_processes():
     it (or 60 s pass), so a loaded machine cannot make the probe miss it, and the margin
     (300 of 500 MiB) absorbs the rest of the tree (a Spark JVM left by earlier tests) shrinking
     meanwhile."""
-    import time
-
     child_code = ("import sys; b = bytearray(500 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
                   "print('ready', flush=True); sys.stdin.read()")
     probe = pipeline.PeakMemory(interval_s=0.05)

@@ -170,6 +170,11 @@ class PeakMemory(BackgroundTicks):
             entry["processes"] += 1
         return dict(sorted(roles.items()))
 
+    def figures(self) -> dict[str, Any]:
+        """What a stage record carries: ``peak_rss_mb`` (the tree's sum) and
+        ``peak_rss_mb_by_process`` (:meth:`by_role`)."""
+        return {"peak_rss_mb": round(self.peak_mb, 1), "peak_rss_mb_by_process": self.by_role()}
+
     def __enter__(self) -> PeakMemory:
         self._peaks = {}
         self.peak_mb = 0.0
@@ -271,10 +276,8 @@ class Progress:
             finally:
                 record["seconds"] = round(time.perf_counter() - t0, 2)
                 # a failed stage keeps what it held too (a stage that ran out of memory)
-                record["peak_rss_mb"] = round(memory.peak_mb, 1)
-                record["peak_rss_mb_by_process"] = memory.by_role()
-        record["peak_rss_mb"] = round(memory.peak_mb, 1)
-        record["peak_rss_mb_by_process"] = memory.by_role()
+                record.update(memory.figures())
+        record.update(memory.figures())  # with the last sample, taken on leaving
         record["status"] = "ok"
         if self.tracking:
             self.tracking.end_stage(tracked, stage, record, self._result(stage, run))
